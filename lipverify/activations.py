@@ -1,0 +1,238 @@
+"""Activation kinds with the metadata every bound method reads.
+
+* :class:`SlopeRestricted` - elementwise, slope in ``[alpha, beta]`` (§0):
+  ReLU, LeakyReLU, tanh, sigmoid, softplus, ELU, ...
+* :class:`GroupSort` - sorts consecutive groups (MaxMin = GroupSort(2)) (§4).
+* :class:`Householder` - per pair, reflect when ``u^T v <= 0`` (§4).
+* :class:`MaxPool2d` - windowed max, l2 gain ``sqrt(ceil(kh/sh) ceil(kw/sw))`` (§7).
+* :class:`Lipschitz` - "1-Lipschitz, kind unknown" (or any known constant): a
+  kept Softmax, an opaque module.
+
+Elementwise functions are looked up by name in :data:`ELEMENTWISE`, so adding one
+is one entry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ModelLoadError
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _softplus(x, beta=1.0):
+    return np.logaddexp(0.0, beta * x) / beta
+
+
+def _elu(x, alpha=1.0):
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
+
+
+#: name -> (numpy function(x, *params), slope bounds(*params) -> (alpha, beta))
+ELEMENTWISE: dict[str, tuple[Callable, Callable[..., tuple[float, float]]]] = {
+    "relu": (lambda x: np.maximum(x, 0.0), lambda: (0.0, 1.0)),
+    "leaky_relu": (
+        lambda x, a: np.where(x >= 0, x, a * x),
+        lambda a: (min(a, 1.0), max(a, 1.0)),
+    ),
+    "tanh": (np.tanh, lambda: (0.0, 1.0)),
+    "sigmoid": (_sigmoid, lambda: (0.0, 0.25)),
+    "softplus": (_softplus, lambda beta=1.0: (0.0, 1.0)),
+    "elu": (_elu, lambda a=1.0: (0.0, max(1.0, a)) if a >= 0 else (a, 1.0)),
+    "abs": (np.abs, lambda: (-1.0, 1.0)),
+    "hardtanh": (lambda x, lo=-1.0, hi=1.0: np.clip(x, lo, hi), lambda lo=-1.0, hi=1.0: (0.0, 1.0)),
+    "identity": (lambda x: x, lambda: (1.0, 1.0)),
+}
+
+
+class Activation:
+    """Abstract activation kind."""
+
+    #: Short machine name of the kind (``slope``, ``groupsort``...).
+    kind: str = ""
+
+    def apply(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def out_dim(self, n_in: int) -> int:
+        return n_in
+
+    def lipschitz(self, norm: str = "l2") -> float:  # pragma: no cover - abstract
+        """Lipschitz constant of the activation alone in ``norm``."""
+        raise NotImplementedError
+
+    @property
+    def elementwise(self) -> bool:
+        return False
+
+    def describe(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
+class SlopeRestricted(Activation):
+    """Elementwise activation with slopes in ``[alpha, beta]``.
+
+    >>> relu = SlopeRestricted.named("relu")
+    >>> relu.alpha, relu.beta
+    (0.0, 1.0)
+    >>> SlopeRestricted.named("leaky_relu", 0.01).describe()
+    'leaky_relu(0.01) slope [0.01, 1]'
+    """
+
+    name: str
+    alpha: float
+    beta: float
+    params: tuple[float, ...] = ()
+    kind = "slope"
+
+    @classmethod
+    def named(cls, name: str, *params: float) -> SlopeRestricted:
+        if name not in ELEMENTWISE:
+            raise ModelLoadError(f"unknown elementwise activation {name!r}")
+        alpha, beta = ELEMENTWISE[name][1](*params)
+        return cls(name, float(alpha), float(beta), tuple(float(p) for p in params))
+
+    @property
+    def elementwise(self) -> bool:
+        return True
+
+    def apply(self, x):
+        return ELEMENTWISE[self.name][0](x, *self.params)
+
+    def lipschitz(self, norm="l2"):
+        return max(abs(self.alpha), abs(self.beta))
+
+    def describe(self):
+        args = f"({', '.join(f'{p:g}' for p in self.params)})" if self.params else ""
+        return f"{self.name}{args} slope [{self.alpha:g}, {self.beta:g}]"
+
+
+@dataclass(frozen=True)
+class GroupSort(Activation):
+    """Sort consecutive groups of ``group_size`` entries (ascending unless ``descending``).
+
+    >>> GroupSort(2).apply(np.array([[3.0, 1.0, -1.0, 2.0]]))
+    array([[ 1.,  3., -1.,  2.]])
+    """
+
+    group_size: int
+    descending: bool = False
+    kind = "groupsort"
+
+    def apply(self, x):
+        bsz, n = x.shape
+        if n % self.group_size:
+            raise ValueError(f"GroupSort({self.group_size}) on width {n}")
+        out = np.sort(x.reshape(bsz, n // self.group_size, self.group_size), axis=2)
+        if self.descending:
+            out = out[:, :, ::-1]
+        return out.reshape(bsz, n)
+
+    def lipschitz(self, norm="l2"):
+        return 1.0
+
+    def describe(self):
+        name = "maxmin" if self.group_size == 2 else f"groupsort({self.group_size})"
+        return name + (" desc" if self.descending else "")
+
+
+@dataclass(frozen=True)
+class Householder(Activation):
+    """Per pair ``v``: ``v`` if ``u^T v > 0`` else ``(I - 2 u u^T) v``, ``u = (cos t, sin t)``."""
+
+    theta: float
+    kind = "householder"
+
+    @property
+    def u(self) -> np.ndarray:
+        return np.array([math.cos(self.theta), math.sin(self.theta)])
+
+    def apply(self, x):
+        bsz, n = x.shape
+        v = x.reshape(bsz, n // 2, 2)
+        u = self.u
+        proj = v @ u
+        refl = v - 2.0 * proj[..., None] * u
+        return np.where(proj[..., None] > 0, v, refl).reshape(bsz, n)
+
+    def lipschitz(self, norm="l2"):
+        return 1.0 if norm == "l2" else math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class MaxPool2d(Activation):
+    """Max pooling over ``(c, H, W)`` input; ``pads`` are (top, left, bottom, right), -inf filled."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple[int, int, int, int]
+    in_shape: tuple[int, int, int]
+    kind = "maxpool"
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.in_shape
+        t, left, b, r = self.pads
+        ho = (h + t + b - self.kernel[0]) // self.stride[0] + 1
+        wo = (w + left + r - self.kernel[1]) // self.stride[1] + 1
+        return (c, ho, wo)
+
+    def out_dim(self, n_in):
+        return math.prod(self.out_shape)
+
+    def apply(self, x):
+        bsz = x.shape[0]
+        c, h, w = self.in_shape
+        t, left, b, r = self.pads
+        xp = np.full((bsz, c, h + t + b, w + left + r), -np.inf)
+        xp[:, :, t : t + h, left : left + w] = x.reshape(bsz, c, h, w)
+        _, ho, wo = self.out_shape
+        out = np.full((bsz, c, ho, wo), -np.inf)
+        for p in range(self.kernel[0]):
+            for q in range(self.kernel[1]):
+                win = xp[
+                    :, :, p : p + self.stride[0] * (ho - 1) + 1 : self.stride[0],
+                    q : q + self.stride[1] * (wo - 1) + 1 : self.stride[1],
+                ]
+                out = np.maximum(out, win)
+        return out.reshape(bsz, -1)
+
+    def lipschitz(self, norm="l2"):
+        # §7: each input lies in at most ceil(kh/sh) * ceil(kw/sw) windows.
+        overlap = math.ceil(self.kernel[0] / self.stride[0]) * math.ceil(
+            self.kernel[1] / self.stride[1]
+        )
+        return math.sqrt(overlap) if norm == "l2" else 1.0
+
+    def describe(self):
+        return f"maxpool {self.kernel[0]}x{self.kernel[1]} s{self.stride[0]}"
+
+
+@dataclass(frozen=True)
+class Lipschitz(Activation):
+    """A map known only by its Lipschitz constant (default 1), e.g. a kept Softmax."""
+
+    name: str
+    constant: float = 1.0
+    kind = "lipschitz"
+
+    def apply(self, x):
+        if self.name == "softmax":
+            z = x - x.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
+        raise NotImplementedError(f"no forward pass for opaque activation {self.name!r}")
+
+    def lipschitz(self, norm="l2"):
+        return self.constant
+
+    def describe(self):
+        return f"{self.name} ({self.constant:g}-Lipschitz)"

@@ -1,0 +1,71 @@
+"""Importer registry: file suffix -> loader returning a :class:`~lipverify.network.Network`.
+
+Loaders take ``(path, **options)``; options they do not understand are ignored.
+Common options: ``layout`` ("out-in" | "in-out"), ``activation`` (name of the
+hidden activation for weight files that do not store one, default "relu"),
+``trust_pickle`` (allow unpickling whole-model files), ``keep_softmax``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ModelLoadError, UsageError
+from ..network import Network
+
+Loader = Callable[..., Network]
+IMPORTERS: dict[str, Loader] = {}
+
+
+def register_importer(*suffixes: str):
+    def deco(fn: Loader) -> Loader:
+        for s in suffixes:
+            IMPORTERS[s.lower()] = fn
+        return fn
+
+    return deco
+
+
+def _load_builtin() -> None:
+    from . import onnx_import, torch_import, weights  # noqa: F401  (registration)
+
+
+def supported_suffixes() -> list[str]:
+    _load_builtin()
+    return sorted(IMPORTERS)
+
+
+def load(source, **options) -> Network:
+    """Load a network from a path, an ``nn.Module``, or return a Network unchanged.
+
+    >>> import lipverify
+    >>> lipverify.load("does-not-exist.onnx")
+    Traceback (most recent call last):
+    ...
+    lipverify.errors.ModelLoadError: does-not-exist.onnx: no such file; check the path
+    """
+    if isinstance(source, Network):
+        return source
+    _load_builtin()
+    if not isinstance(source, (str, Path)):
+        from .torch_import import load_module
+
+        return load_module(source, **options)
+    path = Path(source)
+    if not path.exists():
+        raise ModelLoadError(f"{source}: no such file; check the path")
+    if path.is_dir():
+        raise ModelLoadError(f"{source}: is a directory; pass a model file")
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix not in IMPORTERS:
+        raise UsageError(
+            f"{source}: unknown model format {suffix or '(no suffix)'!r}; supported: "
+            + ", ".join(sorted(IMPORTERS))
+        )
+    try:
+        return IMPORTERS[suffix](path, **options)
+    except (ModelLoadError, UsageError):
+        raise
+    except MemoryError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from exc

@@ -1,0 +1,52 @@
+"""Registry of bound methods: name -> function with a fixed contract.
+
+A method is ``fn(network, *, norm, **options) -> MethodOutput``. Register it
+with :func:`register_method`; ``lipverify methods`` lists the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from ..results import MethodOutput
+
+MethodFn = Callable[..., MethodOutput]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    fn: MethodFn
+    norms: tuple[str, ...]
+    #: "upper" (a certified bound), "estimate" (neither bound nor lower bound), "lower".
+    kind: str
+    summary: str
+
+
+METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(name: str, *, norms=("l2",), kind="upper", summary=""):
+    def deco(fn: MethodFn) -> MethodFn:
+        METHODS[name] = MethodInfo(name, fn, tuple(norms), kind, summary)
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> MethodInfo:
+    _load_builtin()
+    if name not in METHODS:
+        raise UsageError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def list_methods() -> list[MethodInfo]:
+    _load_builtin()
+    return list(METHODS.values())
+
+
+def _load_builtin() -> None:
+    from . import baselines, lower  # noqa: F401  (registration side effects)

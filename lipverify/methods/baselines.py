@@ -1,0 +1,103 @@
+"""Cheap baselines (FORMULATIONS.md §6): naive product, power-iteration estimate, Gershgorin.
+
+All three propagate a per-term operator norm through the network's affine normal
+form: ``L(z_0) = 1``, ``L(z_k) = lip(phi_k) * sum_j ||W_kj|| L(z_j)``, and the
+output ``sum_j ||C_j|| L(z_j)``. For a feed-forward chain this is the product
+``prod_k lip(phi_k) ||W_k||`` of §6.1; for residual nets it is the triangle
+inequality, i.e. ``||C|| prod (1 + beta ||G|| ||H||)`` of §5.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ..certify import certified_gershgorin_norm, certified_inf_norm, certified_spectral_norm
+from ..linear import LinearOp
+from ..network import Network
+from ..results import MethodOutput
+from . import register_method
+
+
+def propagate(network: Network, op_norm: Callable[[LinearOp], float], norm: str) -> float:
+    """Lipschitz bound of the whole network from per-term norms (sound for any DAG)."""
+    lips = [1.0]
+    for node in network.nodes:
+        total = math.fsum(op_norm(t.op) * lips[t.source] for t in node.pre.terms)
+        lips.append(np.nextafter(total * (1 + 1e-15), np.inf) * node.activation.lipschitz(norm))
+    out = math.fsum(op_norm(t.op) * lips[t.source] for t in network.output.terms)
+    return float(np.nextafter(out * (1 + 1e-15), np.inf))
+
+
+def _cached(fn: Callable[[LinearOp], float]) -> Callable[[LinearOp], float]:
+    cache: dict[int, float] = {}
+
+    def wrapped(op: LinearOp) -> float:
+        if id(op) not in cache:
+            cache[id(op)] = fn(op)
+        return cache[id(op)]
+
+    return wrapped
+
+
+@register_method(
+    "naive", norms=("l2", "linf"),
+    summary="Product of certified per-layer operator norms times activation slopes (§6.1).",
+)
+def naive(network: Network, *, norm: str = "l2", **_) -> MethodOutput:
+    def op_norm(op: LinearOp) -> float:
+        dense, radius = op.dense_with_radius()
+        if norm == "linf":
+            return certified_inf_norm(dense, radius)
+        return certified_spectral_norm(dense, radius)[0]
+
+    value = propagate(network, _cached(op_norm), norm)
+    return MethodOutput(bound=value, certified=math.isfinite(value),
+                        details={"per_layer": "certified SVD + Rump check (§6.2)"})
+
+
+@register_method(
+    "gershgorin", norms=("l2", "linf"),
+    summary="Row/column-sum (Gershgorin) bound per layer (§6.3); cheap, no SVD.",
+)
+def gershgorin(network: Network, *, norm: str = "l2", **_) -> MethodOutput:
+    def op_norm(op: LinearOp) -> float:
+        dense, radius = op.dense_with_radius()
+        if norm == "linf":
+            return certified_inf_norm(dense, radius)
+        return certified_gershgorin_norm(dense, radius)
+
+    value = propagate(network, _cached(op_norm), norm)
+    return MethodOutput(bound=value, certified=math.isfinite(value))
+
+
+def power_iteration(op: LinearOp, iters: int = 200, seed: int = 0, tol: float = 1e-10) -> float:
+    """Estimate ``||op||_2`` with ``matmat``/``rmatmat`` only (a lower estimate, §6.2)."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(1, op.n_in))
+    v /= np.linalg.norm(v)
+    sigma = 0.0
+    for _ in range(iters):
+        u = op.matmat(v)
+        nu = np.linalg.norm(u)
+        if nu == 0:
+            return 0.0
+        v = op.rmatmat(u / nu)
+        new = float(np.linalg.norm(v))
+        v /= new
+        if abs(new - sigma) <= tol * new:
+            return new
+        sigma = new
+    return sigma
+
+
+@register_method(
+    "power", norms=("l2",), kind="estimate",
+    summary="Same product with power-iteration norms: an estimate, NOT a certified bound.",
+)
+def power(network: Network, *, norm: str = "l2", **_) -> MethodOutput:
+    value = propagate(network, _cached(power_iteration), norm)
+    return MethodOutput(bound=value, certified=False, status="estimate",
+                        warnings=("power iteration underestimates norms: not a bound",))
