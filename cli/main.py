@@ -151,9 +151,9 @@ def compare(models, methods, norm, output_rows, csv_path, fmt, **load_opts):
             results.append(r)
             if fmt == "json":
                 click.echo(r.to_json())
-    table = Table(title=f"Lipschitz bounds ({norm})")
-    table.add_column("model")
-    table.add_column("widths")
+    table = Table(title=f"Lipschitz bounds ({norm}); ✓ certified, ✗ not")
+    table.add_column("model", no_wrap=True)
+    table.add_column("widths", no_wrap=True)
     for name in names:
         table.add_column(name, justify="right")
     by_model: dict[str, dict[str, lipverify.BoundResult]] = {}
@@ -168,7 +168,7 @@ def compare(models, methods, norm, output_rows, csv_path, fmt, **load_opts):
             cells.append("-" if r is None else f"{r.bound:.6g}{mark} ({r.time_s:.2g}s)")
         table.add_row(model_name, _widths(first.layers), *cells)
     if fmt == "text":
-        Console().print(table)
+        Console(width=max(120, 40 + 24 * len(names))).print(table)
     else:
         err.print(table)
     for what, why in failures:

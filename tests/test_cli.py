@@ -1,0 +1,123 @@
+"""The command line: outputs, JSON fields, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import SAMPLE_MODELS, shared_path
+
+from lipverify_cli.main import main
+
+SAMPLE = str(SAMPLE_MODELS / "digits_mlp_relu.onnx")
+REQUIRED = {"model", "method", "norm", "bound", "certified", "solver", "status", "time_s",
+            "lower_bound", "layers"}
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_bound_json_has_required_fields():
+    res = run("bound", SAMPLE, "--method", "naive", "--format", "json")
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    obj = json.loads(lines[0])
+    assert REQUIRED <= set(obj)
+    assert obj["certified"] is True and obj["method"] == "naive"
+    assert isinstance(obj["bound"], float) and isinstance(obj["time_s"], float)
+    assert obj["layers"] == [64, 64, 32, 10]
+    assert obj["lower_bound"] <= obj["bound"]
+
+
+def test_bound_default_says_which_method():
+    res = run("bound", SAMPLE, "--no-lower")
+    assert res.exit_code == 0, res.output
+    assert "certified" in res.stdout
+    assert "method auto ->" in res.stderr
+
+
+def test_bound_linf_and_rows():
+    res = run("bound", SAMPLE, "--method", "naive", "--norm", "linf", "--output-rows", "0,3",
+              "--format", "json", "--no-lower")
+    obj = json.loads(res.stdout)
+    assert res.exit_code == 0 and obj["norm"] == "linf" and obj["output_rows"] == [0, 3]
+
+
+def test_power_is_labelled_estimate():
+    obj = json.loads(run("bound", SAMPLE, "-m", "power", "--format", "json", "--no-lower").stdout)
+    assert obj["certified"] is False and obj["kind"] == "estimate"
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (("bound", "no-such-file.onnx"), 3, "no such file"),
+    (("bound", "."), 3, "directory"),
+    (("bound", SAMPLE, "--method", "nope"), 2, "unknown method"),
+    (("bound", SAMPLE, "--output-rows", "99", "--no-lower"), 2, "out of range"),
+    (("bound", SAMPLE, "--norm", "l7"), 2, "l7"),
+])
+def test_errors_have_exit_codes_and_no_traceback(args, code, text):
+    res = run(*args)
+    assert res.exit_code == code, res.output
+    assert text in res.output
+    assert "Traceback" not in res.output
+
+
+def test_corrupt_and_truncated_onnx(tmp_path: Path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage\xff" * 10)
+    trunc = tmp_path / "trunc.onnx"
+    trunc.write_bytes(Path(SAMPLE).read_bytes()[:500])
+    for f in (bad, trunc):
+        res = run("bound", str(f))
+        assert res.exit_code == 3, res.output
+        assert "Traceback" not in res.output
+
+
+def test_unsupported_model_lists_nodes_exit_4():
+    path = shared_path("onnx", "negative", "unet_simp_small.onnx")
+    res = run("bound", str(path))
+    assert res.exit_code == 4
+    assert "ArgMax" in res.output and "OneHot" in res.output
+
+
+def test_nan_weights_exit_3(tmp_path: Path):
+    f = tmp_path / "nan.npz"
+    np.savez(f, w1=np.array([[np.nan, 1.0], [0.0, 1.0], [1.0, 1.0]]), w2=np.ones((1, 3)))
+    res = run("bound", str(f))
+    assert res.exit_code == 3 and "NaN" in res.output
+
+
+def test_debug_shows_traceback():
+    res = run("--debug", "bound", "no-such-file.onnx")
+    assert res.exit_code == 3
+
+
+def test_compare_table_and_csv(tmp_path: Path):
+    out = tmp_path / "out.csv"
+    res = run("compare", SAMPLE, str(SAMPLE_MODELS / "digits_mlp_tanh.onnx"),
+              "--methods", "naive,gershgorin,lower", "--csv", str(out))
+    assert res.exit_code == 0, res.output
+    rows = out.read_text().splitlines()
+    assert len(rows) == 1 + 2 * 3
+    assert "digits_mlp_relu" in res.stdout and "naive" in res.stdout
+
+
+def test_compare_rejects_unknown_method_before_work():
+    res = run("compare", SAMPLE, "--methods", "naive,bogus")
+    assert res.exit_code == 2 and "bogus" in res.output
+
+
+def test_info_methods_ops_doctor():
+    res = run("info", SAMPLE, "--format", "json")
+    assert res.exit_code == 0
+    assert json.loads(res.stdout)["widths"] == [64, 64, 32, 10]
+    assert "naive" in run("methods").stdout
+    ops = run("ops").stdout
+    assert "Gemm" in ops and "Conv" in ops and "Sign" in ops
+    doc = run("doctor")
+    assert doc.exit_code == 0 and "MOSEK" in doc.stdout
