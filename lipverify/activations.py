@@ -49,6 +49,9 @@ ELEMENTWISE: dict[str, tuple[Callable, Callable[..., tuple[float, float]]]] = {
     "abs": (np.abs, lambda: (-1.0, 1.0)),
     "hardtanh": (lambda x, lo=-1.0, hi=1.0: np.clip(x, lo, hi), lambda lo=-1.0, hi=1.0: (0.0, 1.0)),
     "identity": (lambda x: x, lambda: (1.0, 1.0)),
+    # Any activation with slopes in [a, b]; the forward pass uses the piecewise-linear
+    # member (slope a below 0, b above), bounds hold for the whole class.
+    "slope": (lambda x, a, b: np.where(x >= 0, b * x, a * x), lambda a, b: (a, b)),
 }
 
 

@@ -385,14 +385,14 @@ def _softmax(ctx, node, attrs, ins):
     x = ins[0]
     axis = attrs.get("axis", 1 if ctx.opset < 13 else -1)
     axis = axis + len(x.shape) if axis < 0 else axis
-    if math.prod(x.shape[:axis]) != 1 or (ctx.opset >= 13 and math.prod(x.shape[axis + 1:]) != 1):
-        raise Unsupported("Softmax over part of the features only")
-    if node.output[0] == ctx.graph_output and not ctx.keep_softmax:
+    if node.output[0] == ctx.graph_output and not ctx.keep_softmax:  # any axis: logits remain
         msg = (f"final Softmax {node.name or ''} dropped: bounding the logits "
                "(use --keep-softmax to bound it as a 1-Lipschitz map)")
         ctx.notes.append(msg)
         warnings.warn(msg, stacklevel=2)
         return [x]
+    if math.prod(x.shape[:axis]) != 1 or (ctx.opset >= 13 and math.prod(x.shape[axis + 1:]) != 1):
+        raise Unsupported("Softmax over part of the features only")
     return [ctx.builder.activate(x, Lipschitz("softmax"), name=node.name)]
 
 
@@ -412,8 +412,7 @@ def _sort_along(ctx, x: Sym, axes, k: int, descending: bool, name: str) -> Sym:
             [t.shape[a] for a in rest] + [g]))
         ctx.sorted_cache[key] = (x, ctx.builder.activate(moved, GroupSort(g), name=name))
     _, srt = ctx.sorted_cache[key]
-    keep = slice(g - 1, g - 1 - k, -1) if descending else slice(0, k)
-    srt = _move(srt, lambda t, fill: t[..., keep])
+    srt = _move(srt, lambda t, fill: (t[..., ::-1] if descending else t)[..., :k])
     if len(axes) == 1:  # restore the original layout
         return _move(srt, lambda t, fill: np.moveaxis(t, -1, axes[0]))
     return srt
@@ -427,11 +426,73 @@ def _reduce_extreme(ctx, node, attrs, ins):
     axes = list(range(len(x.shape))) if not axes else [a % len(x.shape) for a in axes]
     y = _sort_along(ctx, x, axes, 1, node.op_type == "ReduceMax", node.name)
     kept = [1 if a in axes else s for a, s in enumerate(x.shape)]
-    shape = kept if attrs.get("keepdims", 1) else [s for a, s in enumerate(x.shape) if a not in axes]
+    shape = kept if attrs.get("keepdims", 1) else \
+        [s for a, s in enumerate(x.shape) if a not in axes]
     return [y.reshape(tuple(shape))]
 
 
 converter("ReduceMax", "ReduceMin")(_reduce_extreme)
+
+
+def _reduce_axes(attrs, ins, rank: int) -> list[int]:
+    axes = attrs.get("axes")
+    if axes is None and len(ins) > 1 and ins[1] is not None:
+        axes = [int(a) for a in np.ravel(ins[1])]
+    if not axes:
+        return [] if attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+    return sorted(a % rank for a in axes)
+
+
+@converter("ReduceSum", "ReduceMean")
+def _reduce_linear(ctx, node, attrs, ins):
+    x = ins[0]
+    axes = _reduce_axes(attrs, ins, len(x.shape))
+    if not axes:
+        return [x]
+    rest = [a for a in range(len(x.shape)) if a not in axes]
+    g = math.prod(x.shape[a] for a in axes)
+    lead = math.prod(x.shape[a] for a in rest)
+    moved = _move(x, lambda t, fill: np.transpose(t, rest + axes).reshape(lead, g))
+    row = np.full((1, g), 1.0 / g if node.op_type == "ReduceMean" else 1.0)
+    if lead * lead * g > 50_000_000:
+        raise Unsupported(f"reduction over {lead} groups is too large to represent densely")
+    op = Dense(np.kron(np.eye(lead), row))
+    kept = [1 if a in axes else s for a, s in enumerate(x.shape)]
+    shape = kept if attrs.get("keepdims", 1) else [x.shape[a] for a in rest]
+    return [moved.linear(op, tuple(shape))]
+
+
+@converter("Max", "Min")
+def _elementwise_extreme(ctx, node, attrs, ins):
+    """Max/Min of two tensors: one shared GroupSort(2) over the stacked pair (§4), or a
+    shifted ReLU against a constant: max(x, c) = c + relu(x - c)."""
+    if len(ins) != 2:
+        raise Unsupported("Max/Min of more than two tensors")
+    a, b = ins
+    is_max = node.op_type == "Max"
+    if not (_is_sym(a) and _is_sym(b)):
+        x, c = (a, b) if _is_sym(a) else (b, a)
+        shape = _bshape(x, c)
+        c = np.broadcast_to(np.asarray(c, dtype=np.float64), shape)
+        x = _as_sym_shape(x, shape)
+        sign = 1.0 if is_max else -1.0  # min(x, c) = c - relu(c - x)
+        inner = _scale(x.shifted(-c), sign) if sign > 0 else _scale(x, -1.0).shifted(c)
+        r = ctx.builder.activate(inner, SlopeRestricted.named("relu"), name=node.name)
+        return [_scale(r, sign).shifted(c)]
+    shape = _bshape(a, b)
+    key = ("pair", frozenset((id(a), id(b))))
+    if key not in ctx.sorted_cache:
+        pair = _concat({"axis": len(shape)}, [_unsq(_as_sym_shape(a, shape)),
+                                               _unsq(_as_sym_shape(b, shape))])
+        srt = _sort_along(ctx, pair, [len(shape)], 2, False, node.name)
+        ctx.sorted_cache[key] = ((a, b), srt)
+    _, srt = ctx.sorted_cache[key]
+    pick = 1 if is_max else 0
+    return [_move(srt, lambda t, fill: t[..., pick])]
+
+
+def _unsq(x: Sym) -> Sym:
+    return x.reshape(tuple(x.shape) + (1,))
 
 
 @converter("TopK")
@@ -488,7 +549,8 @@ def _concat(attrs, ins) -> Value:
     for i, v in enumerate(ins):
         if not _is_sym(v):
             continue
-        parts = [_index_tensor(v) if j == i else np.zeros(np.shape(t)) for j, t in enumerate(tensors)]
+        parts = [_index_tensor(v) if j == i else np.zeros(np.shape(t))
+                 for j, t in enumerate(tensors)]
         idx = np.rint(np.concatenate(parts, axis=axis)).astype(np.int64) - 1
         piece = v.movement(idx, np.zeros(bias.shape))
         out = piece if out is None else out.plus(piece)
@@ -580,6 +642,10 @@ def _convert(ctx: Ctx, node, ins: list, problems: list[Problem]) -> list[Value]:
     n_out = len(node.output)
     label = node.name or node.output[0]
     attrs = _attrs(node)
+    if node.domain not in ("", "ai.onnx"):  # never mistake a custom op for a standard one
+        problems.append(Problem(label, node.op_type, f"custom op of domain {node.domain!r}: "
+                                "not supported"))
+        return [POISON] * n_out
     if any(v is POISON for v in ins):
         # Downstream of a problem: still report ops that are wrong in themselves.
         key = _problem_key(node, [None] * len(ins))
