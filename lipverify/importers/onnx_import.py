@@ -506,13 +506,39 @@ def _topk(ctx, node, attrs, ins):
                         node.name)]
 
 
+@converter("Split")
+def _split(ctx, node, attrs, ins):
+    """Split a tensor into consecutive pieces along ``axis`` (each piece a data movement)."""
+    x = ins[0]
+    axis = attrs.get("axis", 0) % len(x.shape)
+    sizes = attrs.get("split")
+    if sizes is None and len(ins) > 1 and ins[1] is not None:
+        sizes = [int(v) for v in np.ravel(ins[1])]
+    n = len(node.output)
+    if sizes is None:
+        dim = x.shape[axis]
+        step = -(-dim // n)
+        sizes = [min(step, dim - i * step) for i in range(n)]
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+    return [_move(x, lambda t, fill, a=a, b=b: np.take(t, np.arange(a, b), axis=axis))
+            for a, b in zip(edges[:-1], edges[1:])]
+
+
 @converter("GroupSortPair")
 def _groupsort_pair(ctx, node, attrs, ins):
+    """The fused MaxMin pattern: Concat(Unsqueeze(min), Unsqueeze(max)) of a pair axis."""
     x = ins[0]
-    axis = attrs["axis"]
+    rank = len(x.shape)
+    axis = attrs["axis"] % rank
     if x.shape[axis] != 2:
         raise Unsupported("MaxMin pattern on an axis of size != 2")
-    return [_sort_along(ctx, x, [axis], 2, bool(attrs.get("descending", 0)), node.name)]
+    srt = _sort_along(ctx, x, [axis], 2, False, node.name)
+    parts = [_move(srt, lambda t, fill, i=i: np.take(t, i, axis=axis)) for i in (0, 1)]
+    u = attrs["unsqueeze_axis"] % rank
+    parts = [_move(p, lambda t, fill: np.expand_dims(t, u)) for p in parts]
+    if attrs.get("max_first", 0):
+        parts = parts[::-1]
+    return [_concat({"axis": attrs["concat_axis"] % rank}, parts)]
 
 
 # --------------------------------------------------------------- the walk

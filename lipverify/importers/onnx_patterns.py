@@ -109,19 +109,22 @@ def fuse_patterns(nodes: list, values: dict) -> list:
         unsq = {}
         for key, name in outs.items():
             us = [u for u in users.get(name, []) if u.op_type == "Unsqueeze"]
-            if len(us) == 1 and _axes(us[0], values) == [axis]:
-                unsq[key] = us[0].output[0]
-        if len(unsq) != 2:
+            axes = _axes(us[0], values) if len(us) == 1 else None
+            if axes is not None and len(axes) == 1:
+                unsq[key] = (us[0].output[0], axes[0])
+        if len(unsq) != 2 or unsq["min"][1] != unsq["max"][1]:
             continue
-        cats = [c for c in users.get(unsq["min"], []) if c.op_type == "Concat"]
-        if len(cats) != 1 or _attr(cats[0], "axis", None) != axis or len(cats[0].input) != 2:
+        cats = [c for c in users.get(unsq["min"][0], []) if c.op_type == "Concat"]
+        if len(cats) != 1 or len(cats[0].input) != 2:
             continue
         cat = cats[0]
         order = list(cat.input)
-        if order not in ([unsq["min"], unsq["max"]], [unsq["max"], unsq["min"]]):
+        if order not in ([unsq["min"][0], unsq["max"][0]], [unsq["max"][0], unsq["min"][0]]):
             continue
+        # Axes may be negative and are normalised by the converter, which knows the ranks.
         replaced[id(cat)] = helper.make_node(
             "GroupSortPair", [x], list(cat.output), name=(cat.name or "") + "/maxmin",
-            axis=axis, descending=int(order[0] == unsq["max"]),
+            axis=axis, unsqueeze_axis=unsq["min"][1], concat_axis=_attr(cat, "axis", 0),
+            max_first=int(order[0] == unsq["max"][0]),
         )
     return [replaced.get(id(n), n) for n in nodes]
