@@ -3,7 +3,8 @@ stdout carries the results: one line per result in text mode, one JSON object
 per result with ``--format json``.
 
 Exit codes: 0 ok, 1 internal error, 2 usage error, 3 unreadable model,
-4 unsupported model or method, 5 solver failure, 6 unsound result (bug).
+4 unsupported model or method, 5 solver failure, 6 unsound result (bug),
+7 certificate rejected by `lipverify check`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lipverify.errors import LipverifyError
 
 err = Console(stderr=True)
 EXIT_UNSOUND = 6
+EXIT_INVALID_CERT = 7
 
 
 def _rows(value: str | None) -> list[int] | None:
@@ -57,15 +59,28 @@ def _handle_errors(fn):
 def _load_options(f):
     """Options shared by every command that loads a model."""
     opts = [
-        click.option("--layout", type=click.Choice(["out-in", "in-out"]),
-                     help="Weight storage orientation, when a weight file is ambiguous."),
-        click.option("--activation", default="relu", show_default=True,
-                     help="Hidden activation for weight files that do not store one "
-                          "(e.g. relu, tanh, leaky_relu:0.01)."),
-        click.option("--keep-softmax", is_flag=True,
-                     help="Bound a final Softmax as a 1-Lipschitz map instead of dropping it."),
-        click.option("--trust-pickle", is_flag=True,
-                     help="Allow unpickling whole-model PyTorch files. Only for trusted files."),
+        click.option(
+            "--layout",
+            type=click.Choice(["out-in", "in-out"]),
+            help="Weight storage orientation, when a weight file is ambiguous.",
+        ),
+        click.option(
+            "--activation",
+            default="relu",
+            show_default=True,
+            help="Hidden activation for weight files that do not store one "
+            "(e.g. relu, tanh, leaky_relu:0.01).",
+        ),
+        click.option(
+            "--keep-softmax",
+            is_flag=True,
+            help="Bound a final Softmax as a 1-Lipschitz map instead of dropping it.",
+        ),
+        click.option(
+            "--trust-pickle",
+            is_flag=True,
+            help="Allow unpickling whole-model PyTorch files. Only for trusted files.",
+        ),
         click.option("--input-shape", help="Input shape for PyTorch files, e.g. 1,28,28."),
     ]
     for opt in reversed(opts):
@@ -91,20 +106,60 @@ def main(debug):
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=True))
-@click.option("--method", "-m", default="auto", show_default=True,
-              help="Bound method (see `lipverify methods`); auto = tightest certified that fits.")
+@click.option(
+    "--method",
+    "-m",
+    default="auto",
+    show_default=True,
+    help="Bound method (see `lipverify methods`); auto = tightest certified that fits.",
+)
 @click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
 @click.option("--output-rows", help="Bound only these output rows (logits), e.g. 0,3.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
-@click.option("--lower/--no-lower", default=True, show_default=True,
-              help="Also compute a sampled lower bound and check the bound against it.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--lower/--no-lower",
+    default=True,
+    show_default=True,
+    help="Also compute a sampled lower bound and check the bound against it.",
+)
+@click.option(
+    "--solver",
+    default="auto",
+    show_default=True,
+    help="SDP solver: auto, smooth (built in), clarabel, scs, mosek.",
+)
+@click.option(
+    "--time-limit",
+    type=float,
+    help="Seconds for the solver; the best certified "
+    "bound found so far is returned when it runs out.",
+)
+@click.option(
+    "--save-certificate",
+    type=click.Path(dir_okay=False),
+    help="Write the multipliers and rho to this JSON file (see `lipverify check`).",
+)
 @_load_options
 @_handle_errors
-def bound(model, method, norm, output_rows, fmt, lower, **load_opts):
+def bound(
+    model, method, norm, output_rows, fmt, lower, solver, time_limit, save_certificate, **load_opts
+):
     """Bound the Lipschitz constant of MODEL (.onnx, .pt/.pt2, .npz, .mat, .nnet)."""
-    result = lipverify.bound(model, method=method, norm=norm, output_rows=_rows(output_rows),
-                             lower_bound=lower, **_options(**load_opts))
+    result = lipverify.bound(
+        model,
+        method=method,
+        norm=norm,
+        output_rows=_rows(output_rows),
+        lower_bound=lower,
+        solver=solver,
+        time_limit=time_limit,
+        **_options(**load_opts),
+    )
+    if save_certificate:
+        lipverify.save_certificate(result, save_certificate)
+        err.print(f"certificate written to {save_certificate}")
     if fmt == "json":
         click.echo(result.to_json())
     else:
@@ -112,20 +167,25 @@ def bound(model, method, norm, output_rows, fmt, lower, **load_opts):
         if "auto_choice" in result.details:
             err.print(f"method auto -> {result.method}")
         for w in result.warnings:
-            err.print(f"[yellow]note:[/] {w}", highlight=False)
+            _note(w)
     if result.status == "unsound":
         sys.exit(EXIT_UNSOUND)
 
 
 @main.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path())
-@click.option("--methods", default="naive,gershgorin,lower", show_default=True,
-              help="Comma-separated methods.")
+@click.option(
+    "--methods",
+    default="naive,gershgorin,lower",
+    show_default=True,
+    help="Comma-separated methods.",
+)
 @click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
 @click.option("--output-rows", help="Bound only these output rows, e.g. 7.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV here.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
 @_load_options
 @_handle_errors
 def compare(models, methods, norm, output_rows, csv_path, fmt, **load_opts):
@@ -143,8 +203,9 @@ def compare(models, methods, norm, output_rows, csv_path, fmt, **load_opts):
             continue
         for name in names:
             try:
-                r = lipverify.bound(net, method=name, norm=norm, output_rows=_rows(output_rows),
-                                    **opts)
+                r = lipverify.bound(
+                    net, method=name, norm=norm, output_rows=_rows(output_rows), **opts
+                )
             except LipverifyError as exc:
                 failures.append((f"{path} [{name}]", str(exc).splitlines()[0]))
                 continue
@@ -180,13 +241,35 @@ def compare(models, methods, norm, output_rows, csv_path, fmt, **load_opts):
         sys.exit(4 if failures else 0)
 
 
+def _note(text: str) -> None:
+    err.print("note:", style="yellow", end=" ")
+    err.print(text, markup=False, highlight=False)
+
+
 def _widths(layers) -> str:
-    return "-".join(str(w) for w in layers) if len(layers) <= 6 else (
-        f"{layers[0]}-...({len(layers) - 2} layers)...-{layers[-1]}")
+    return (
+        "-".join(str(w) for w in layers)
+        if len(layers) <= 6
+        else (f"{layers[0]}-...({len(layers) - 2} layers)...-{layers[-1]}")
+    )
 
 
-CSV_FIELDS = ("model", "method", "norm", "bound", "certified", "kind", "status", "time_s",
-              "lower_bound", "layers", "output_rows", "solver", "sha256", "version")
+CSV_FIELDS = (
+    "model",
+    "method",
+    "norm",
+    "bound",
+    "certified",
+    "kind",
+    "status",
+    "time_s",
+    "lower_bound",
+    "layers",
+    "output_rows",
+    "solver",
+    "sha256",
+    "version",
+)
 
 
 def write_csv(path: str, results) -> None:
@@ -202,35 +285,62 @@ def write_csv(path: str, results) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
 @_load_options
 @_handle_errors
 def info(model, fmt, **load_opts):
     """Show MODEL's layers, shapes, activations and parameter count."""
     net = lipverify.load(model, **_options(**load_opts))
     summary = {
-        "model": net.name, "input_shape": list(net.input_shape),
-        "output_shape": list(net.output_shape), "widths": net.widths,
-        "feed_forward": net.is_sequential, "parameters": net.num_parameters,
-        "sha256": net.provenance.sha256, "format": net.provenance.format,
-        "layers": net.summary(), "notes": list(net.provenance.notes),
+        "model": net.name,
+        "input_shape": list(net.input_shape),
+        "output_shape": list(net.output_shape),
+        "widths": net.widths,
+        "feed_forward": net.is_sequential,
+        "parameters": net.num_parameters,
+        "sha256": net.provenance.sha256,
+        "format": net.provenance.format,
+        "layers": net.summary(),
+        "notes": list(net.provenance.notes),
     }
     if fmt == "json":
         click.echo(json.dumps(summary))
         return
-    table = Table(title=f"{net.name}: {net.num_parameters:,} parameters, input "
-                        f"{tuple(net.input_shape)} -> output {tuple(net.output_shape)}")
+    table = Table(
+        title=f"{net.name}: {net.num_parameters:,} parameters, input "
+        f"{tuple(net.input_shape)} -> output {tuple(net.output_shape)}"
+    )
     for col in ("#", "from", "linear map", "activation", "width"):
         table.add_column(col)
     for row in net.summary():
-        table.add_row(str(row["layer"]), ",".join(map(str, row["sources"])), row["linear"],
-                      row["activation"], str(row["width"]))
+        table.add_row(
+            str(row["layer"]),
+            ",".join(map(str, row["sources"])),
+            row["linear"],
+            row["activation"],
+            str(row["width"]),
+        )
     Console().print(table)
     kind = "feed-forward chain" if net.is_sequential else "DAG with skip connections"
     click.echo(f"structure: {kind}; sha256 {net.provenance.sha256}")
     for note in net.provenance.notes:
-        err.print(f"[yellow]note:[/] {note}", highlight=False)
+        _note(note)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("certificate", type=click.Path(exists=True, dir_okay=False))
+@_load_options
+@_handle_errors
+def check(model, certificate, **load_opts):
+    """Re-verify CERTIFICATE for MODEL from scratch, with no solver (exit 0 valid, 7 invalid)."""
+    net = lipverify.load(model, **_options(**load_opts))
+    res = lipverify.check_certificate(net, certificate)
+    click.echo(res.message)
+    if not res.valid:
+        sys.exit(EXIT_INVALID_CERT)
 
 
 @main.command()

@@ -1,12 +1,13 @@
 """lipverify: certified upper bounds on the Lipschitz constant of neural networks.
 
 >>> import lipverify
->>> sorted(m.name for m in lipverify.list_methods())[:3]
-['gershgorin', 'lower', 'naive']
+>>> "lipsdp-neuron" in {m.name for m in lipverify.list_methods()}
+True
 """
 
 from .activations import GroupSort, Householder, Lipschitz, MaxPool2d, SlopeRestricted
 from .api import bound, compare, lipverify_version
+from .certificates import check_certificate, save_certificate
 from .errors import (
     AmbiguousLayoutError,
     LipverifyError,
@@ -25,9 +26,28 @@ from .results import BoundResult
 __version__ = lipverify_version()
 
 __all__ = [
-    "AmbiguousLayoutError", "BoundResult", "GroupSort", "Householder", "Lipschitz",
-    "LipverifyError", "MaxPool2d", "ModelLoadError", "Network", "NotApplicableError",
-    "Provenance", "SlopeRestricted", "SolverError", "UnsupportedModelError",
-    "UntrustedPickleError", "UsageError", "bound", "compare", "get_method", "list_methods",
-    "load", "__version__",
+    "AmbiguousLayoutError",
+    "BoundResult",
+    "GroupSort",
+    "Householder",
+    "Lipschitz",
+    "LipverifyError",
+    "MaxPool2d",
+    "ModelLoadError",
+    "Network",
+    "NotApplicableError",
+    "Provenance",
+    "SlopeRestricted",
+    "SolverError",
+    "UnsupportedModelError",
+    "UntrustedPickleError",
+    "UsageError",
+    "bound",
+    "check_certificate",
+    "compare",
+    "get_method",
+    "list_methods",
+    "load",
+    "save_certificate",
+    "__version__",
 ]

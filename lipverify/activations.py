@@ -172,7 +172,7 @@ class Householder(Activation):
 
 @dataclass(frozen=True)
 class MaxPool2d(Activation):
-    """Max pooling over ``(c, H, W)`` input; ``pads`` are (top, left, bottom, right), -inf filled."""
+    """Max pooling over a ``(c, H, W)`` input; ``pads`` (top, left, bottom, right) are -inf."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
@@ -202,7 +202,9 @@ class MaxPool2d(Activation):
         for p in range(self.kernel[0]):
             for q in range(self.kernel[1]):
                 win = xp[
-                    :, :, p : p + self.stride[0] * (ho - 1) + 1 : self.stride[0],
+                    :,
+                    :,
+                    p : p + self.stride[0] * (ho - 1) + 1 : self.stride[0],
                     q : q + self.stride[1] * (wo - 1) + 1 : self.stride[1],
                 ]
                 out = np.maximum(out, win)

@@ -9,14 +9,16 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .errors import NotApplicableError, UsageError
 from .importers import load
-from .methods import get_method, list_methods
+from .methods import get_method
 from .network import Network
 from .results import BoundResult
 
 NORMS = ("l2", "linf")
 
-#: ``auto`` picks the first registered, applicable certified method in this order.
-AUTO_PREFERENCE = ("lipsdp-neuron", "ldlt", "ldlt-fast", "naive")
+#: Default solver time limit (seconds) when ``auto`` chooses an SDP method.
+AUTO_TIME_LIMIT = 120.0
+#: Above this LMI order ``auto`` uses the closed-form sequential bound.
+AUTO_MAX_ORDER = 6000
 
 
 def lipverify_version() -> str:
@@ -26,12 +28,18 @@ def lipverify_version() -> str:
         return "0+unknown"
 
 
-def _auto(network: Network, norm: str, **options) -> str:
-    names = {m.name for m in list_methods()}
-    for name in AUTO_PREFERENCE:
-        if name in names and norm in get_method(name).norms:
-            return name
-    raise NotApplicableError(f"no certified method handles norm {norm}")  # pragma: no cover
+def _auto(network: Network, norm: str, options: dict) -> str:
+    """Tightest certified method that fits the network and this machine."""
+    from .sdp.chain import ChainLMI
+
+    try:
+        lmi = ChainLMI.from_network(network)
+    except (NotApplicableError, MemoryError):
+        return "naive"
+    if lmi.order > AUTO_MAX_ORDER:
+        return "ldlt-fast"
+    options.setdefault("time_limit", AUTO_TIME_LIMIT)
+    return "lipsdp-neuron"
 
 
 def bound(
@@ -59,7 +67,7 @@ def bound(
         raise UsageError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
     network = load(model, **options)
     network = network.select_outputs(list(output_rows) if output_rows is not None else None)
-    name = method if method != "auto" else _auto(network, norm, **options)
+    name = method if method != "auto" else _auto(network, norm, options)
     info = get_method(name)
     if norm not in info.norms:
         raise NotApplicableError(
@@ -106,8 +114,10 @@ def bound(
 
 
 def compare(
-    models: Iterable, methods: Sequence[str] = ("naive", "gershgorin", "lower"),
-    norm: str = "l2", **options,
+    models: Iterable,
+    methods: Sequence[str] = ("naive", "gershgorin", "lower"),
+    norm: str = "l2",
+    **options,
 ):
     """Bound every model with every method.
 

@@ -7,8 +7,20 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-PACKAGES = ("numpy", "scipy", "cvxpy", "clarabel", "scs", "onnx", "onnxruntime", "torch",
-            "click", "rich", "pandas", "mosek")
+PACKAGES = (
+    "numpy",
+    "scipy",
+    "cvxpy",
+    "clarabel",
+    "scs",
+    "onnx",
+    "onnxruntime",
+    "torch",
+    "click",
+    "rich",
+    "pandas",
+    "mosek",
+)
 
 
 @dataclass(frozen=True)
@@ -40,15 +52,25 @@ def mosek_status() -> Check:
 
 
 def report() -> list[Check]:
-    checks = [Check("python", sys.version_info >= (3, 11),
-                    f"{platform.python_version()} on {platform.machine()}")]
+    checks = [
+        Check(
+            "python",
+            sys.version_info >= (3, 11),
+            f"{platform.python_version()} on {platform.machine()}",
+        )
+    ]
     for pkg in PACKAGES:
         if pkg == "mosek":
             continue
         v = _version(pkg)
         optional = pkg in ("onnxruntime", "pandas")
-        checks.append(Check(pkg, v is not None or optional,
-                            v or ("not installed (optional)" if optional else "MISSING")))
+        checks.append(
+            Check(
+                pkg,
+                v is not None or optional,
+                v or ("not installed (optional)" if optional else "MISSING"),
+            )
+        )
     try:
         import cvxpy
 

@@ -309,7 +309,9 @@ class Conv2d(LinearOp):
         cout, ho, wo = self.out_shape
         yg = y.reshape(bsz, g, cout // g, ho, wo)
         kern = self._grouped_kernel()
-        xp = np.zeros((bsz, g, c // g, h + t + b, w + left + r), dtype=np.result_type(y, np.float64))
+        xp = np.zeros(
+            (bsz, g, c // g, h + t + b, w + left + r), dtype=np.result_type(y, np.float64)
+        )
         for p, q, rows, cols in self._windows():
             xp[:, :, :, rows, cols] += np.einsum("bgohw,goc->bgchw", yg, kern[:, :, :, p, q])
         xp = xp.reshape(bsz, c, h + t + b, w + left + r)

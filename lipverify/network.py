@@ -60,7 +60,9 @@ class Affine:
 
     def select_rows(self, rows: list[int]) -> Affine:
         sel = IndexMap(np.asarray(rows), self.n_out)
-        return Affine(tuple(Term(t.source, compose(t.op, sel)) for t in self.terms), self.bias[rows])
+        return Affine(
+            tuple(Term(t.source, compose(t.op, sel)) for t in self.terms), self.bias[rows]
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,7 +138,11 @@ class Network:
             raise ModelLoadError(f"{self.name}: the input has zero width")
         for k, node in enumerate([*self.nodes, None], start=1):
             pre = self.output if node is None else node.pre
-            label = "output layer" if node is None else f"layer {k} ({node.name or node.activation.kind})"
+            label = (
+                "output layer"
+                if node is None
+                else f"layer {k} ({node.name or node.activation.kind})"
+            )
             if pre.n_out <= 0:
                 raise ModelLoadError(f"{self.name}: {label} has zero width")
             if not np.isfinite(pre.bias).all():
@@ -159,7 +165,9 @@ class Network:
             if node is not None:
                 width = node.activation.out_dim(pre.n_out)
                 if width != node.width:
-                    raise ModelLoadError(f"{self.name}: {label} shape {node.shape} != width {width}")
+                    raise ModelLoadError(
+                        f"{self.name}: {label} shape {node.shape} != width {width}"
+                    )
                 widths.append(width)
 
     # ------------------------------------------------------------ construction
@@ -187,8 +195,11 @@ class Network:
             nodes.append(Node(act, pre, (act.out_dim(op.n_out),), f"layer{k}"))
         out = Affine((Term(len(nodes), ops[-1]),), biases[-1])
         return cls(
-            input_shape or (ops[0].n_in,), tuple(nodes), out,
-            provenance=provenance or Provenance(), name=name,
+            input_shape or (ops[0].n_in,),
+            tuple(nodes),
+            out,
+            provenance=provenance or Provenance(),
+            name=name,
         )
 
     # ------------------------------------------------------------------ views

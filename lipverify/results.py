@@ -88,12 +88,15 @@ class BoundResult:
         return cls(**d)
 
     def __str__(self) -> str:
-        tag = {"upper": "certified" if self.certified else "NOT certified",
-               "estimate": "estimate, not a bound", "lower": "lower bound"}[self.kind]
+        tag = {
+            "upper": "certified" if self.certified else "NOT certified",
+            "estimate": "estimate, not a bound",
+            "lower": "lower bound",
+        }[self.kind]
         extra = f", lower bound {self.lower_bound:.6g}" if self.lower_bound is not None else ""
         solver = f" via {self.solver}" if self.solver else ""
         return (
-            f"{self.model}: L_{self.norm[1:]} <= {self.bound:.8g} ({tag}) [{self.method}{solver}, "
+            f"{self.model}: L_{self.norm[1:]} <= {self.bound:.10g} ({tag}) [{self.method}{solver}, "
             f"{self.status}, {self.time_s:.3g}s{extra}]"
             if self.kind == "upper"
             else f"{self.model}: {self.method} = {self.bound:.8g} ({tag}) [{self.status}, "

@@ -70,8 +70,14 @@ def test_inf_and_gershgorin_norms_are_upper_bounds():
 
 def test_conv_dense_matches_adjoint_and_forward():
     rng = np.random.default_rng(6)
-    conv = Conv2d(rng.normal(size=(4, 2, 3, 2)), (4, 6, 5), stride=(2, 1), pads=(1, 0, 1, 1),
-                  dilation=(1, 2), groups=2)
+    conv = Conv2d(
+        rng.normal(size=(4, 2, 3, 2)),
+        (4, 6, 5),
+        stride=(2, 1),
+        pads=(1, 0, 1, 1),
+        dilation=(1, 2),
+        groups=2,
+    )
     dense = conv.to_dense()
     x = rng.normal(size=(3, conv.n_in))
     y = rng.normal(size=(3, conv.n_out))

@@ -9,12 +9,21 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import SAMPLE_MODELS, shared_path
-
 from lipverify_cli.main import main
 
 SAMPLE = str(SAMPLE_MODELS / "digits_mlp_relu.onnx")
-REQUIRED = {"model", "method", "norm", "bound", "certified", "solver", "status", "time_s",
-            "lower_bound", "layers"}
+REQUIRED = {
+    "model",
+    "method",
+    "norm",
+    "bound",
+    "certified",
+    "solver",
+    "status",
+    "time_s",
+    "lower_bound",
+    "layers",
+}
 
 
 def run(*args):
@@ -42,8 +51,19 @@ def test_bound_default_says_which_method():
 
 
 def test_bound_linf_and_rows():
-    res = run("bound", SAMPLE, "--method", "naive", "--norm", "linf", "--output-rows", "0,3",
-              "--format", "json", "--no-lower")
+    res = run(
+        "bound",
+        SAMPLE,
+        "--method",
+        "naive",
+        "--norm",
+        "linf",
+        "--output-rows",
+        "0,3",
+        "--format",
+        "json",
+        "--no-lower",
+    )
     obj = json.loads(res.stdout)
     assert res.exit_code == 0 and obj["norm"] == "linf" and obj["output_rows"] == [0, 3]
 
@@ -53,13 +73,16 @@ def test_power_is_labelled_estimate():
     assert obj["certified"] is False and obj["kind"] == "estimate"
 
 
-@pytest.mark.parametrize("args, code, text", [
-    (("bound", "no-such-file.onnx"), 3, "no such file"),
-    (("bound", "."), 3, "directory"),
-    (("bound", SAMPLE, "--method", "nope"), 2, "unknown method"),
-    (("bound", SAMPLE, "--output-rows", "99", "--no-lower"), 2, "out of range"),
-    (("bound", SAMPLE, "--norm", "l7"), 2, "l7"),
-])
+@pytest.mark.parametrize(
+    "args, code, text",
+    [
+        (("bound", "no-such-file.onnx"), 3, "no such file"),
+        (("bound", "."), 3, "directory"),
+        (("bound", SAMPLE, "--method", "nope"), 2, "unknown method"),
+        (("bound", SAMPLE, "--output-rows", "99", "--no-lower"), 2, "out of range"),
+        (("bound", SAMPLE, "--norm", "l7"), 2, "l7"),
+    ],
+)
 def test_errors_have_exit_codes_and_no_traceback(args, code, text):
     res = run(*args)
     assert res.exit_code == code, res.output
@@ -99,8 +122,15 @@ def test_debug_shows_traceback():
 
 def test_compare_table_and_csv(tmp_path: Path):
     out = tmp_path / "out.csv"
-    res = run("compare", SAMPLE, str(SAMPLE_MODELS / "digits_mlp_tanh.onnx"),
-              "--methods", "naive,gershgorin,lower", "--csv", str(out))
+    res = run(
+        "compare",
+        SAMPLE,
+        str(SAMPLE_MODELS / "digits_mlp_tanh.onnx"),
+        "--methods",
+        "naive,gershgorin,lower",
+        "--csv",
+        str(out),
+    )
     assert res.exit_code == 0, res.output
     rows = out.read_text().splitlines()
     assert len(rows) == 1 + 2 * 3

@@ -104,8 +104,13 @@ def _reference(module, x):
 def _mlp():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.Tanh(),
-        nn.Linear(8, 8), nn.LeakyReLU(0.1), nn.Linear(8, 3),
+        nn.Linear(6, 10),
+        nn.ReLU(),
+        nn.Linear(10, 8),
+        nn.Tanh(),
+        nn.Linear(8, 8),
+        nn.LeakyReLU(0.1),
+        nn.Linear(8, 3),
     )
 
 
@@ -124,8 +129,12 @@ def test_mlp_input_shape_inferred_and_forward_matches():
 def test_conv_net_with_stride_and_padding():
     torch.manual_seed(1)
     module = nn.Sequential(
-        nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 3),
+        nn.Conv2d(2, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(5 * 4 * 4, 3),
     )
     with pytest.raises(UsageError, match="input_shape="):
         load_module(module)
@@ -136,10 +145,18 @@ def test_conv_net_with_stride_and_padding():
 
 def test_batchnorm_eval_mode():
     torch.manual_seed(2)
-    module = _randomize_bn(nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
-        nn.Flatten(), nn.Linear(3 * 5 * 5, 6), nn.ReLU(), nn.BatchNorm1d(6), nn.Linear(6, 2),
-    ))
+    module = _randomize_bn(
+        nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.BatchNorm2d(3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(3 * 5 * 5, 6),
+            nn.ReLU(),
+            nn.BatchNorm1d(6),
+            nn.Linear(6, 2),
+        )
+    )
     net = load_module(module, example_input=torch.zeros(4, 2, 5, 5))
     _check_forward(module, net, (2, 5, 5))
 
@@ -185,7 +202,11 @@ def test_value_dependent_control_flow_is_refused():
 def test_shared_groupsort_state_dict():
     path = shared_path(*GROUPSORT_PTH)
     module = nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 100), GroupSort2(), nn.Linear(100, 100), GroupSort2(),
+        nn.Flatten(),
+        nn.Linear(784, 100),
+        GroupSort2(),
+        nn.Linear(100, 100),
+        GroupSort2(),
         nn.Linear(100, 10),
     )
     net = load_module(module, state_dict=str(path))

@@ -78,8 +78,11 @@ def test_glipsdp_cnn_matches_torch(name, widths):
     net = weights.load_mat(path)
     assert net.input_shape == (1, 8, 8)
     assert net.widths == widths
-    raw = {k: torch.tensor(v, dtype=torch.float64) for k, v in scipy.io.loadmat(path).items()
-           if not k.startswith("__")}
+    raw = {
+        k: torch.tensor(v, dtype=torch.float64)
+        for k, v in scipy.io.loadmat(path).items()
+        if not k.startswith("__")
+    }
     x = np.random.default_rng(1).normal(size=(6, 1, 8, 8))
     h = torch.tensor(x)
     for k in (1, 2):
@@ -100,8 +103,9 @@ def test_nnet_matches_onnx():
     )
     feed = sess.get_inputs()[0].name
     x = np.random.default_rng(2).uniform(-0.5, 0.5, size=(8, 5)).astype(np.float32)
-    ref = np.concatenate([sess.run(None, {feed: xi.reshape(1, 1, 1, 5)})[0].ravel()
-                          for xi in x]).reshape(8, 5)
+    ref = np.concatenate(
+        [sess.run(None, {feed: xi.reshape(1, 1, 1, 5)})[0].ravel() for xi in x]
+    ).reshape(8, 5)
     ours = net.forward(x.astype(np.float64))
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 

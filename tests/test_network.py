@@ -8,8 +8,8 @@ import pytest
 import lipverify
 from lipverify.activations import GroupSort, SlopeRestricted
 from lipverify.errors import ModelLoadError, NotApplicableError, UsageError
-from lipverify.network import Affine, Network, Node, Term
 from lipverify.linear import Dense, identity
+from lipverify.network import Affine, Network, Node, Term
 
 RELU = SlopeRestricted.named("relu")
 
@@ -33,8 +33,9 @@ def test_nan_weights_rejected():
 
 def test_inf_bias_rejected():
     with pytest.raises(ModelLoadError, match="NaN/Inf"):
-        Network.sequential([np.eye(2), np.eye(2)], [RELU], biases=[np.array([np.inf, 0]),
-                                                                  np.zeros(2)])
+        Network.sequential(
+            [np.eye(2), np.eye(2)], [RELU], biases=[np.array([np.inf, 0]), np.zeros(2)]
+        )
 
 
 def test_zero_width_rejected():

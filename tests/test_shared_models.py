@@ -14,20 +14,35 @@ from conftest import SHARED_MODELS, shared_path
 import lipverify
 from lipverify.errors import UnsupportedModelError
 
-ONNX = sorted(p.name for p in (SHARED_MODELS / "onnx").glob("*.onnx")) if SHARED_MODELS.exists() \
+ONNX = (
+    sorted(p.name for p in (SHARED_MODELS / "onnx").glob("*.onnx"))
+    if SHARED_MODELS.exists()
     else []
+)
 
 #: Published l2 lower bounds ("lb" column of models/README.md) and exact constants.
 KNOWN_LOWER = {
-    "ACASXU_run2a_1_1_batch_2000.onnx": 5.35, "mnist-net_256x2.onnx": 1.107,
-    "mnist-net_256x6.onnx": 5.048, "mnist_relu_9_200.onnx": 14.88, "cartpole.onnx": 4.873,
-    "lunarlander.onnx": 27.93, "dubinsrejoin.onnx": 77.78, "vdp.onnx": 4.99,
-    "lindex_deep.onnx": 5.544, "tllBench_n=2_N=M=8_m=1_instance_0_0.onnx": 1.883,
-    "cifar_base_kw.onnx": 0.8763, "Convnet_avgpool.onnx": 26.48,
-    "NN_rul_small_window_20.onnx": 40.16, "resnet_2b.onnx": 2.8,
-    "resnet_3b2_bn_mixup_adv_4.0_bs128_lr-1.onnx": 1.778, "mlp_L3_W16.onnx": 1.744,
-    "mnist_concat.onnx": 200.0, "rb_MLP_MNIST_1_LIP_GNP_groupsort.onnx": 1.0,
-    "test_small.onnx": 24.0, "test_tiny.onnx": 1.0, "test_nano.onnx": 0.5,
+    "ACASXU_run2a_1_1_batch_2000.onnx": 5.35,
+    "mnist-net_256x2.onnx": 1.107,
+    "mnist-net_256x6.onnx": 5.048,
+    "mnist_relu_9_200.onnx": 14.88,
+    "cartpole.onnx": 4.873,
+    "lunarlander.onnx": 27.93,
+    "dubinsrejoin.onnx": 77.78,
+    "vdp.onnx": 4.99,
+    "lindex_deep.onnx": 5.544,
+    "tllBench_n=2_N=M=8_m=1_instance_0_0.onnx": 1.883,
+    "cifar_base_kw.onnx": 0.8763,
+    "Convnet_avgpool.onnx": 26.48,
+    "NN_rul_small_window_20.onnx": 40.16,
+    "resnet_2b.onnx": 2.8,
+    "resnet_3b2_bn_mixup_adv_4.0_bs128_lr-1.onnx": 1.778,
+    "mlp_L3_W16.onnx": 1.744,
+    "mnist_concat.onnx": 200.0,
+    "rb_MLP_MNIST_1_LIP_GNP_groupsort.onnx": 1.0,
+    "test_small.onnx": 24.0,
+    "test_tiny.onnx": 1.0,
+    "test_nano.onnx": 0.5,
 }
 EXACT = {"test_small.onnx": 24.0, "test_tiny.onnx": 1.0, "test_nano.onnx": 0.5}
 
@@ -94,10 +109,13 @@ def test_iris_exact_value_respected():
     assert lipverify.bound(net, method="lower").bound <= exact * (1 + 1e-9)
 
 
-@pytest.mark.parametrize("name, ops", [
-    ("3_30_30_QConv_16_3_QConv_32_2_Dense_43_ep_30.onnx", {"Sign"}),
-    ("unet_simp_small.onnx", {"ArgMax", "OneHot", "Cast"}),
-])
+@pytest.mark.parametrize(
+    "name, ops",
+    [
+        ("3_30_30_QConv_16_3_QConv_32_2_Dense_43_ep_30.onnx", {"Sign"}),
+        ("unet_simp_small.onnx", {"ArgMax", "OneHot", "Cast"}),
+    ],
+)
 def test_negative_models_refused_with_full_list(name, ops):
     with pytest.raises(UnsupportedModelError) as info:
         lipverify.load(shared_path("onnx", "negative", name))

@@ -31,16 +31,33 @@ NON_LIPSCHITZ = {
         ["Sign", "Round", "Floor", "Ceil", "Hardmax", "QuantizeLinear", "DynamicQuantizeLinear"],
         "piecewise constant with jumps: not Lipschitz",
     ),
-    **dict.fromkeys(["ArgMax", "ArgMin", "NonZero", "TopK:indices", "Unique"],
-                    "integer-valued index output: not Lipschitz"),
-    **dict.fromkeys(["Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And",
-                     "Or", "Xor", "IsNaN", "IsInf"], "boolean output: not Lipschitz"),
+    **dict.fromkeys(
+        ["ArgMax", "ArgMin", "NonZero", "TopK:indices", "Unique"],
+        "integer-valued index output: not Lipschitz",
+    ),
+    **dict.fromkeys(
+        [
+            "Equal",
+            "Greater",
+            "GreaterOrEqual",
+            "Less",
+            "LessOrEqual",
+            "Not",
+            "And",
+            "Or",
+            "Xor",
+            "IsNaN",
+            "IsInf",
+        ],
+        "boolean output: not Lipschitz",
+    ),
     "OneHot": "one-hot encoding of an index: not Lipschitz",
     "Mod": "modulo has jumps: not Lipschitz",
     "BitShift": "integer bit shift: not Lipschitz",
     "Cast:int": "cast to an integer or boolean type: not Lipschitz",
-    **dict.fromkeys(["Exp", "Log", "Reciprocal", "Sqrt", "Pow", "LogSoftmax"],
-                    "not globally Lipschitz on R^n"),
+    **dict.fromkeys(
+        ["Exp", "Log", "Reciprocal", "Sqrt", "Pow", "LogSoftmax"], "not globally Lipschitz on R^n"
+    ),
 }
 
 FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
@@ -140,12 +157,18 @@ def _add_sub(ctx, node, attrs, ins):
         shape = _bshape(acc, other)
         if not _is_sym(other):
             other = sign * np.asarray(other, dtype=np.float64)
-            acc = acc + other if not _is_sym(acc) else \
-                _as_sym_shape(acc, shape).shifted(np.broadcast_to(other, shape))
+            acc = (
+                acc + other
+                if not _is_sym(acc)
+                else _as_sym_shape(acc, shape).shifted(np.broadcast_to(other, shape))
+            )
             continue
         other = _as_sym_shape(_scale(other, sign) if sign < 0 else other, shape)
-        acc = other.shifted(np.broadcast_to(acc, shape)) if not _is_sym(acc) else \
-            _as_sym_shape(acc, shape).plus(other)
+        acc = (
+            other.shifted(np.broadcast_to(acc, shape))
+            if not _is_sym(acc)
+            else _as_sym_shape(acc, shape).plus(other)
+        )
     return [acc]
 
 
@@ -386,12 +409,14 @@ def _softmax(ctx, node, attrs, ins):
     axis = attrs.get("axis", 1 if ctx.opset < 13 else -1)
     axis = axis + len(x.shape) if axis < 0 else axis
     if node.output[0] == ctx.graph_output and not ctx.keep_softmax:  # any axis: logits remain
-        msg = (f"final Softmax {node.name or ''} dropped: bounding the logits "
-               "(use --keep-softmax to bound it as a 1-Lipschitz map)")
+        msg = (
+            f"final Softmax {node.name or ''} dropped: bounding the logits "
+            "(use --keep-softmax to bound it as a 1-Lipschitz map)"
+        )
         ctx.notes.append(msg)
         warnings.warn(msg, stacklevel=2)
         return [x]
-    if math.prod(x.shape[:axis]) != 1 or (ctx.opset >= 13 and math.prod(x.shape[axis + 1:]) != 1):
+    if math.prod(x.shape[:axis]) != 1 or (ctx.opset >= 13 and math.prod(x.shape[axis + 1 :]) != 1):
         raise Unsupported("Softmax over part of the features only")
     return [ctx.builder.activate(x, Lipschitz("softmax"), name=node.name)]
 
@@ -408,8 +433,10 @@ def _sort_along(ctx, x: Sym, axes, k: int, descending: bool, name: str) -> Sym:
     g = math.prod(x.shape[a] for a in axes)
     key = (id(x), tuple(axes))
     if key not in ctx.sorted_cache:
-        moved = _move(x, lambda t, fill: np.transpose(t, rest + axes).reshape(
-            [t.shape[a] for a in rest] + [g]))
+        moved = _move(
+            x,
+            lambda t, fill: np.transpose(t, rest + axes).reshape([t.shape[a] for a in rest] + [g]),
+        )
         ctx.sorted_cache[key] = (x, ctx.builder.activate(moved, GroupSort(g), name=name))
     _, srt = ctx.sorted_cache[key]
     srt = _move(srt, lambda t, fill: (t[..., ::-1] if descending else t)[..., :k])
@@ -426,8 +453,9 @@ def _reduce_extreme(ctx, node, attrs, ins):
     axes = list(range(len(x.shape))) if not axes else [a % len(x.shape) for a in axes]
     y = _sort_along(ctx, x, axes, 1, node.op_type == "ReduceMax", node.name)
     kept = [1 if a in axes else s for a, s in enumerate(x.shape)]
-    shape = kept if attrs.get("keepdims", 1) else \
-        [s for a, s in enumerate(x.shape) if a not in axes]
+    shape = (
+        kept if attrs.get("keepdims", 1) else [s for a, s in enumerate(x.shape) if a not in axes]
+    )
     return [y.reshape(tuple(shape))]
 
 
@@ -482,8 +510,9 @@ def _elementwise_extreme(ctx, node, attrs, ins):
     shape = _bshape(a, b)
     key = ("pair", frozenset((id(a), id(b))))
     if key not in ctx.sorted_cache:
-        pair = _concat({"axis": len(shape)}, [_unsq(_as_sym_shape(a, shape)),
-                                               _unsq(_as_sym_shape(b, shape))])
+        pair = _concat(
+            {"axis": len(shape)}, [_unsq(_as_sym_shape(a, shape)), _unsq(_as_sym_shape(b, shape))]
+        )
         srt = _sort_along(ctx, pair, [len(shape)], 2, False, node.name)
         ctx.sorted_cache[key] = ((a, b), srt)
     _, srt = ctx.sorted_cache[key]
@@ -502,8 +531,11 @@ def _topk(ctx, node, attrs, ins):
     k = int(np.ravel(ins[1])[0]) if len(ins) > 1 and ins[1] is not None else int(attrs["k"])
     if not attrs.get("sorted", 1):
         raise Unsupported("unsorted TopK has no defined output order")
-    return [_sort_along(ctx, ins[0], [attrs.get("axis", -1)], k, bool(attrs.get("largest", 1)),
-                        node.name)]
+    return [
+        _sort_along(
+            ctx, ins[0], [attrs.get("axis", -1)], k, bool(attrs.get("largest", 1)), node.name
+        )
+    ]
 
 
 @converter("Split")
@@ -520,8 +552,10 @@ def _split(ctx, node, attrs, ins):
         step = -(-dim // n)
         sizes = [min(step, dim - i * step) for i in range(n)]
     edges = np.concatenate([[0], np.cumsum(sizes)])
-    return [_move(x, lambda t, fill, a=a, b=b: np.take(t, np.arange(a, b), axis=axis))
-            for a, b in zip(edges[:-1], edges[1:])]
+    return [
+        _move(x, lambda t, fill, a=a, b=b: np.take(t, np.arange(a, b), axis=axis))
+        for a, b in zip(edges[:-1], edges[1:])
+    ]
 
 
 @converter("GroupSortPair")
@@ -575,8 +609,9 @@ def _concat(attrs, ins) -> Value:
     for i, v in enumerate(ins):
         if not _is_sym(v):
             continue
-        parts = [_index_tensor(v) if j == i else np.zeros(np.shape(t))
-                 for j, t in enumerate(tensors)]
+        parts = [
+            _index_tensor(v) if j == i else np.zeros(np.shape(t)) for j, t in enumerate(tensors)
+        ]
         idx = np.rint(np.concatenate(parts, axis=axis)).astype(np.int64) - 1
         piece = v.movement(idx, np.zeros(bias.shape))
         out = piece if out is None else out.plus(piece)
@@ -594,8 +629,10 @@ def _fold(node, ins, opset: int) -> list[np.ndarray]:
 
 
 def _known(op: str, opset: int) -> bool:
-    return op in MOVEMENT or op in ("Concat", "Constant", "Shape", "Size") or bool(
-        get_converter(op, opset)
+    return (
+        op in MOVEMENT
+        or op in ("Concat", "Constant", "Shape", "Size")
+        or bool(get_converter(op, opset))
     )
 
 
@@ -610,8 +647,9 @@ def _problem_key(node, ins) -> str | None:
     return op if op in NON_LIPSCHITZ else None
 
 
-def network_from_onnx(model, *, name: str = "model", provenance: Provenance | None = None,
-                      keep_softmax: bool = False) -> Network:
+def network_from_onnx(
+    model, *, name: str = "model", provenance: Provenance | None = None, keep_softmax: bool = False
+) -> Network:
     """Convert an in-memory ``onnx.ModelProto`` to a :class:`Network`."""
     from onnx import numpy_helper
 
@@ -624,8 +662,11 @@ def network_from_onnx(model, *, name: str = "model", provenance: Provenance | No
     inputs = [i for i in graph.input if i.name not in values]
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs) or "none"
-        hint = " (this file has no initializers: weights must be stored in the file)" if not \
-            graph.initializer else ""
+        hint = (
+            " (this file has no initializers: weights must be stored in the file)"
+            if not graph.initializer
+            else ""
+        )
         raise ModelLoadError(f"{name}: expected exactly one data input, found {names}{hint}")
     if not graph.output:
         raise ModelLoadError(f"{name}: the graph has no output")
@@ -657,8 +698,11 @@ def network_from_onnx(model, *, name: str = "model", provenance: Provenance | No
     if not _is_sym(out):
         raise ModelLoadError(f"{name}: the output {out_name} does not depend on the input")
     notes = (*provenance.notes, *ctx.notes) if provenance else tuple(ctx.notes)
-    prov = Provenance(provenance.path, provenance.sha256, provenance.format, notes) \
-        if provenance else Provenance(format="onnx", notes=notes)
+    prov = (
+        Provenance(provenance.path, provenance.sha256, provenance.format, notes)
+        if provenance
+        else Provenance(format="onnx", notes=notes)
+    )
     if len(graph.output) > 1:
         ctx.notes.append(f"graph has {len(graph.output)} outputs; bounding the first, {out_name}")
     return builder.network(out, name, prov)
@@ -669,8 +713,9 @@ def _convert(ctx: Ctx, node, ins: list, problems: list[Problem]) -> list[Value]:
     label = node.name or node.output[0]
     attrs = _attrs(node)
     if node.domain not in ("", "ai.onnx"):  # never mistake a custom op for a standard one
-        problems.append(Problem(label, node.op_type, f"custom op of domain {node.domain!r}: "
-                                "not supported"))
+        problems.append(
+            Problem(label, node.op_type, f"custom op of domain {node.domain!r}: not supported")
+        )
         return [POISON] * n_out
     if any(v is POISON for v in ins):
         # Downstream of a problem: still report ops that are wrong in themselves.
@@ -694,7 +739,7 @@ def _convert(ctx: Ctx, node, ins: list, problems: list[Problem]) -> list[Value]:
             raise Unsupported(NON_LIPSCHITZ[key])
         if node.op_type == "Shape":
             shape = np.array(ins[0].shape, dtype=np.int64)
-            return [shape[attrs.get("start", 0): attrs.get("end", None)]]
+            return [shape[attrs.get("start", 0) : attrs.get("end", None)]]
         if node.op_type == "Size":
             return [np.array(ins[0].size, dtype=np.int64)]
         if node.op_type == "Concat":

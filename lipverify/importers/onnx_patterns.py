@@ -123,8 +123,13 @@ def fuse_patterns(nodes: list, values: dict) -> list:
             continue
         # Axes may be negative and are normalised by the converter, which knows the ranks.
         replaced[id(cat)] = helper.make_node(
-            "GroupSortPair", [x], list(cat.output), name=(cat.name or "") + "/maxmin",
-            axis=axis, unsqueeze_axis=unsq["min"][1], concat_axis=_attr(cat, "axis", 0),
+            "GroupSortPair",
+            [x],
+            list(cat.output),
+            name=(cat.name or "") + "/maxmin",
+            axis=axis,
+            unsqueeze_axis=unsq["min"][1],
+            concat_axis=_attr(cat, "axis", 0),
             max_first=int(order[0] == unsq["max"][0]),
         )
     return [replaced.get(id(n), n) for n in nodes]

@@ -85,6 +85,10 @@ class Builder:
 
     def network(self, out: Sym, name: str, provenance: Provenance) -> Network:
         return Network(
-            self.input_shape, tuple(self.nodes), out.affine(), out.shape,
-            provenance=provenance, name=name,
+            self.input_shape,
+            tuple(self.nodes),
+            out.affine(),
+            out.shape,
+            provenance=provenance,
+            name=name,
         )

@@ -59,8 +59,16 @@ def _is_script(module) -> bool:
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporters' warnings and log chatter (e.g. "torchvision is not installed")."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo",
-                                              "onnxscript", "torch.fx.experimental")]
+    loggers = [
+        logging.getLogger(n)
+        for n in (
+            "torch.onnx",
+            "torch.export",
+            "torch._dynamo",
+            "onnxscript",
+            "torch.fx.experimental",
+        )
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -158,8 +166,9 @@ def _torch_load(path: Path, *, weights_only: bool):
                 "only if the file comes from a trusted source, or save the model as TorchScript "
                 "(torch.jit.save), torch.export (.pt2) or ONNX instead"
             ) from exc
-        raise ModelLoadError(f"{path}: corrupt or truncated PyTorch file ({_one_line(exc)})") \
-            from exc
+        raise ModelLoadError(
+            f"{path}: corrupt or truncated PyTorch file ({_one_line(exc)})"
+        ) from exc
     except (AttributeError, ModuleNotFoundError, ImportError) as exc:
         raise ModelLoadError(
             f"{path}: the pickled model needs Python code that is not importable here "
@@ -169,8 +178,9 @@ def _torch_load(path: Path, *, weights_only: bool):
     except MemoryError:
         raise
     except Exception as exc:  # zip/pickle/EOF errors of every kind
-        raise ModelLoadError(f"{path}: corrupt or truncated PyTorch file ({_one_line(exc)})") \
-            from exc
+        raise ModelLoadError(
+            f"{path}: corrupt or truncated PyTorch file ({_one_line(exc)})"
+        ) from exc
 
 
 # ------------------------------------------------------------------- input shape
@@ -279,7 +289,10 @@ def _export_dynamo(module, x):
         from torch.onnx._internal.exporter import _core
 
         onnx_program = _core.export(
-            program, registry=_cached_registry(), optimize=True, verbose=False,
+            program,
+            registry=_cached_registry(),
+            optimize=True,
+            verbose=False,
             opset_version=OPSET,
         )
     except Exception:  # internals changed (or a real failure: the public API re-raises it)
@@ -297,8 +310,14 @@ def _export_torchscript(module, x):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.onnx.export(
-            module, (x,), buf, dynamo=False, do_constant_folding=True,
-            input_names=["input"], output_names=["output"], opset_version=OPSET,
+            module,
+            (x,),
+            buf,
+            dynamo=False,
+            do_constant_folding=True,
+            input_names=["input"],
+            output_names=["output"],
+            opset_version=OPSET,
         )
     torch_dir = str(Path(torch.__file__).parent)
     for w in caught:  # the tracer baked a value-dependent branch into the graph: refuse
@@ -395,7 +414,8 @@ def _load_state_dict(module, sd: Mapping, name: str) -> None:
                 f"unexpected keys {unexpected[:6]}" + (" ..." if len(unexpected) > 6 else "")
             )
         raise ModelLoadError(
-            f"{name}: the state dict does not match the module: " + "; ".join(parts)
+            f"{name}: the state dict does not match the module: "
+            + "; ".join(parts)
             + " (is it the right architecture?)"
         )
     try:
@@ -403,8 +423,7 @@ def _load_state_dict(module, sd: Mapping, name: str) -> None:
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
         detail = lines[0] if lines else _one_line(exc)
-        raise ModelLoadError(f"{name}: the state dict does not match the module: {detail}") \
-            from exc
+        raise ModelLoadError(f"{name}: the state dict does not match the module: {detail}") from exc
 
 
 def _run_eagerly(module, x, guessed: bool, name: str):
@@ -428,8 +447,17 @@ def _run_eagerly(module, x, guessed: bool, name: str):
 
 
 def _network_from_module(
-    module, *, input_shape, example_input, state_dict, keep_softmax, name,
-    path: str | None, digest: str | None, fmt: str, notes: list[str],
+    module,
+    *,
+    input_shape,
+    example_input,
+    state_dict,
+    keep_softmax,
+    name,
+    path: str | None,
+    digest: str | None,
+    fmt: str,
+    notes: list[str],
 ) -> Network:
     import torch
 
@@ -496,15 +524,22 @@ def load_module(
     """
     name = name or _type_name(module)
     return _network_from_module(
-        module, input_shape=input_shape, example_input=example_input, state_dict=state_dict,
-        keep_softmax=keep_softmax, name=name, path=None, digest=None, fmt="torch-module",
+        module,
+        input_shape=input_shape,
+        example_input=example_input,
+        state_dict=state_dict,
+        keep_softmax=keep_softmax,
+        name=name,
+        path=None,
+        digest=None,
+        fmt="torch-module",
         notes=[],
     )
 
 
 # -------------------------------------------------------------------------- files
 def _zip_kind(path: Path) -> str | None:
-    """"torchscript", "pt2", "torch-save" or None (not a zip), read without unpickling."""
+    """ "torchscript", "pt2", "torch-save" or None (not a zip), read without unpickling."""
     if not zipfile.is_zipfile(path):
         return None
     try:
@@ -527,8 +562,7 @@ def _load_torchscript(path: Path):
         with _quiet():
             return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        raise ModelLoadError(f"{path}: cannot load TorchScript archive ({_one_line(exc)})") \
-            from exc
+        raise ModelLoadError(f"{path}: cannot load TorchScript archive ({_one_line(exc)})") from exc
 
 
 def _load_exported(path: Path):
@@ -543,9 +577,16 @@ def _load_exported(path: Path):
 
 def _from_file(obj, path: Path, fmt: str, notes, *, input_shape, keep_softmax) -> Network:
     return _network_from_module(
-        obj, input_shape=input_shape, example_input=None, state_dict=None,
-        keep_softmax=keep_softmax, name=path.stem, path=str(path),
-        digest=_file_sha256(path), fmt=fmt, notes=list(notes),
+        obj,
+        input_shape=input_shape,
+        example_input=None,
+        state_dict=None,
+        keep_softmax=keep_softmax,
+        name=path.stem,
+        path=str(path),
+        digest=_file_sha256(path),
+        fmt=fmt,
+        notes=list(notes),
     )
 
 
@@ -554,8 +595,9 @@ def load_exported_file(path, *, input_shape=None, keep_softmax=False, **_ignored
     """A ``torch.export.save`` archive."""
     path = Path(path)
     program = _load_exported(path)
-    return _from_file(program, path, "torch-export", [], input_shape=input_shape,
-                      keep_softmax=keep_softmax)
+    return _from_file(
+        program, path, "torch-export", [], input_shape=input_shape, keep_softmax=keep_softmax
+    )
 
 
 @register_importer(".pt", ".pth", ".ts")
@@ -569,11 +611,18 @@ def load_torch_file(
     kind = _zip_kind(path)
     if kind == "torchscript" or (path.suffix.lower() == ".ts" and kind != "pt2"):
         module = _load_torchscript(path)
-        return _from_file(module, path, "torchscript", [], input_shape=input_shape,
-                          keep_softmax=keep_softmax)
+        return _from_file(
+            module, path, "torchscript", [], input_shape=input_shape, keep_softmax=keep_softmax
+        )
     if kind == "pt2":
-        return _from_file(_load_exported(path), path, "torch-export", [],
-                          input_shape=input_shape, keep_softmax=keep_softmax)
+        return _from_file(
+            _load_exported(path),
+            path,
+            "torch-export",
+            [],
+            input_shape=input_shape,
+            keep_softmax=keep_softmax,
+        )
 
     try:
         obj = _torch_load(path, weights_only=True)
@@ -588,8 +637,9 @@ def load_torch_file(
             obj = modules[0]
     if isinstance(obj, torch.nn.Module):
         notes = ["whole pickled model loaded with trust_pickle=True"] if trust_pickle else []
-        return _from_file(obj, path, "torch-pickle", notes, input_shape=input_shape,
-                          keep_softmax=keep_softmax)
+        return _from_file(
+            obj, path, "torch-pickle", notes, input_shape=input_shape, keep_softmax=keep_softmax
+        )
     sd, key = _find_state_dict(obj)
     if sd is not None:
         where = f" (under key {key!r})" if key else ""

@@ -400,8 +400,10 @@ def _glipsdp_convs(path: Path, convs, shape) -> tuple[list[LinearOp], list[np.nd
     biases = []
     for name, layer in convs:
         if layer["weight"].ndim != 4:
-            raise ModelLoadError(f"{path}: {name} has shape {layer['weight'].shape}; "
-                                 "expected a 4-D kernel [kh,kw,cin,cout]")
+            raise ModelLoadError(
+                f"{path}: {name} has shape {layer['weight'].shape}; "
+                "expected a 4-D kernel [kh,kw,cin,cout]"
+            )
         kernel = layer["weight"].transpose(3, 2, 0, 1)  # -> (cout, cin, kh, kw)
         kh, kw = kernel.shape[2:]
         ph, pw = (kh - 1) // 2, (kw - 1) // 2
@@ -485,9 +487,7 @@ def _ints(path: Path, tok: _Tokens, n: int, what: str) -> list[int]:
 
 
 @register_importer(".nnet")
-def load_nnet(
-    path, *, layout=None, activation="relu", nnet_normalize=False, **_ignored
-) -> Network:
+def load_nnet(path, *, layout=None, activation="relu", nnet_normalize=False, **_ignored) -> Network:
     """Reluplex/Marabou ``.nnet`` text file: ReLU hidden layers, linear output.
 
     By default the network is imported exactly as stored: it reads NORMALISED

@@ -49,4 +49,4 @@ def list_methods() -> list[MethodInfo]:
 
 
 def _load_builtin() -> None:
-    from . import baselines, lower  # noqa: F401  (registration side effects)
+    from . import baselines, lipsdp, lower  # noqa: F401  (registration side effects)

@@ -43,7 +43,8 @@ def _cached(fn: Callable[[LinearOp], float]) -> Callable[[LinearOp], float]:
 
 
 @register_method(
-    "naive", norms=("l2", "linf"),
+    "naive",
+    norms=("l2", "linf"),
     summary="Product of certified per-layer operator norms times activation slopes (§6.1).",
 )
 def naive(network: Network, *, norm: str = "l2", **_) -> MethodOutput:
@@ -54,12 +55,16 @@ def naive(network: Network, *, norm: str = "l2", **_) -> MethodOutput:
         return certified_spectral_norm(dense, radius)[0]
 
     value = propagate(network, _cached(op_norm), norm)
-    return MethodOutput(bound=value, certified=math.isfinite(value),
-                        details={"per_layer": "certified SVD + Rump check (§6.2)"})
+    return MethodOutput(
+        bound=value,
+        certified=math.isfinite(value),
+        details={"per_layer": "certified SVD + Rump check (§6.2)"},
+    )
 
 
 @register_method(
-    "gershgorin", norms=("l2", "linf"),
+    "gershgorin",
+    norms=("l2", "linf"),
     summary="Row/column-sum (Gershgorin) bound per layer (§6.3); cheap, no SVD.",
 )
 def gershgorin(network: Network, *, norm: str = "l2", **_) -> MethodOutput:
@@ -94,10 +99,16 @@ def power_iteration(op: LinearOp, iters: int = 200, seed: int = 0, tol: float = 
 
 
 @register_method(
-    "power", norms=("l2",), kind="estimate",
+    "power",
+    norms=("l2",),
+    kind="estimate",
     summary="Same product with power-iteration norms: an estimate, NOT a certified bound.",
 )
 def power(network: Network, *, norm: str = "l2", **_) -> MethodOutput:
     value = propagate(network, _cached(power_iteration), norm)
-    return MethodOutput(bound=value, certified=False, status="estimate",
-                        warnings=("power iteration underestimates norms: not a bound",))
+    return MethodOutput(
+        bound=value,
+        certified=False,
+        status="estimate",
+        warnings=("power iteration underestimates norms: not a bound",),
+    )

@@ -1,0 +1,107 @@
+"""Certificate files: a bound anyone can re-check without trusting our solver.
+
+``save_certificate`` writes the multipliers, ``rho``, the model's sha256 and the method;
+``check_certificate`` re-runs the §8 test from scratch on the model's exact weights (no
+solver, no optimisation): it accepts only if ``M(rho, T)`` is provably positive definite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+from .network import Network
+from .results import BoundResult
+
+FORMAT = "lipverify-certificate/1"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    valid: bool
+    bound: float
+    message: str
+
+
+def certificate_dict(result: BoundResult) -> dict:
+    cert = result.details.get("certificate")
+    if not cert or "params" not in cert and "rows" not in cert:
+        raise UsageError(
+            f"method {result.method} produces no certificate file; use an SDP-family method "
+            "(lipsdp-neuron, lipsdp-layer, ldlt, ldlt-fast)"
+        )
+    return {
+        "format": FORMAT,
+        "model_sha256": result.sha256,
+        "model": result.model,
+        "method": result.method,
+        "norm": result.norm,
+        "output_rows": None if result.output_rows is None else list(result.output_rows),
+        "bound": result.bound,
+        "certificate": cert,
+        "lipverify_version": result.version,
+    }
+
+
+def save_certificate(result: BoundResult, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(certificate_dict(result), allow_nan=False))
+
+
+def check_certificate(network: Network, cert: dict | str | Path) -> CheckResult:
+    """Re-verify a certificate for ``network``. Never raises on a bad certificate: says why."""
+    from .sdp.certificate import verify_chain
+    from .sdp.chain import ChainLMI
+    from .sdp.linf import verify_linf
+
+    if not isinstance(cert, dict):
+        try:
+            cert = json.loads(Path(cert).read_text())
+        except (OSError, ValueError) as exc:
+            return CheckResult(False, math.inf, f"unreadable certificate: {exc}")
+    try:
+        if cert.get("format") != FORMAT:
+            return CheckResult(False, math.inf, f"not a {FORMAT} file")
+        sha = network.provenance.sha256
+        if cert.get("model_sha256") and sha and cert["model_sha256"] != sha:
+            return CheckResult(
+                False,
+                math.inf,
+                "the certificate is for a different model file "
+                f"(sha256 {cert['model_sha256'][:12]}... != {sha[:12]}...)",
+            )
+        net = network.select_outputs(cert.get("output_rows"))
+        body = cert["certificate"]
+        per_neuron = body.get("multipliers", "neuron") == "neuron"
+        if body["kind"] == "lipsdp-l2":
+            lmi = ChainLMI.from_network(net, per_neuron=per_neuron)
+            rho = float(body["rho"])
+            if not (math.isfinite(rho) and rho >= 0):
+                return CheckResult(False, math.inf, "invalid rho")
+            if verify_chain(lmi, np.asarray(body["params"], dtype=np.float64), rho):
+                bound = float(np.nextafter(math.sqrt(rho), np.inf))
+                return CheckResult(True, bound, f"valid: L2 <= {bound:.10g}")
+            return CheckResult(
+                False,
+                math.inf,
+                "rejected: M(rho, T) is not provably positive "
+                "definite (or the multipliers are outside their set)",
+            )
+        if body["kind"] == "lipsdp-linf":
+            worst = 0.0
+            if len(body["rows"]) != net.output_dim:
+                return CheckResult(False, math.inf, "one certificate per output row is required")
+            for j, row in enumerate(body["rows"]):
+                lmi = ChainLMI.from_network(net.select_outputs([j]), per_neuron=per_neuron)
+                r = float(row["rho"])
+                if not verify_linf(lmi, np.asarray(row["params"], dtype=np.float64), r):
+                    return CheckResult(False, math.inf, f"rejected at output row {j}")
+                worst = max(worst, r)
+            return CheckResult(True, worst, f"valid: Linf <= {worst:.10g}")
+        return CheckResult(False, math.inf, f"unknown certificate kind {body['kind']!r}")
+    except (KeyError, TypeError, ValueError) as exc:
+        return CheckResult(False, math.inf, f"malformed certificate: {exc}")

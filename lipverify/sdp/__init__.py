@@ -1,0 +1,1 @@
+"""LipSDP machinery: QCs, the chain LMI, solver backends, sequential bounds, certificates."""

@@ -1,0 +1,89 @@
+"""The single gate to ``certified=True`` for LipSDP-type bounds (FORMULATIONS.md §8).
+
+Recipe: project the multipliers, compute ``rho*(T)`` by the backward Schur recursion,
+blend toward the always-feasible anchor if needed, inflate, assemble ``M`` in float64,
+shift by Rump's constant plus the assembly radius, and run Cholesky.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..certify import certify_pd
+from ..linear import gamma
+from .chain import ChainLMI
+
+
+@dataclass(frozen=True, eq=False)
+class Certificate:
+    """Outcome of the §8 check. ``bound`` is meaningful only when ``ok``."""
+
+    ok: bool
+    bound: float
+    rho: float
+    params: np.ndarray
+    theta: float
+    margin: float
+    message: str
+
+
+def _radius(lmi: ChainLMI, params, rho) -> float:
+    """Row-sum radius ``r`` of ``|fl(M) - M_exact|`` (§8 assembly radius, plus weight radii)."""
+    m_abs = lmi.assemble(params, rho, absolute=True)
+    rad = gamma(lmi.inner_dim + 4) * 1.01 * m_abs
+    if any(r is not None for r in lmi.radii):
+        plain = ChainLMI(lmi.weights, (None,) * len(lmi.radii), lmi.qcs, lmi.name)
+        rad = rad + (m_abs - plain.assemble(params, rho, absolute=True))
+    return float(rad.sum(axis=1).max()) * (1.0 + 1e-12)
+
+
+def verify_chain(lmi: ChainLMI, params, rho: float) -> bool:
+    """The §8 check itself: is ``M(rho, params)`` provably positive definite?
+
+    ``params`` must already lie in the multiplier set (checked exactly).
+    """
+    params = np.asarray(params, dtype=np.float64)
+    if params.shape != (sum(lmi.param_sizes),) or not np.array_equal(lmi.project(params), params):
+        return False
+    return certify_pd(lmi.assemble(params, rho), _radius(lmi, params, rho))
+
+
+def _try(lmi: ChainLMI, params, rho_star: float, theta: float) -> Certificate | None:
+    eps = 1e-12
+    for _ in range(12):
+        rho = rho_star * (1.0 + eps) + eps
+        if verify_chain(lmi, params, rho):
+            bound = float(np.nextafter(math.sqrt(rho), np.inf))
+            return Certificate(True, bound, rho, params, theta, eps, "certified")
+        eps *= 4.0
+    return None
+
+
+def certify_chain(lmi: ChainLMI, params) -> Certificate:
+    """Certify ``sqrt(rho)`` for the multipliers ``params`` (repaired if infeasible)."""
+    p = lmi.project(params)
+    anchor = None
+    theta = 0.0
+    while True:
+        q = p if theta == 0.0 else (1.0 - theta) * p + theta * anchor
+        rho = lmi.rho_star(q)
+        if math.isfinite(rho):
+            cert = _try(lmi, q, rho, theta)
+            if cert is not None:
+                return cert
+        if theta >= 1.0:
+            return Certificate(
+                False,
+                math.inf,
+                math.inf,
+                q,
+                theta,
+                0.0,
+                "even the anchor multipliers could not be certified",
+            )
+        if anchor is None:
+            anchor = lmi.anchor()
+        theta = min(1.0, 1e-6 if theta == 0.0 else 2.0 * theta)

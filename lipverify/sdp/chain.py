@@ -1,0 +1,164 @@
+"""The block-tridiagonal LipSDP matrix of a feed-forward chain (FORMULATIONS.md §1.2, §4).
+
+``M(rho, p)`` has diagonal blocks ``D_0..D_{L-1}`` and off-diagonal blocks
+``B_1..B_{L-1}`` built by the general insertion rule of §4 from each layer's QC
+blocks. Everything here is plain float64 numpy on the exact weights; the
+certificate (:mod:`lipverify.sdp.certificate`) is built on top.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from ..errors import NotApplicableError
+from ..network import Network
+from .qc import QC, Blocks, qc_for
+
+
+def _quad(w: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``W^T G W`` for a diagonal (1-D) or full ``G``."""
+    return (w.T * g) @ w if g.ndim == 1 else w.T @ g @ w
+
+
+def _rmul(w_t: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``W^T G``."""
+    return w_t * g if g.ndim == 1 else w_t @ g
+
+
+def _as_matrix(g: np.ndarray) -> np.ndarray:
+    return np.diag(g) if g.ndim == 1 else g
+
+
+@dataclass(frozen=True, eq=False)
+class ChainLMI:
+    """LipSDP data of a chain: exact weights ``W_1..W_L``, their radii, one QC per hidden layer."""
+
+    weights: tuple[np.ndarray, ...]
+    radii: tuple[np.ndarray | None, ...]
+    qcs: tuple[QC, ...]
+    name: str = "network"
+
+    @classmethod
+    def from_network(cls, network: Network, per_neuron: bool = True) -> ChainLMI:
+        layers = network.chain()
+        weights, radii = [], []
+        for layer in layers:
+            dense, radius = layer.weight.dense_with_radius()
+            weights.append(dense)
+            radii.append(radius)
+        qcs = tuple(
+            qc_for(layer.activation, layer.weight.n_out, per_neuron) for layer in layers[:-1]
+        )
+        if not qcs:
+            raise NotApplicableError(f"{network.name} has no hidden layer: its bound is ||W||")
+        return cls(tuple(weights), tuple(radii), qcs, network.name)
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def sizes(self) -> list[int]:
+        """Block sizes n_0..n_{L-1}."""
+        return [self.weights[0].shape[1], *(w.shape[0] for w in self.weights[:-1])]
+
+    @property
+    def order(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def param_sizes(self) -> list[int]:
+        return [qc.num_params() for qc in self.qcs]
+
+    def split(self, params: np.ndarray) -> list[np.ndarray]:
+        return np.split(np.asarray(params, dtype=np.float64), np.cumsum(self.param_sizes)[:-1])
+
+    def project(self, params: np.ndarray) -> np.ndarray:
+        return np.concatenate([qc.project(p) for qc, p in zip(self.qcs, self.split(params))])
+
+    # ---------------------------------------------------------------- blocks
+    def blocks(self, params, rho: float = 0.0, absolute: bool = False, output: bool = True):
+        """Diagonal blocks ``D`` and couplings ``B`` of ``M(rho, params)`` (§4 insertion rule).
+
+        With ``absolute`` every term is added in absolute value (``M_abs`` of §8), using
+        ``|W| + radius`` for weights known only up to a radius.
+        """
+        ws = (
+            [np.abs(w) + (0 if r is None else r) for w, r in zip(self.weights, self.radii)]
+            if absolute
+            else list(self.weights)
+        )
+        sizes = self.sizes
+        d = [np.zeros((n, n)) for n in sizes]
+        b = []
+        for k, (qc, p) in enumerate(zip(self.qcs, self.split(params)), start=1):
+            g: Blocks = qc.blocks_abs(p) if absolute else qc.blocks(p)
+            w = ws[k - 1]
+            sign = 1.0 if absolute else -1.0
+            d[k - 1] += sign * _quad(w, g.vv)
+            b.append(sign * _rmul(w.T, g.vw))
+            d[k] += sign * _as_matrix(g.ww)
+        d[0][np.diag_indices(sizes[0])] += abs(rho)
+        if output:
+            d[-1] += (1.0 if absolute else -1.0) * (ws[-1].T @ ws[-1])
+        return d, b
+
+    def assemble(self, params, rho: float, absolute: bool = False) -> np.ndarray:
+        d, b = self.blocks(params, rho, absolute)
+        return assemble_tridiagonal(d, b)
+
+    @property
+    def inner_dim(self) -> int:
+        """Largest inner dimension of the products in M (the n-bar of §8)."""
+        return max(max(w.shape) for w in self.weights)
+
+    # ------------------------------------------------------------- recursion
+    def rho_star(self, params) -> float:
+        """Best rho for fixed multipliers by the backward Schur recursion (§2); inf if none."""
+        d, b = self.blocks(params, 0.0)
+        y = d[-1]
+        for k in range(len(d) - 1, 0, -1):
+            try:
+                chol = scipy.linalg.cho_factor(y, lower=True, check_finite=False)
+            except (scipy.linalg.LinAlgError, ValueError):
+                return math.inf
+            if k == 1:
+                schur = b[0] @ scipy.linalg.cho_solve(chol, b[0].T, check_finite=False)
+                top = schur - d[0]
+                top = (top + top.T) / 2.0
+                return max(float(scipy.linalg.eigvalsh(top)[-1]), 0.0)
+            y = d[k - 1] - b[k - 1] @ scipy.linalg.cho_solve(chol, b[k - 1].T, check_finite=False)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def anchor(self) -> np.ndarray:
+        """Strictly feasible layer multipliers for any slopes (§6.1, generalised; §8 step 4).
+
+        Built backward so every Schur pivot satisfies ``Y_k >= tau_k I`` (using ``lambda_min``
+        estimates; the certificate re-checks everything exactly).
+        """
+        taus = [0.0] * len(self.qcs)
+        w_last = self.weights[-1]
+        norm2 = [float(np.linalg.norm(w, 2)) ** 2 for w in self.weights]
+        taus[-1] = max(norm2[-1], 1e-12)  # Y_{L-1} = 2 tau - W_L^T W_L >= tau I
+        del w_last
+        for k in range(len(self.qcs) - 2, -1, -1):
+            nxt = self.qcs[k + 1]
+            a, b = getattr(nxt, "alpha", 0.0), getattr(nxt, "beta", 1.0)
+            t1, wn = taus[k + 1], norm2[k + 1]
+            taus[k] = max(2.0 * abs(a * b) * t1 * wn + (a + b) ** 2 * t1 * wn, 1e-12)
+        params = [np.full(qc.num_params(), 2.0 * tau) for qc, tau in zip(self.qcs, taus)]
+        # doubled multipliers: every pivot gains a strict margin
+        return np.concatenate(params)
+
+
+def assemble_tridiagonal(d: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    sizes = [x.shape[0] for x in d]
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    m = np.zeros((offs[-1], offs[-1]))
+    for k, dk in enumerate(d):
+        m[offs[k] : offs[k + 1], offs[k] : offs[k + 1]] = dk
+    for k, bk in enumerate(b, start=1):
+        m[offs[k - 1] : offs[k], offs[k] : offs[k + 1]] = bk
+        m[offs[k] : offs[k + 1], offs[k - 1] : offs[k]] = bk.T
+    return m

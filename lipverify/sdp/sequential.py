@@ -1,0 +1,91 @@
+"""Sequential LDL^T bounds (FORMULATIONS.md §2b): multipliers chosen layer by layer.
+
+``ldlt_fast_params`` is ECLipsE-Fast's closed form, ``ldlt_params`` solves one small SDP
+per layer (ECLipsE). Both only *choose* multipliers: the bound reported is always the
+certified ``rho*(T)`` of the full LMI (§8), so the alpha*beta terms are never dropped
+unsoundly (the recursion here ignores them; the certificate does not).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from .backends import Backend
+from .chain import ChainLMI
+
+
+def _mid_slope(qc) -> float:
+    return (getattr(qc, "alpha", 0.0) + getattr(qc, "beta", 1.0)) / 2.0
+
+
+def _finish(lmi: ChainLMI, lambdas: list[np.ndarray], x_last: np.ndarray) -> np.ndarray:
+    """Multipliers T_k = rho * Lambda_k / 2 at the recursion's own rho (§2b)."""
+    w = lmi.weights[-1]
+    rho = float(scipy.linalg.eigvalsh(w @ np.linalg.solve(x_last, w.T))[-1])
+    params = []
+    for qc, lam in zip(lmi.qcs, lambdas):
+        t = rho * lam / 2.0
+        params.append(t if qc.num_params() == t.size else np.array([t.mean()]))
+    return np.concatenate(params)
+
+
+def ldlt_fast_params(lmi: ChainLMI) -> np.ndarray:
+    """ECLipsE-Fast: ``Lambda_k = l_k I``, ``l_k = 1 / (2 m^2 lambda_max(W_k X^-1 W_k^T))``."""
+    x = np.eye(lmi.sizes[0])
+    lambdas = []
+    for w, qc in zip(lmi.weights[:-1], lmi.qcs):
+        m = _mid_slope(qc)
+        k_mat = m * m * (w @ np.linalg.solve(x, w.T))
+        k_mat = (k_mat + k_mat.T) / 2.0
+        top = max(float(scipy.linalg.eigvalsh(k_mat)[-1]), 1e-300)
+        ell = 1.0 / (2.0 * top)
+        lambdas.append(np.full(w.shape[0], ell))
+        x = ell * np.eye(w.shape[0]) - ell * ell * k_mat
+    return _finish(lmi, lambdas, x)
+
+
+def ldlt_params(lmi: ChainLMI, backend: Backend, time_limit: float | None = None) -> np.ndarray:
+    """ECLipsE: per layer, max s s.t. ``[[L - s W'^T W', L K^1/2], [K^1/2 L, I]] >= 0``."""
+    import cvxpy as cp
+
+    x = np.eye(lmi.sizes[0])
+    lambdas = []
+    for k, (w, qc) in enumerate(zip(lmi.weights[:-1], lmi.qcs)):
+        m = _mid_slope(qc)
+        k_mat = m * m * (w @ np.linalg.solve(x, w.T))
+        k_mat = (k_mat + k_mat.T) / 2.0
+        evals, evecs = scipy.linalg.eigh(k_mat)
+        half = (evecs * np.sqrt(np.maximum(evals, 0.0))) @ evecs.T
+        scale = max(float(evals[-1]), 1e-300)
+        nxt = lmi.weights[k + 1]
+        gram = nxt.T @ nxt
+        gram /= max(float(np.linalg.norm(gram, 2)), 1e-300)
+        n = w.shape[0]
+        lam = cp.Variable(n, nonneg=True)
+        s = cp.Variable()
+        big = cp.bmat(
+            [
+                [cp.diag(lam) - s * gram, cp.diag(lam) @ (half / np.sqrt(scale))],
+                [(half / np.sqrt(scale)) @ cp.diag(lam), np.eye(n)],
+            ]
+        )
+        prob = cp.Problem(cp.Maximize(s), [0.5 * (big + big.T) >> 0])
+        try:
+            prob.solve(solver=backend.cvxpy_solver, **backend.options(time_limit))
+        except cp.error.SolverError:
+            lam_v = None
+        else:
+            lam_v = lam.value
+        if lam_v is None or not np.all(np.isfinite(lam_v)):
+            top = scale
+            lam_v = np.full(n, 1.0 / (2.0 * top))
+        else:
+            lam_v = np.maximum(np.asarray(lam_v, dtype=np.float64), 0.0) / scale
+        lambdas.append(lam_v)
+        x = np.diag(lam_v) - (lam_v[:, None] * k_mat) * lam_v[None, :]
+        if np.linalg.eigvalsh((x + x.T) / 2)[0] <= 0:  # keep the recursion well posed
+            ell = 1.0 / (2.0 * scale)
+            lambdas[-1] = np.full(n, ell)
+            x = ell * np.eye(n) - ell * ell * k_mat
+    return _finish(lmi, lambdas, x)

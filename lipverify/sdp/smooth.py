@@ -1,0 +1,114 @@
+"""rho*(T) of §2 as a convex function of the multipliers, minimised directly.
+
+For fixed multipliers the backward Schur recursion gives ``S(p)`` with
+``rho*(p) = lambda_max(S(p))``. ``S`` is matrix-convex in ``p`` (matrix-fractional
+terms), so the soft maximum ``F_mu = mu log tr exp(S / mu)`` is a smooth convex upper
+approximation: ``rho* <= F_mu <= rho* + mu log n_0``. Its gradient comes from the null
+vectors ``z`` of ``M`` (forward substitution ``z_k = -Y_k^{-1} B_k^T z_{k-1}``):
+``dF/dp = sum_i w_i dq/dp(z_i)``, ``q`` the layers' QC values (§1.1). Continuation in
+``mu`` drives ``F_mu`` to the SDP optimum; every iterate is a multiplier candidate for the
+§8 certificate, which is computed on the exact ``rho*``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+
+from .chain import ChainLMI
+
+
+def _schur(lmi: ChainLMI, params):
+    """Backward recursion: top matrix S and the pivot factorisations (None if infeasible)."""
+    d, b = lmi.blocks(params, 0.0)
+    chols = [None] * len(d)
+    y = d[-1]
+    for k in range(len(d) - 1, 0, -1):
+        try:
+            chols[k] = scipy.linalg.cho_factor(y, lower=True, check_finite=False)
+        except (scipy.linalg.LinAlgError, ValueError):
+            return None, None, None
+        sol = scipy.linalg.cho_solve(chols[k], b[k - 1].T, check_finite=False)
+        y = (b[0] @ sol - d[0]) if k == 1 else d[k - 1] - b[k - 1] @ sol
+    return (y + y.T) / 2.0, chols, b
+
+
+def soft_rho(lmi: ChainLMI, params, mu: float) -> tuple[float, float, np.ndarray | None]:
+    """``(rho*, F_mu, grad F_mu)``; ``(inf, inf, None)`` outside the domain."""
+    top, chols, b = _schur(lmi, params)
+    if top is None:
+        return math.inf, math.inf, None
+    evals, evecs = scipy.linalg.eigh(top)
+    lam1 = float(evals[-1])
+    keep = evals >= lam1 - 40.0 * mu if mu > 0 else evals >= lam1
+    lam, u = evals[keep], evecs[:, keep]
+    w = np.exp((lam - lam1) / mu) if mu > 0 else np.ones(1)
+    total = float(w.sum())
+    w /= total
+    soft = lam1 + (mu * math.log(total) if mu > 0 else 0.0)
+    z = [u * np.sqrt(w)]  # weighted null vectors, one column each
+    grads = []
+    for k, qc in enumerate(lmi.qcs, start=1):
+        z.append(-scipy.linalg.cho_solve(chols[k], b[k - 1].T @ z[-1], check_finite=False))
+        grads.append(qc.value_grad(lmi.weights[k - 1] @ z[k - 1], z[k]))
+    return max(lam1, 0.0), soft, np.concatenate(grads)
+
+
+def minimize_rho(
+    lmi: ChainLMI,
+    start,
+    *,
+    rel_mu: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9),
+    max_iter: int = 500,
+    time_limit: float | None = None,
+):
+    """Minimise ``rho*`` by L-BFGS-B on ``F_mu`` with decreasing ``mu``.
+
+    Returns ``(best_params, best_rho, info)``; ``best_rho`` is the exact ``rho*`` of the
+    best iterate seen (not the smoothed value).
+    """
+    x = lmi.project(start)
+    rho0 = lmi.rho_star(x)
+    if not math.isfinite(rho0):
+        raise ValueError("starting multipliers are infeasible")
+    best = {"x": x.copy(), "rho": rho0}
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
+    bounds = [(lo, None) for qc in lmi.qcs for lo in qc.lower_bounds()]
+    evals = 0
+    stages = 0
+    timed_out = False
+    for rel in rel_mu:
+        mu = rel * best["rho"]
+        scale = max(best["rho"], 1e-300)
+
+        def fun(p, mu=mu, scale=scale):
+            nonlocal evals
+            evals += 1
+            if deadline is not None and time.perf_counter() > deadline:
+                raise TimeoutError
+            rho, soft, g = soft_rho(lmi, p, mu)
+            if g is None:
+                return 1e3, np.zeros_like(p)
+            if rho < best["rho"]:
+                best["x"], best["rho"] = p.copy(), rho
+            return soft / scale, g / scale
+
+        try:
+            res = scipy.optimize.minimize(
+                fun,
+                best["x"],
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bounds,
+                options={"maxiter": max_iter, "ftol": 1e-12, "gtol": 1e-12, "maxcor": 20},
+            )
+            del res
+        except TimeoutError:
+            timed_out = True
+            break
+        stages += 1
+    return best["x"], best["rho"], {"evaluations": evals, "stages": stages, "timed_out": timed_out}
