@@ -28,15 +28,35 @@ def rump_shift(a: np.ndarray) -> float:
     return c * (1.0 + 4.0 * U) + ETA  # round the computation of c itself upward
 
 
-def certify_pd(a: np.ndarray, radius: float = 0.0) -> bool:
-    """True only if every symmetric matrix within ``radius`` (sum of |entry errors| per row)
-    of ``a`` is positive definite; ``a`` is read from its lower triangle (§8 steps 6-7)."""
+def certify_pd(a: np.ndarray, radius: float | np.ndarray = 0.0) -> bool:
+    """True only if every symmetric matrix near ``a`` is positive definite (§8 steps 6-7).
+
+    ``a`` is read from its lower triangle. ``radius`` is either a scalar bound on the row
+    sums of ``|a - exact|``, or the entrywise radius matrix itself; in the latter case the
+    matrix is first equilibrated by an exact power-of-two congruence ``D a D`` (no rounding:
+    ``D a D > 0`` iff ``a > 0``), so badly scaled LMIs (rho ~ 1e14) still certify.
+    """
     a = np.tril(np.asarray(a, dtype=np.float64))
     a = a + np.tril(a, -1).T
     d = np.diag(a)
     if not np.isfinite(a).all() or (d < 0).any():
         return False
-    shift = rump_shift(a) + radius
+    if isinstance(radius, np.ndarray):
+        rad = np.asarray(radius, dtype=np.float64)
+        scale = np.ones_like(d)
+        pos = d > 0
+        scale[pos] = np.exp2(-np.floor(np.log2(np.sqrt(d[pos]))))
+        outer = scale[:, None] * scale[None, :]
+        a_s, rad_s = a * outer, rad * outer  # exact: powers of two, unless (sub)underflow
+        tiny = 2.0**-1000
+        if np.isfinite(a_s).all() and not (((a_s != 0) & (np.abs(a_s) < tiny)).any() or
+                                           ((rad_s != 0) & (rad_s < tiny)).any()):
+            a, rad = a_s, rad_s
+        r = float(rad.sum(axis=1).max()) * (1.0 + a.shape[0] * U)
+        d = np.diag(a)
+    else:
+        r = float(radius)
+    shift = rump_shift(a) + r
     shifted = a.copy()
     np.fill_diagonal(shifted, np.nextafter(d - shift, -np.inf))
     try:

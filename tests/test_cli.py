@@ -151,3 +151,35 @@ def test_info_methods_ops_doctor():
     assert "Gemm" in ops and "Conv" in ops and "Sign" in ops
     doc = run("doctor")
     assert doc.exit_code == 0 and "MOSEK" in doc.stdout
+
+
+def test_certificate_roundtrip_and_tamper(tmp_path: Path):
+    model = str(shared_path("weights", "exlipbab_iris_4x6x6x3_relu.npz"))
+    cert = tmp_path / "cert.json"
+    res = run("bound", model, "-m", "lipsdp-neuron", "--save-certificate", str(cert),
+              "--format", "json", "--no-lower")
+    assert res.exit_code == 0, res.output
+    bound = json.loads(res.stdout)["bound"]
+    ok = run("check", model, str(cert))
+    assert ok.exit_code == 0 and "valid" in ok.stdout
+    data = json.loads(cert.read_text())
+    # a smaller rho than proven: rejected
+    data["certificate"]["rho"] = (bound * (1 - 1e-4)) ** 2
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    assert run("check", model, str(bad)).exit_code == 7
+    # a negative multiplier: outside the multiplier set, rejected
+    data = json.loads(cert.read_text())
+    data["certificate"]["params"][0] = -1.0
+    bad.write_text(json.dumps(data))
+    assert run("check", model, str(bad)).exit_code == 7
+    # another model: rejected by sha256
+    other = str(shared_path("weights", "lyr2n80test1.npz"))
+    res = run("check", other, str(cert))
+    assert res.exit_code == 7 and "different model" in res.stdout
+
+
+def test_naive_has_no_certificate_file(tmp_path: Path):
+    res = run("bound", SAMPLE, "-m", "naive", "--save-certificate", str(tmp_path / "c.json"),
+              "--no-lower")
+    assert res.exit_code == 2 and "no certificate file" in res.output

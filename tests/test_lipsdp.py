@@ -157,3 +157,15 @@ def test_linf_sandwich_and_layer_order():
     assert neuron.certified and layer.certified
     assert lower.bound <= neuron.bound <= layer.bound * (1 + 1e-7) <= naive.bound * (1 + 1e-6)
     assert len(neuron.details["per_row"]) == 2
+
+
+def test_badly_scaled_deep_net_still_certifies():
+    """rho ~ 1e20: equilibration keeps the §8 check meaningful (ACAS Xu-like scales)."""
+    rng = np.random.default_rng(11)
+    ws = [30.0 * rng.normal(size=(12, 5))] + [30.0 * rng.normal(size=(12, 12)) for _ in range(5)]
+    ws.append(30.0 * rng.normal(size=(3, 12)))
+    net = lipverify.Network.sequential(ws, [RELU] * 6)
+    fast = lipverify.bound(net, method="ldlt-fast")
+    naive = lipverify.bound(net, method="naive")
+    assert fast.certified and naive.certified
+    assert lipverify.bound(net, method="lower").bound <= fast.bound

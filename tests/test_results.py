@@ -1,0 +1,30 @@
+"""Result records serialise to JSON without loss."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+import lipverify
+from lipverify.activations import SlopeRestricted
+from lipverify.results import BoundResult
+
+
+def test_roundtrip_json_including_inf():
+    net = lipverify.Network.sequential([np.eye(2), np.eye(2)], [SlopeRestricted.named("relu")])
+    r = lipverify.bound(net, method="naive", lower_bound=True)
+    back = BoundResult.from_dict(json.loads(r.to_json()))
+    assert back == r
+    inf = BoundResult.from_dict({**r.to_dict(), "bound": "inf"})
+    assert math.isinf(inf.bound)
+    assert "<table>" in r._repr_html_()
+    assert "certified" in str(r)
+
+
+def test_compare_returns_dataframe():
+    net = lipverify.Network.sequential([np.eye(2), np.eye(2)], [SlopeRestricted.named("relu")])
+    table = lipverify.compare([net, net], methods=["naive", "lower"])
+    assert len(table) == 4
+    assert set(table["method"]) == {"naive", "lower"}
