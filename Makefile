@@ -8,7 +8,6 @@ TORCH_VERSION ?= 2.13.0
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 
 # torch is pinned and installed first: a bare `torch` would pull the multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
