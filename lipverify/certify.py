@@ -49,8 +49,9 @@ def certify_pd(a: np.ndarray, radius: float | np.ndarray = 0.0) -> bool:
         outer = scale[:, None] * scale[None, :]
         a_s, rad_s = a * outer, rad * outer  # exact: powers of two, unless (sub)underflow
         tiny = 2.0**-1000
-        if np.isfinite(a_s).all() and not (((a_s != 0) & (np.abs(a_s) < tiny)).any() or
-                                           ((rad_s != 0) & (rad_s < tiny)).any()):
+        if np.isfinite(a_s).all() and not (
+            ((a_s != 0) & (np.abs(a_s) < tiny)).any() or ((rad_s != 0) & (rad_s < tiny)).any()
+        ):
             a, rad = a_s, rad_s
         r = float(rad.sum(axis=1).max()) * (1.0 + a.shape[0] * U)
         d = np.diag(a)

@@ -51,6 +51,19 @@ def _output(
     )
 
 
+def _fallback(lmi: ChainLMI, exc: Exception, details: dict) -> MethodOutput:
+    """No solver fits or runs: the certified ldlt-fast bound, saying so."""
+    cert = certify_chain(lmi, ldlt_fast_params(lmi))
+    return _output(
+        cert,
+        status=f"fallback ldlt-fast: {exc}",
+        solver=None,
+        solver_value=None,
+        details=details,
+        warnings=(f"SDP not solved ({exc}); reporting the certified ldlt-fast bound",),
+    )
+
+
 def _chain(network: Network, per_neuron: bool) -> ChainLMI:
     return ChainLMI.from_network(network, per_neuron=per_neuron)
 
@@ -74,15 +87,7 @@ def _lipsdp(
     try:
         backend = choose_backend(cone, solver)
     except SolverError as exc:
-        cert = certify_chain(lmi, ldlt_fast_params(lmi))
-        return _output(
-            cert,
-            status=f"fallback ldlt-fast: {exc}",
-            solver=None,
-            solver_value=None,
-            details=details,
-            warnings=(f"SDP not solved ({exc}); reporting the certified ldlt-fast bound",),
-        )
+        return _fallback(lmi, exc, details)
     solver_value, status = None, "optimal"
     if backend.structured:
         begin = certify_chain(lmi, ldlt_fast_params(lmi)).params
@@ -179,14 +184,7 @@ def ldlt(
     try:
         backend = choose_backend(cone, solver, conic_only=True)
     except SolverError as exc:
-        cert = certify_chain(lmi, ldlt_fast_params(lmi))
-        return _output(
-            cert,
-            status=f"fallback ldlt-fast: {exc}",
-            solver=None,
-            solver_value=None,
-            details={"order": lmi.order},
-        )
+        return _fallback(lmi, exc, {"order": lmi.order})
     cert = certify_chain(lmi, ldlt_params(lmi, backend, time_limit))
     return _output(
         cert, status="ok", solver=backend.name, solver_value=None, details={"order": lmi.order}

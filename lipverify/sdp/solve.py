@@ -56,49 +56,60 @@ def solve_chain(
         for k, (gvv, gvw, gww) in enumerate(blocks, start=1):
             w = ws[k - 1]
             z = cp.bmat([[qs[k - 1] - w.T @ gvv @ w, -w.T @ gvw], [-(w.T @ gvw).T, -gww - qs[k]]])
-            cons.append(0.5 * (z + z.T) >> 0)
+            cons.append(_psd(z))
     else:
-        n = sum(sizes)
-        offs = np.concatenate([[0], np.cumsum(sizes)])
-        m = rho * _embed(np.eye(sizes[0]), offs, 0, 0, n)
-        m = m - _embed(ws[-1].T @ ws[-1], offs, len(sizes) - 1, len(sizes) - 1, n)
-        for k, (gvv, gvw, gww) in enumerate(blocks, start=1):
-            w = ws[k - 1]
-            m = m + _embed_expr(-w.T @ gvv @ w, offs, k - 1, k - 1, n)
-            m = m + _embed_expr(-w.T @ gvw, offs, k - 1, k, n)
-            m = m + _embed_expr(-(w.T @ gvw).T, offs, k, k - 1, n)
-            m = m + _embed_expr(-gww, offs, k, k, n)
-        cons.append(0.5 * (m + m.T) >> 0)
-    prob = cp.Problem(cp.Minimize(rho), cons)
-    start = time.perf_counter()
-    try:
-        prob.solve(solver=backend.cvxpy_solver, **backend.options(time_limit))
-    except cp.error.SolverError as exc:
-        raise SolverError(f"{backend.name} failed: {str(exc).splitlines()[0]}") from exc
-    seconds = time.perf_counter() - start
+        m = rho * _embed(np.eye(sizes[0]), sizes, 0, 0)
+        m = m - _embed(ws[-1].T @ ws[-1], sizes, len(sizes) - 1, len(sizes) - 1)
+        cons.append(_psd(m + _qc_matrix(ws, blocks, sizes)))
+    seconds, status = _run(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
     if rho.value is None or any(p.value is None for p in params):
-        return SolveResult(None, None, str(prob.status), backend.name, seconds)
+        return SolveResult(None, None, status, backend.name, seconds)
     # map back: t_k = t~_k * prod_{j>k} s_j^2, rho = rho~ * prod_j s_j^2
     tail = np.array([np.prod(s[k + 1 :] ** 2) for k in range(len(params))])
     orig = np.concatenate(
         [np.asarray(p.value, dtype=np.float64).ravel() * tail[k] for k, p in enumerate(params)]
     )
     value = math.sqrt(max(float(rho.value), 0.0) * float(np.prod(s**2)))
-    return SolveResult(orig, value, str(prob.status), backend.name, seconds)
+    return SolveResult(orig, value, status, backend.name, seconds)
 
 
-def _embed(block: np.ndarray, offs, i, j, n) -> np.ndarray:
-    out = np.zeros((n, n))
-    out[offs[i] : offs[i + 1], offs[j] : offs[j + 1]] = block
+def _selector(sizes, i) -> np.ndarray:
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    out = np.zeros((offs[-1], sizes[i]))
+    out[offs[i] : offs[i + 1], :] = np.eye(sizes[i])
     return out
 
 
-def _embed_expr(expr, offs, i, j, n):
-    left = np.zeros((n, offs[i + 1] - offs[i]))
-    left[offs[i] : offs[i + 1], :] = np.eye(offs[i + 1] - offs[i])
-    right = np.zeros((offs[j + 1] - offs[j], n))
-    right[:, offs[j] : offs[j + 1]] = np.eye(offs[j + 1] - offs[j])
-    return left @ expr @ right
+def _embed(block, sizes, i, j):
+    """Block (i, j) of a block matrix with block sizes ``sizes`` (numpy or cvxpy)."""
+    return _selector(sizes, i) @ block @ _selector(sizes, j).T
+
+
+def _qc_matrix(ws, blocks, sizes):
+    """The QC part of the block-tridiagonal matrix by the §4 insertion rule, in cvxpy."""
+    total = 0
+    for k, (gvv, gvw, gww) in enumerate(blocks, start=1):
+        w = ws[k - 1]
+        total = total + _embed(-w.T @ gvv @ w, sizes, k - 1, k - 1)
+        total = total + _embed(-w.T @ gvw, sizes, k - 1, k)
+        total = total + _embed(-(w.T @ gvw).T, sizes, k, k - 1)
+        total = total + _embed(-gww, sizes, k, k)
+    return total
+
+
+def _psd(expr):
+    return 0.5 * (expr + expr.T) >> 0
+
+
+def _run(prob, backend: Backend, time_limit) -> tuple[float, str]:
+    import cvxpy as cp
+
+    start = time.perf_counter()
+    try:
+        prob.solve(solver=backend.cvxpy_solver, **backend.options(time_limit))
+    except cp.error.SolverError as exc:
+        raise SolverError(f"{backend.name} failed: {str(exc).splitlines()[0]}") from exc
+    return time.perf_counter() - start, str(prob.status)
 
 
 def solve_linf(lmi: ChainLMI, backend: Backend, time_limit: float | None = None) -> SolveResult:
@@ -107,35 +118,21 @@ def solve_linf(lmi: ChainLMI, backend: Backend, time_limit: float | None = None)
 
     sizes = lmi.sizes
     n = sum(sizes)
-    offs = np.concatenate([[0], np.cumsum(sizes)])
     rho = cp.Variable(name="rho")
     tau = cp.Variable(sizes[0], nonneg=True, name="tau")
     params = [cp.Variable(qc.num_params(), name=f"t{k}") for k, qc in enumerate(lmi.qcs, 1)]
     cons = [c for qc, p in zip(lmi.qcs, params) for c in qc.constraints(p)]
-    p_mat = _embed_expr(cp.diag(tau), offs, 0, 0, n)
-    for k, (qc, p) in enumerate(zip(lmi.qcs, params), start=1):
-        gvv, gvw, gww = qc.cvx_blocks(p)
-        w = lmi.weights[k - 1]
-        p_mat = p_mat + _embed_expr(-w.T @ gvv @ w, offs, k - 1, k - 1, n)
-        p_mat = p_mat + _embed_expr(-w.T @ gvw, offs, k - 1, k, n)
-        p_mat = p_mat + _embed_expr(-(w.T @ gvw).T, offs, k, k - 1, n)
-        p_mat = p_mat + _embed_expr(-gww, offs, k, k, n)
+    blocks = [qc.cvx_blocks(p) for qc, p in zip(lmi.qcs, params)]
+    p_mat = _embed(cp.diag(tau), sizes, 0, 0) + _qc_matrix(lmi.weights, blocks, sizes)
     c = np.zeros(n)
     c[n - lmi.weights[-1].size :] = lmi.weights[-1].ravel()
     corner = cp.reshape(2 * rho - cp.sum(tau), (1, 1), order="C")
-    big = cp.bmat([[corner, -c[None, :]], [-c[:, None], p_mat]])
-    cons.append(0.5 * (big + big.T) >> 0)
-    prob = cp.Problem(cp.Minimize(rho), cons)
-    start = time.perf_counter()
-    try:
-        prob.solve(solver=backend.cvxpy_solver, **backend.options(time_limit))
-    except cp.error.SolverError as exc:
-        raise SolverError(f"{backend.name} failed: {str(exc).splitlines()[0]}") from exc
-    seconds = time.perf_counter() - start
+    cons.append(_psd(cp.bmat([[corner, -c[None, :]], [-c[:, None], p_mat]])))
+    seconds, status = _run(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
     if rho.value is None or tau.value is None or any(p.value is None for p in params):
-        return SolveResult(None, None, str(prob.status), backend.name, seconds)
+        return SolveResult(None, None, status, backend.name, seconds)
     x = np.concatenate(
         [np.asarray(tau.value).ravel()]
         + [np.asarray(p.value, dtype=np.float64).ravel() for p in params]
     )
-    return SolveResult(x, float(rho.value), str(prob.status), backend.name, seconds)
+    return SolveResult(x, float(rho.value), status, backend.name, seconds)
