@@ -107,6 +107,10 @@ def _lipsdp(
             status = "optimal" if result.status == "optimal" else f"solver {result.status}"
             begin, stages = certify_chain(lmi, result.params).params, POLISH_STAGES
             details["solve_seconds"] = result.seconds
+            fast = certify_chain(lmi, ldlt_fast_params(lmi)).params
+            if lmi.rho_star(fast) < lmi.rho_star(begin):  # a poor (e.g. time-limited) solve
+                begin, stages = fast, SMOOTH_STAGES
+                status += "; started from ldlt-fast, which was better"
     remaining = None if time_limit is None else max(time_limit - (time.perf_counter() - start), 1)
     params, rho, info = minimize_rho(lmi, begin, rel_mu=stages, time_limit=remaining)
     details["smooth"] = info

@@ -138,18 +138,12 @@ class ChainLMI:
         estimates; the certificate re-checks everything exactly).
         """
         taus = [0.0] * len(self.qcs)
-        w_last = self.weights[-1]
         norm2 = [float(np.linalg.norm(w, 2)) ** 2 for w in self.weights]
         taus[-1] = max(norm2[-1], 1e-12)  # Y_{L-1} = 2 tau - W_L^T W_L >= tau I
-        del w_last
         for k in range(len(self.qcs) - 2, -1, -1):
-            nxt = self.qcs[k + 1]
-            a, b = getattr(nxt, "alpha", 0.0), getattr(nxt, "beta", 1.0)
-            t1, wn = taus[k + 1], norm2[k + 1]
-            taus[k] = max(2.0 * abs(a * b) * t1 * wn + (a + b) ** 2 * t1 * wn, 1e-12)
-        params = [np.full(qc.num_params(), 2.0 * tau) for qc, tau in zip(self.qcs, taus)]
+            taus[k] = max(self.qcs[k + 1].anchor_factor * taus[k + 1] * norm2[k + 1], 1e-12)
         # doubled multipliers: every pivot gains a strict margin
-        return np.concatenate(params)
+        return np.concatenate([qc.anchor_params(2.0 * t) for qc, t in zip(self.qcs, taus)])
 
 
 def assemble_tridiagonal(d: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:

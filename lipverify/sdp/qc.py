@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..activations import Activation, SlopeRestricted
+from ..activations import Activation, GroupSort
 from ..errors import NotApplicableError
 
 
@@ -103,6 +103,16 @@ class SlopeQC(QC):
     def lower_bounds(self):
         return [0.0] * self.num_params()
 
+    @property
+    def anchor_factor(self) -> float:
+        """Growth of the anchor multiplier through this layer (see ChainLMI.anchor)."""
+        a, b = self.alpha, self.beta
+        return 2.0 * abs(a * b) + (a + b) ** 2
+
+    def anchor_params(self, x: float) -> np.ndarray:
+        """Multipliers with ``-Gww = 2 x I`` and the smallest other blocks."""
+        return np.full(self.num_params(), x)
+
     def value_grad(self, v, w):
         """d/dp of the QC value ``[v; w]^T G(p) [v; w]`` (linear in p), summed over the
         columns when ``v``, ``w`` are matrices (one column per vector)."""
@@ -112,9 +122,96 @@ class SlopeQC(QC):
         return per if self.per_neuron else np.array([per.sum()])
 
 
+@dataclass(frozen=True)
+class GroupSortQC(QC):
+    """§4 (Pauli et al., ICLR 2024): ``Gvv = T - 2S``, ``Gvw = P + S``, ``Gww = -T - 2P`` with
+    ``T = (+)(lam_i I + tau_i 11^T)``, ``S = (+) s_i 11^T``, ``P = (+) p_i 11^T`` per group,
+    ``lam >= 0`` and ``tau, s, p`` free. Parameters are ``[lam, tau, s, p]`` (one of each per
+    group, or per layer when ``per_neuron`` is false).
+    """
+
+    n: int
+    group: int
+    per_neuron: bool = True
+
+    @property
+    def groups(self) -> int:
+        return self.n // self.group
+
+    def num_params(self, per_neuron: bool | None = None) -> int:
+        return 4 * (self.groups if self.per_neuron else 1)
+
+    def _split(self, p):
+        p = np.asarray(p, dtype=np.float64)
+        parts = np.split(p, 4)
+        return [np.broadcast_to(q, (self.groups,)) for q in parts]
+
+    def _e(self) -> np.ndarray:
+        return np.kron(np.eye(self.groups), np.ones((self.group, 1)))
+
+    def project(self, p):
+        p = np.array(p, dtype=np.float64)
+        k = p.size // 4
+        p[:k] = np.maximum(p[:k], 0.0)
+        return p
+
+    def blocks(self, p):
+        lam, tau, s, pp = self._split(p)
+        e = self._e()
+        lam_d = np.repeat(lam, self.group)
+        return Blocks(np.diag(lam_d) + (e * (tau - 2 * s)) @ e.T, (e * (pp + s)) @ e.T,
+                      -np.diag(lam_d) - (e * (tau + 2 * pp)) @ e.T)
+
+    def blocks_abs(self, p):
+        lam, tau, s, pp = (np.abs(q) for q in self._split(p))
+        e = self._e()
+        lam_d = np.repeat(lam, self.group)
+        return Blocks(np.diag(lam_d) + (e * (tau + 2 * s)) @ e.T, (e * (pp + s)) @ e.T,
+                      np.diag(lam_d) + (e * (tau + 2 * pp)) @ e.T)
+
+    def cvx_blocks(self, p):
+        import cvxpy as cp
+
+        k = self.num_params() // 4
+        e = self._e()
+        ones = np.ones(self.groups)
+
+        def grp(v):  # per-group values (broadcast a layer-wide scalar)
+            return v if k == self.groups else v[0] * ones
+
+        lam, tau, s, pp = (grp(p[i * k:(i + 1) * k]) for i in range(4))
+        lam_m = cp.diag(e @ lam)
+        return (lam_m + e @ cp.diag(tau - 2 * s) @ e.T, e @ cp.diag(pp + s) @ e.T,
+                -lam_m - e @ cp.diag(tau + 2 * pp) @ e.T)
+
+    def constraints(self, p):
+        return [p[: self.num_params() // 4] >= 0]
+
+    def lower_bounds(self):
+        k = self.num_params() // 4
+        return [0.0] * k + [None] * (3 * k)
+
+    def value_grad(self, v, w):
+        e = self._e()
+        av, aw = e.T @ v, e.T @ w
+        parts = [e.T @ (v * v) - e.T @ (w * w), av * av - aw * aw,
+                 -2.0 * av * av + 2.0 * av * aw, 2.0 * av * aw - 2.0 * aw * aw]
+        parts = [q.sum(axis=1) if q.ndim == 2 else q for q in parts]
+        if not self.per_neuron:
+            parts = [np.array([q.sum()]) for q in parts]
+        return np.concatenate(parts)
+
+    anchor_factor = 2.0
+
+    def anchor_params(self, x: float) -> np.ndarray:
+        k = self.num_params() // 4
+        return np.concatenate([np.full(k, 2.0 * x), np.zeros(3 * k)])
+
+
 #: activation kind -> factory(activation, width, per_neuron) -> QC
 QC_REGISTRY: dict[str, Callable[[Activation, int, bool], QC]] = {
     "slope": lambda act, n, per_neuron: SlopeQC(n, act.alpha, act.beta, per_neuron),
+    "groupsort": lambda act, n, per_neuron: GroupSortQC(n, act.group_size, per_neuron),
 }
 
 
@@ -123,6 +220,6 @@ def qc_for(act: Activation, n: int, per_neuron: bool = True) -> QC:
         raise NotApplicableError(
             f"no quadratic constraint for activation {act.describe()} yet; use --method naive"
         )
-    if isinstance(act, SlopeRestricted) and not act.elementwise:  # pragma: no cover
-        raise NotApplicableError(f"{act.describe()} is not elementwise")
+    if isinstance(act, GroupSort) and n % act.group_size:
+        raise NotApplicableError(f"GroupSort({act.group_size}) on a layer of width {n}")
     return QC_REGISTRY[act.kind](act, n, per_neuron)

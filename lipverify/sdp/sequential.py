@@ -30,8 +30,24 @@ def _finish(lmi: ChainLMI, lambdas: list[np.ndarray], x_last: np.ndarray) -> np.
     return np.concatenate(params)
 
 
+def norm_chain_params(lmi: ChainLMI, slack: float = 1e-9) -> np.ndarray:
+    """Multipliers reproducing the norm product (the P = S = tau = 0 chain of §4):
+    ``-Gww = lam_k I`` with ``lam_k = lam_{k+1} ||W_{k+1}||^2``, slightly inflated."""
+    norm2 = [float(np.linalg.norm(w, 2)) ** 2 * (1 + slack) for w in lmi.weights]
+    lam = [0.0] * len(lmi.qcs)
+    lam[-1] = norm2[-1]
+    for k in range(len(lmi.qcs) - 2, -1, -1):
+        lam[k] = lam[k + 1] * norm2[k + 1] * lmi.qcs[k + 1].anchor_factor / 2.0
+    return np.concatenate([qc.anchor_params(v / 2.0) for qc, v in zip(lmi.qcs, lam)])
+
+
 def ldlt_fast_params(lmi: ChainLMI) -> np.ndarray:
-    """ECLipsE-Fast: ``Lambda_k = l_k I``, ``l_k = 1 / (2 m^2 lambda_max(W_k X^-1 W_k^T))``."""
+    """ECLipsE-Fast: ``Lambda_k = l_k I``, ``l_k = 1 / (2 m^2 lambda_max(W_k X^-1 W_k^T))``.
+
+    Layers without a slope QC (GroupSort) take the norm-product chain instead.
+    """
+    if not all(hasattr(qc, "alpha") for qc in lmi.qcs):
+        return norm_chain_params(lmi)
     x = np.eye(lmi.sizes[0])
     lambdas = []
     for w, qc in zip(lmi.weights[:-1], lmi.qcs):
@@ -46,12 +62,22 @@ def ldlt_fast_params(lmi: ChainLMI) -> np.ndarray:
 
 
 def ldlt_params(lmi: ChainLMI, backend: Backend, time_limit: float | None = None) -> np.ndarray:
-    """ECLipsE: per layer, max s s.t. ``[[L - s W'^T W', L K^1/2], [K^1/2 L, I]] >= 0``."""
+    """ECLipsE: per layer, max s s.t. ``[[L - s W'^T W', L K^1/2], [K^1/2 L, I]] >= 0``.
+
+    ``time_limit`` is the budget for all layers; layers reached after it take the
+    closed-form (ECLipsE-Fast) step.
+    """
+    import time
+
     import cvxpy as cp
 
+    if not all(hasattr(qc, "alpha") for qc in lmi.qcs):
+        return norm_chain_params(lmi)
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
     x = np.eye(lmi.sizes[0])
     lambdas = []
     for k, (w, qc) in enumerate(zip(lmi.weights[:-1], lmi.qcs)):
+        left = None if deadline is None else deadline - time.perf_counter()
         m = _mid_slope(qc)
         k_mat = m * m * (w @ np.linalg.solve(x, w.T))
         k_mat = (k_mat + k_mat.T) / 2.0
@@ -71,12 +97,14 @@ def ldlt_params(lmi: ChainLMI, backend: Backend, time_limit: float | None = None
             ]
         )
         prob = cp.Problem(cp.Maximize(s), [0.5 * (big + big.T) >> 0])
-        try:
-            prob.solve(solver=backend.cvxpy_solver, **backend.options(time_limit))
-        except cp.error.SolverError:
-            lam_v = None
-        else:
-            lam_v = lam.value
+        lam_v = None
+        if left is None or left > 0.5:
+            try:
+                prob.solve(solver=backend.cvxpy_solver, **backend.options(left))
+            except cp.error.SolverError:
+                pass
+            else:
+                lam_v = lam.value
         if lam_v is None or not np.all(np.isfinite(lam_v)):
             top = scale
             lam_v = np.full(n, 1.0 / (2.0 * top))
