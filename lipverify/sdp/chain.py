@@ -45,6 +45,14 @@ class ChainLMI:
     @classmethod
     def from_network(cls, network: Network, per_neuron: bool = True) -> ChainLMI:
         layers = network.chain()
+        order = sum([network.input_dim, *(n.width for n in network.nodes)])
+        need = dense_certificate_bytes(order)
+        if need > MAX_CERTIFICATE_BYTES:
+            raise NotApplicableError(
+                f"{network.name}: the LMI has order {order}; its dense certificate needs about "
+                f"{need / 2**30:.1f} GiB (limit {MAX_CERTIFICATE_BYTES / 2**30:.0f} GiB). "
+                "Use --method naive (or gershgorin) for a certified bound."
+            )
         weights, radii = [], []
         for layer in layers:
             dense, radius = layer.weight.dense_with_radius()
@@ -144,6 +152,15 @@ class ChainLMI:
             taus[k] = max(self.qcs[k + 1].anchor_factor * taus[k + 1] * norm2[k + 1], 1e-12)
         # doubled multipliers: every pivot gains a strict margin
         return np.concatenate([qc.anchor_params(2.0 * t) for qc, t in zip(self.qcs, taus)])
+
+
+#: Memory allowed for the dense matrices of one §8 certificate.
+MAX_CERTIFICATE_BYTES = 6 * 2**30
+
+
+def dense_certificate_bytes(order: int) -> int:
+    """M, |M|, the radius and the shifted copy: four dense float64 matrices."""
+    return 4 * 8 * order * order
 
 
 def assemble_tridiagonal(d: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
