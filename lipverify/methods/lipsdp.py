@@ -92,6 +92,7 @@ def _lipsdp(
     if backend.structured:
         begin = certify_chain(lmi, ldlt_fast_params(lmi)).params
         stages = SMOOTH_STAGES
+        status = "converged (structured solver; optimality gap not computed)"
     else:
         try:
             result = solve_chain(lmi, backend, time_limit, form)
