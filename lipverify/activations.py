@@ -215,7 +215,8 @@ class MaxPool2d(Activation):
         overlap = math.ceil(self.kernel[0] / self.stride[0]) * math.ceil(
             self.kernel[1] / self.stride[1]
         )
-        return math.sqrt(overlap) if norm == "l2" else 1.0
+        # rounded upward: an l2 gain must never be underestimated
+        return float(np.nextafter(math.sqrt(overlap), np.inf)) if norm == "l2" else 1.0
 
     def describe(self):
         return f"maxpool {self.kernel[0]}x{self.kernel[1]} s{self.stride[0]}"

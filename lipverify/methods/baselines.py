@@ -21,14 +21,24 @@ from ..results import MethodOutput
 from . import register_method
 
 
+def _up(x: float) -> float:
+    return float(np.nextafter(x, np.inf))
+
+
 def propagate(network: Network, op_norm: Callable[[LinearOp], float], norm: str) -> float:
-    """Lipschitz bound of the whole network from per-term norms (sound for any DAG)."""
+    """Lipschitz bound of the whole network from per-term norms (sound for any DAG).
+
+    Every product and sum is rounded upward: ``fsum`` is correctly rounded and each
+    product is off by at most one ulp, so one ``nextafter`` per operation suffices.
+    """
+
+    def combine(terms, lips) -> float:
+        return _up(math.fsum(_up(op_norm(t.op) * lips[t.source]) for t in terms))
+
     lips = [1.0]
     for node in network.nodes:
-        total = math.fsum(op_norm(t.op) * lips[t.source] for t in node.pre.terms)
-        lips.append(np.nextafter(total * (1 + 1e-15), np.inf) * node.activation.lipschitz(norm))
-    out = math.fsum(op_norm(t.op) * lips[t.source] for t in network.output.terms)
-    return float(np.nextafter(out * (1 + 1e-15), np.inf))
+        lips.append(_up(combine(node.pre.terms, lips) * node.activation.lipschitz(norm)))
+    return combine(network.output.terms, lips)
 
 
 def _cached(fn: Callable[[LinearOp], float]) -> Callable[[LinearOp], float]:
