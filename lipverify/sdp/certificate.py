@@ -33,7 +33,8 @@ class Certificate:
 def _radius(lmi: ChainLMI, params, rho) -> np.ndarray:
     """Entrywise bound on ``|fl(M) - M_exact|`` (§8 assembly radius, plus weight radii)."""
     m_abs = lmi.assemble(params, rho, absolute=True)
-    rad = gamma(lmi.inner_dim + 4) * 1.01 * m_abs
+    # entries are sums of products W^T G W (two inner sums) plus a few terms (§8)
+    rad = gamma(2 * lmi.inner_dim + 8) * 1.01 * m_abs
     if any(r is not None for r in lmi.radii):
         plain = ChainLMI(lmi.weights, (None,) * len(lmi.radii), lmi.qcs, lmi.name)
         rad = rad + (m_abs - plain.assemble(params, rho, absolute=True))

@@ -145,7 +145,7 @@ def verify_linf(lmi: ChainLMI, x, r: float) -> bool:
             [np.abs(c)[:, None], p_abs],
         ]
     )
-    rad = gamma(max(lmi.inner_dim, n0) + 4) * 1.01 * a_abs
+    rad = gamma(2 * max(lmi.inner_dim, n0) + 8) * 1.01 * a_abs
     if any(rr is not None for rr in lmi.radii):
         plain = ChainLMI(lmi.weights, (None,) * len(lmi.radii), lmi.qcs, lmi.name)
         rad[1:, 1:] += p_abs - _p_matrix(plain, x, absolute=True)
