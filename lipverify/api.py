@@ -19,6 +19,8 @@ NORMS = ("l2", "linf")
 AUTO_TIME_LIMIT = 120.0
 #: Above this LMI order ``auto`` uses the closed-form sequential bound.
 AUTO_MAX_ORDER = 6000
+#: Largest monolithic (residual) LMI ``auto`` hands to a conic solver.
+AUTO_MAX_DAG_ORDER = 400
 
 
 def lipverify_version() -> str:
@@ -31,7 +33,14 @@ def lipverify_version() -> str:
 def _auto(network: Network, norm: str, options: dict) -> str:
     """Tightest certified method that fits the network and this machine."""
     from .sdp.chain import ChainLMI
+    from .sdp.dag import DagLMI
 
+    if not network.is_sequential:  # residual: the monolithic LMI while it stays small
+        try:
+            dag = DagLMI.from_network(network)
+        except (NotApplicableError, MemoryError):
+            return "naive"
+        return "lipsdp-neuron" if dag.order <= AUTO_MAX_DAG_ORDER else "naive"
     try:
         lmi = ChainLMI.from_network(network)
     except (NotApplicableError, MemoryError):

@@ -18,6 +18,7 @@ from ..sdp import linf
 from ..sdp.backends import choose_backend, estimate_cone
 from ..sdp.certificate import Certificate, certify_chain
 from ..sdp.chain import ChainLMI
+from ..sdp.dag import DagLMI, certify_dag, solve_dag
 from ..sdp.sequential import ldlt_fast_params, ldlt_params
 from ..sdp.smooth import minimize_rho
 from ..sdp.solve import solve_chain, solve_linf
@@ -80,6 +81,8 @@ def _lipsdp(
 ) -> MethodOutput:
     if norm != "l2":
         return lipsdp_linf(network, per_neuron=per_neuron, solver=solver, time_limit=time_limit)
+    if not network.is_sequential:
+        return _lipsdp_dag(network, per_neuron, solver, time_limit)
     lmi = _chain(network, per_neuron)
     details = {"order": lmi.order, "form": form, "multipliers": "neuron" if per_neuron else "layer"}
     cone = estimate_cone(lmi.sizes) if form == "chordal" else lmi.order
@@ -125,6 +128,25 @@ def _lipsdp(
     return _output(
         cert, status=status, solver=backend.name, solver_value=solver_value, details=details
     )
+
+
+def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit) -> MethodOutput:
+    """Residual / skip-connection networks: the monolithic LMI of §5a, certified (§8)."""
+    lmi = DagLMI.from_network(network, per_neuron)
+    details = {"order": lmi.order, "form": "monolithic (§5a)",
+               "multipliers": "neuron" if per_neuron else "layer"}
+    backend = choose_backend(lmi.order, solver, conic_only=True)
+    params, status = solve_dag(lmi, backend, time_limit)
+    if params is None:
+        params, status = lmi.anchor(), f"{backend.name} status {status}; anchor multipliers"
+    bound, params, rho, theta = certify_dag(lmi, params)
+    if theta > 0:
+        status += f"; repaired (theta={theta:.3g})"
+    ok = math.isfinite(bound)
+    details["certificate"] = {"kind": "lipsdp-dag", "rho": rho, "theta": theta,
+                              "params": params.tolist()}
+    return MethodOutput(bound=bound, certified=ok, status=status if ok else "not certified",
+                        solver=backend.name, details=details)
 
 
 #: mu / rho schedules of the structured solver: from scratch, and polishing a solver's point.

@@ -1,0 +1,197 @@
+"""LipSDP for any network in affine normal form: residual blocks, skips (FORMULATIONS.md §5a).
+
+With ``z = (x_0, z_1, ..., z_K)`` (input and every activation node), node ``k`` sees
+``v_k = V_k z`` (``V_k`` stacks its terms ``W_kj``) and outputs ``S_k z``; the output is
+``C z``. The monolithic S-procedure LMI is
+
+    M(rho, p) = rho E_0^T E_0 - C^T C - sum_k [V_k; S_k]^T Gamma_k(p_k) [V_k; S_k]  >= 0,
+
+dense because skips couple the blocks. For fixed multipliers
+``rho* = lambda_max(N_01 N_11^{-1} N_10 - N_00)`` (§8, "General rho*"), certified exactly as
+the chain LMI. Dense linear algebra: meant for small and medium networks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from ..certify import certify_pd
+from ..errors import NotApplicableError
+from ..linear import gamma
+from ..network import Network
+from .chain import MAX_CERTIFICATE_BYTES, dense_certificate_bytes
+from .qc import QC, qc_for
+
+
+def _quad(a: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``A^T G B`` for diagonal (1-D) or full ``G``."""
+    return (a.T * g) @ b if g.ndim == 1 else a.T @ g @ b
+
+
+@dataclass(frozen=True, eq=False)
+class DagLMI:
+    sizes: tuple[int, ...]  # n_0 (input), n_1..n_K (nodes)
+    pres: tuple[np.ndarray, ...]  # V_k: (m_k, N) dense, radii alongside
+    pre_radii: tuple[np.ndarray | None, ...]
+    out: np.ndarray  # C: (n_out, N)
+    out_radius: np.ndarray | None
+    qcs: tuple[QC, ...]
+
+    @classmethod
+    def from_network(cls, network: Network, per_neuron: bool = True) -> DagLMI:
+        sizes = [network.input_dim, *(n.width for n in network.nodes)]
+        total = sum(sizes)
+        if dense_certificate_bytes(total) > MAX_CERTIFICATE_BYTES:
+            raise NotApplicableError(
+                f"{network.name}: the monolithic LMI has order {total}, too large to certify "
+                "densely here; use --method naive"
+            )
+        offs = np.concatenate([[0], np.cumsum(sizes)])
+
+        def stack(affine):
+            mat = np.zeros((affine.n_out, total))
+            rad = None
+            for term in affine.terms:
+                d, r = term.op.dense_with_radius()
+                sl = slice(offs[term.source], offs[term.source + 1])
+                mat[:, sl] += d
+                if r is not None:
+                    rad = np.zeros_like(mat) if rad is None else rad
+                    rad[:, sl] += r
+            if len(affine.terms) > 1:  # summing terms rounds too
+                extra = gamma(len(affine.terms) + 1) * np.abs(mat) * 1.01
+                rad = extra if rad is None else rad + extra
+            return mat, rad
+
+        pres, radii, qcs = [], [], []
+        for node in network.nodes:
+            if node.activation.out_dim(node.pre.n_out) != node.pre.n_out:
+                raise NotApplicableError(f"{node.activation.describe()} changes the width")
+            mat, rad = stack(node.pre)
+            pres.append(mat)
+            radii.append(rad)
+            qcs.append(qc_for(node.activation, node.pre.n_out, per_neuron))
+        if not qcs:
+            raise NotApplicableError(f"{network.name} has no hidden layer")
+        out, out_rad = stack(network.output)
+        return cls(tuple(sizes), tuple(pres), tuple(radii), out, out_rad, tuple(qcs))
+
+    @property
+    def order(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def param_sizes(self) -> list[int]:
+        return [qc.num_params() for qc in self.qcs]
+
+    def split(self, params):
+        return np.split(np.asarray(params, dtype=np.float64), np.cumsum(self.param_sizes)[:-1])
+
+    def project(self, params):
+        return np.concatenate([qc.project(p) for qc, p in zip(self.qcs, self.split(params))])
+
+    def _select(self, k: int) -> np.ndarray:
+        offs = np.concatenate([[0], np.cumsum(self.sizes)])
+        s = np.zeros((self.sizes[k], self.order))
+        s[:, offs[k] : offs[k + 1]] = np.eye(self.sizes[k])
+        return s
+
+    def assemble(self, params, rho: float, absolute: bool = False) -> np.ndarray:
+        """``M(rho, params)``, or with ``absolute`` the same with every term in absolute value
+        and weights enlarged by their radii (``M_abs`` of §8)."""
+        sign = 1.0 if absolute else -1.0
+        c = np.abs(self.out) + (self.out_radius if self.out_radius is not None else 0) \
+            if absolute else self.out
+        m = sign * (c.T @ c)
+        for k, (qc, p) in enumerate(zip(self.qcs, self.split(params)), start=1):
+            v = self.pres[k - 1]
+            if absolute:
+                v = np.abs(v) + (self.pre_radii[k - 1] if self.pre_radii[k - 1] is not None else 0)
+            s = self._select(k)
+            g = qc.blocks_abs(p) if absolute else qc.blocks(p)
+            cross = _quad(v, g.vw, s)
+            m += sign * (_quad(v, g.vv, v) + cross + cross.T + _quad(s, g.ww, s))
+        m[np.arange(self.sizes[0]), np.arange(self.sizes[0])] += abs(rho)
+        return m
+
+    def rho_star(self, params) -> float:
+        m = self.assemble(params, 0.0)
+        n0 = self.sizes[0]
+        try:
+            chol = scipy.linalg.cho_factor(m[n0:, n0:], lower=True, check_finite=False)
+        except (scipy.linalg.LinAlgError, ValueError):
+            return math.inf
+        top = m[:n0, n0:] @ scipy.linalg.cho_solve(chol, m[n0:, :n0], check_finite=False)
+        top = top - m[:n0, :n0]
+        return max(float(scipy.linalg.eigvalsh((top + top.T) / 2.0)[-1]), 0.0)
+
+    def anchor(self) -> np.ndarray:
+        """Feasible multipliers: layer multipliers growing geometrically toward the input."""
+        norms = [max(float(np.linalg.norm(v, 2)), 1e-12) for v in self.pres]
+        base = max(float(np.linalg.norm(self.out, 2)) ** 2, 1e-12)
+        growth = 2.0
+        for _ in range(200):
+            taus, t = [], base
+            for k in range(len(self.qcs) - 1, -1, -1):
+                taus.append(t)
+                t = t * growth * norms[k] ** 2
+            taus = taus[::-1]
+            params = np.concatenate([qc.anchor_params(x) for qc, x in zip(self.qcs, taus)])
+            if math.isfinite(self.rho_star(params)):
+                return params
+            growth *= 2.0
+        raise NotApplicableError("no feasible multipliers found for this network")
+
+    def radius(self, params, rho) -> np.ndarray:
+        inner = max(max(v.shape[0] for v in self.pres), self.out.shape[0], self.order)
+        return gamma(2 * inner + 8) * 1.01 * self.assemble(params, rho, absolute=True)
+
+
+def certify_dag(lmi: DagLMI, params):
+    """§8 for the monolithic LMI: project, blend toward the anchor if needed, inflate, check."""
+    p = lmi.project(params)
+    anchor, theta = None, 0.0
+    while True:
+        q = p if theta == 0.0 else (1.0 - theta) * p + theta * anchor
+        rho = lmi.rho_star(q)
+        if math.isfinite(rho):
+            eps = 1e-12
+            for _ in range(12):
+                r = rho * (1.0 + eps) + eps
+                if certify_pd(lmi.assemble(q, r), lmi.radius(q, r)):
+                    return float(np.nextafter(math.sqrt(r), np.inf)), q, r, theta
+                eps *= 4.0
+        if theta >= 1.0:
+            return math.inf, q, math.inf, theta
+        if anchor is None:
+            anchor = lmi.anchor()
+        theta = min(1.0, 1e-6 if theta == 0.0 else 2.0 * theta)
+
+
+def solve_dag(lmi: DagLMI, backend, time_limit=None):
+    """Monolithic LMI with a conic backend; returns multipliers (or None)."""
+    import cvxpy as cp
+
+    from .solve import _psd, _run
+
+    rho = cp.Variable(nonneg=True)
+    params = [cp.Variable(qc.num_params()) for qc in lmi.qcs]
+    cons = [c for qc, p in zip(lmi.qcs, params) for c in qc.constraints(p)]
+    n0 = lmi.sizes[0]
+    e0 = np.zeros((lmi.order, lmi.order))
+    e0[:n0, :n0] = np.eye(n0)
+    m = rho * e0 - lmi.out.T @ lmi.out
+    for k, (qc, p) in enumerate(zip(lmi.qcs, params), start=1):
+        gvv, gvw, gww = qc.cvx_blocks(p)
+        v, s = lmi.pres[k - 1], lmi._select(k)
+        cross = v.T @ gvw @ s
+        m = m - (v.T @ gvv @ v + cross + cross.T + s.T @ gww @ s)
+    cons.append(_psd(m))
+    _, status = _run(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
+    if rho.value is None or any(p.value is None for p in params):
+        return None, status
+    return np.concatenate([np.asarray(p.value, dtype=np.float64).ravel() for p in params]), status
