@@ -24,7 +24,8 @@ def resnet(blocks, rng, n=6, m=10, out=2, biases=True, readout=None):
                           (m,)))
         state[len(nodes)] = g
     c = rng.normal(size=(out, n)) if readout is None else readout
-    output = Affine(tuple(Term(s, Dense(c @ mat)) for s, mat in state.items()), np.zeros(out))
+    output = Affine(tuple(Term(s, Dense(c @ mat)) for s, mat in state.items()),
+                    np.zeros(c.shape[0]))
     return Network((n,), tuple(nodes), output)
 
 
