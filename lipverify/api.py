@@ -32,20 +32,25 @@ def lipverify_version() -> str:
 
 def _auto(network: Network, norm: str, options: dict) -> str:
     """Tightest certified method that fits the network and this machine."""
-    from .sdp.chain import ChainLMI
+    from .sdp.chain import MAX_CERTIFICATE_BYTES, ChainLMI, dense_certificate_bytes
     from .sdp.dag import DagLMI
 
+    order = network.input_dim + sum(n.width for n in network.nodes)
     if not network.is_sequential:  # residual: the monolithic LMI while it stays small
+        if order > AUTO_MAX_DAG_ORDER:
+            return "naive"
         try:
-            dag = DagLMI.from_network(network)
+            DagLMI.from_network(network)
         except (NotApplicableError, MemoryError):
             return "naive"
-        return "lipsdp-neuron" if dag.order <= AUTO_MAX_DAG_ORDER else "naive"
+        return "lipsdp-neuron"
+    if dense_certificate_bytes(order) > MAX_CERTIFICATE_BYTES:
+        return "naive"
     try:
-        lmi = ChainLMI.from_network(network)
+        ChainLMI.from_network(network)  # every activation has a QC, and it fits
     except (NotApplicableError, MemoryError):
         return "naive"
-    if lmi.order > AUTO_MAX_ORDER:
+    if order > AUTO_MAX_ORDER:
         return "ldlt-fast"
     options.setdefault("time_limit", AUTO_TIME_LIMIT)
     return "lipsdp-neuron"
