@@ -92,9 +92,9 @@ def _lipsdp(
     except SolverError as exc:
         return _fallback(lmi, exc, details)
     solver_value, status = None, "optimal"
+    fast = certify_chain(lmi, ldlt_fast_params(lmi))
+    start_cert, stages = fast, SMOOTH_STAGES
     if backend.structured:
-        begin = certify_chain(lmi, ldlt_fast_params(lmi)).params
-        stages = SMOOTH_STAGES
         status = "converged (structured solver; optimality gap not computed)"
     else:
         try:
@@ -105,22 +105,22 @@ def _lipsdp(
         if result is None or result.params is None:
             if result is not None:
                 status = f"{backend.name} status {result.status}; structured solver used"
-            begin, stages = certify_chain(lmi, ldlt_fast_params(lmi)).params, SMOOTH_STAGES
         else:
             solver_value = result.value
             status = "optimal" if result.status == "optimal" else f"solver {result.status}"
-            begin, stages = certify_chain(lmi, result.params).params, POLISH_STAGES
             details["solve_seconds"] = result.seconds
-            fast = certify_chain(lmi, ldlt_fast_params(lmi)).params
-            if lmi.rho_star(fast) < lmi.rho_star(begin):  # a poor (e.g. time-limited) solve
-                begin, stages = fast, SMOOTH_STAGES
+            solved = certify_chain(lmi, result.params)
+            if solved.bound <= fast.bound:
+                start_cert, stages = solved, POLISH_STAGES
+            else:  # a poor (e.g. time-limited) solve
                 status += "; started from ldlt-fast, which was better"
     remaining = None if time_limit is None else max(time_limit - (time.perf_counter() - start), 1)
-    params, rho, info = minimize_rho(lmi, begin, rel_mu=stages, time_limit=remaining)
+    params, rho, info = minimize_rho(lmi, start_cert.params, rel_mu=stages, time_limit=remaining)
     details["smooth"] = info
     if backend.structured:
         solver_value = math.sqrt(rho)
-    cert = certify_chain(lmi, params)
+    # report the best certificate: never worse than the start it polished
+    cert = min(certify_chain(lmi, params), start_cert, key=lambda c: c.bound)
     if cert.theta > 0:
         status += f"; repaired (theta={cert.theta:.3g})"
     if info.get("timed_out"):
