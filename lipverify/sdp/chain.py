@@ -33,8 +33,30 @@ def _as_matrix(g: np.ndarray) -> np.ndarray:
     return np.diag(g) if g.ndim == 1 else g
 
 
+class MultiplierSet:
+    """Bookkeeping shared by every LMI: one QC per activation node, parameters concatenated."""
+
+    qcs: tuple[QC, ...]
+    sizes: list[int] | tuple[int, ...]
+
+    @property
+    def order(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def param_sizes(self) -> list[int]:
+        return [qc.num_params() for qc in self.qcs]
+
+    def split(self, params) -> list[np.ndarray]:
+        return np.split(np.asarray(params, dtype=np.float64), np.cumsum(self.param_sizes)[:-1])
+
+    def project(self, params) -> np.ndarray:
+        """Exact projection onto the multiplier set (§8 step 3)."""
+        return np.concatenate([qc.project(p) for qc, p in zip(self.qcs, self.split(params))])
+
+
 @dataclass(frozen=True, eq=False)
-class ChainLMI:
+class ChainLMI(MultiplierSet):
     """LipSDP data of a chain: exact weights ``W_1..W_L``, their radii, one QC per hidden layer."""
 
     weights: tuple[np.ndarray, ...]
@@ -70,20 +92,6 @@ class ChainLMI:
     def sizes(self) -> list[int]:
         """Block sizes n_0..n_{L-1}."""
         return [self.weights[0].shape[1], *(w.shape[0] for w in self.weights[:-1])]
-
-    @property
-    def order(self) -> int:
-        return sum(self.sizes)
-
-    @property
-    def param_sizes(self) -> list[int]:
-        return [qc.num_params() for qc in self.qcs]
-
-    def split(self, params: np.ndarray) -> list[np.ndarray]:
-        return np.split(np.asarray(params, dtype=np.float64), np.cumsum(self.param_sizes)[:-1])
-
-    def project(self, params: np.ndarray) -> np.ndarray:
-        return np.concatenate([qc.project(p) for qc, p in zip(self.qcs, self.split(params))])
 
     # ---------------------------------------------------------------- blocks
     def blocks(self, params, rho: float = 0.0, absolute: bool = False, output: bool = True):

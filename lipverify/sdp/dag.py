@@ -23,7 +23,7 @@ from ..certify import certify_pd
 from ..errors import NotApplicableError
 from ..linear import gamma
 from ..network import Network
-from .chain import MAX_CERTIFICATE_BYTES, dense_certificate_bytes
+from .chain import MAX_CERTIFICATE_BYTES, MultiplierSet, dense_certificate_bytes
 from .qc import QC, qc_for
 
 
@@ -33,7 +33,7 @@ def _quad(a: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class DagLMI:
+class DagLMI(MultiplierSet):
     sizes: tuple[int, ...]  # n_0 (input), n_1..n_K (nodes)
     pres: tuple[np.ndarray, ...]  # V_k: (m_k, N) dense, radii alongside
     pre_radii: tuple[np.ndarray | None, ...]
@@ -79,20 +79,6 @@ class DagLMI:
             raise NotApplicableError(f"{network.name} has no hidden layer")
         out, out_rad = stack(network.output)
         return cls(tuple(sizes), tuple(pres), tuple(radii), out, out_rad, tuple(qcs))
-
-    @property
-    def order(self) -> int:
-        return sum(self.sizes)
-
-    @property
-    def param_sizes(self) -> list[int]:
-        return [qc.num_params() for qc in self.qcs]
-
-    def split(self, params):
-        return np.split(np.asarray(params, dtype=np.float64), np.cumsum(self.param_sizes)[:-1])
-
-    def project(self, params):
-        return np.concatenate([qc.project(p) for qc, p in zip(self.qcs, self.split(params))])
 
     def _select(self, k: int) -> np.ndarray:
         offs = np.concatenate([[0], np.cumsum(self.sizes)])
