@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
+
 from ..errors import NotApplicableError, SolverError
 from ..network import Network
 from ..results import MethodOutput
@@ -114,6 +116,17 @@ def _lipsdp(
                 start_cert, stages = solved, POLISH_STAGES
             else:  # a poor (e.g. time-limited) solve
                 status += "; started from ldlt-fast, which was better"
+    if per_neuron and stages is SMOOTH_STAGES:
+        # cold start: solve the few-variable layer problem first, expand it per neuron
+        budget = None if time_limit is None else max(time_limit / 3.0, 1.0)
+        layer = _chain(network, False)
+        lp, _, _ = minimize_rho(layer, certify_chain(layer, ldlt_fast_params(layer)).params,
+                                time_limit=budget)
+        warm = certify_chain(lmi, np.concatenate(
+            [qc.from_layer(p) for qc, p in zip(lmi.qcs, layer.split(lp))]))
+        if warm.bound < start_cert.bound:
+            start_cert = warm
+            details["warm_start"] = "lipsdp-layer"
     remaining = None if time_limit is None else max(time_limit - (time.perf_counter() - start), 1)
     params, rho, info = minimize_rho(lmi, start_cert.params, rel_mu=stages, time_limit=remaining)
     details["smooth"] = info

@@ -103,6 +103,10 @@ class SlopeQC(QC):
     def lower_bounds(self):
         return [0.0] * self.num_params()
 
+    def from_layer(self, p_layer) -> np.ndarray:
+        """Per-neuron multipliers equal to a layer-wide solution (same LMI, same rho*)."""
+        return np.full(self.num_params(), float(np.ravel(p_layer)[0]))
+
     @property
     def anchor_factor(self) -> float:
         """Growth of the anchor multiplier through this layer (see ChainLMI.anchor)."""
@@ -202,6 +206,9 @@ class GroupSortQC(QC):
         return np.concatenate(parts)
 
     anchor_factor = 2.0
+
+    def from_layer(self, p_layer) -> np.ndarray:
+        return np.repeat(np.asarray(p_layer, dtype=np.float64), self.num_params() // 4)
 
     def anchor_params(self, x: float) -> np.ndarray:
         k = self.num_params() // 4
