@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import LipverifyError, UsageError
 from .network import Network
 from .results import BoundResult
 
@@ -56,6 +56,7 @@ def check_certificate(network: Network, cert: dict | str | Path) -> CheckResult:
     """Re-verify a certificate for ``network``. Never raises on a bad certificate: says why."""
     from .sdp.certificate import verify_chain
     from .sdp.chain import ChainLMI
+    from .sdp.dag import DagLMI, verify_dag
     from .sdp.linf import verify_linf
 
     if not isinstance(cert, dict):
@@ -77,12 +78,14 @@ def check_certificate(network: Network, cert: dict | str | Path) -> CheckResult:
         net = network.select_outputs(cert.get("output_rows"))
         body = cert["certificate"]
         per_neuron = body.get("multipliers", "neuron") == "neuron"
-        if body["kind"] == "lipsdp-l2":
-            lmi = ChainLMI.from_network(net, per_neuron=per_neuron)
+        if body["kind"] in ("lipsdp-l2", "lipsdp-dag"):
+            dag = body["kind"] == "lipsdp-dag"
+            lmi = (DagLMI if dag else ChainLMI).from_network(net, per_neuron=per_neuron)
             rho = float(body["rho"])
             if not (math.isfinite(rho) and rho >= 0):
                 return CheckResult(False, math.inf, "invalid rho")
-            if verify_chain(lmi, np.asarray(body["params"], dtype=np.float64), rho):
+            verify = verify_dag if dag else verify_chain
+            if verify(lmi, np.asarray(body["params"], dtype=np.float64), rho):
                 bound = float(np.nextafter(math.sqrt(rho), np.inf))
                 return CheckResult(True, bound, f"valid: L2 <= {bound:.10g}")
             return CheckResult(
@@ -103,5 +106,5 @@ def check_certificate(network: Network, cert: dict | str | Path) -> CheckResult:
                 worst = max(worst, r)
             return CheckResult(True, worst, f"valid: Linf <= {worst:.10g}")
         return CheckResult(False, math.inf, f"unknown certificate kind {body['kind']!r}")
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, LipverifyError) as exc:
         return CheckResult(False, math.inf, f"malformed certificate: {exc}")

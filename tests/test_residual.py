@@ -79,3 +79,28 @@ def test_certify_dag_repairs_zero_multipliers():
     bound, params, rho, theta = certify_dag(lmi, np.zeros(sum(lmi.param_sizes)))
     assert np.isfinite(bound) and theta > 0
     assert np.linalg.eigvalsh(lmi.assemble(params, rho))[0] > 0
+
+
+def test_dag_certificate_roundtrip_and_tamper():
+    rng = np.random.default_rng(4)
+    blocks = [(rng.normal(size=(8, 5)) / 2, rng.normal(size=(5, 8)) / 3) for _ in range(2)]
+    net = resnet(blocks, rng, 5, 8)
+    r = lipverify.bound(net, method="lipsdp-neuron")
+    cert = lipverify.certificates.certificate_dict(r)
+    ok = lipverify.check_certificate(net, cert)
+    assert ok.valid and ok.bound >= r.bound * (1 - 1e-12)
+    cert["certificate"]["rho"] = (r.bound * (1 - 1e-4)) ** 2
+    assert not lipverify.check_certificate(net, cert).valid
+
+
+def test_dag_radius_covers_composite_weights():
+    """Multi-term (summed) weights carry a rounding radius; it must enlarge the check."""
+    rng = np.random.default_rng(6)
+    blocks = [(rng.normal(size=(8, 5)) / 3, rng.normal(size=(5, 8)) / 3) for _ in range(2)]
+    lmi = DagLMI.from_network(resnet(blocks, rng, 5, 8))
+    assert any(r is not None for r in lmi.pre_radii)
+    p = lmi.anchor()
+    weight_effect = lmi.assemble(p, 1.0, absolute=True) - lmi.assemble(p, 1.0, absolute=True,
+                                                                       radii=False)
+    assert weight_effect.max() > 0
+    assert (lmi.radius(p, 1.0) >= weight_effect).all()

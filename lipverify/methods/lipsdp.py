@@ -156,7 +156,8 @@ def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit) -> 
     if theta > 0:
         status += f"; repaired (theta={theta:.3g})"
     ok = math.isfinite(bound)
-    details["certificate"] = {"kind": "lipsdp-dag", "rho": rho, "theta": theta,
+    details["certificate"] = {"kind": "lipsdp-dag", "multipliers": details["multipliers"],
+                              "rho": rho, "theta": theta,
                               "params": params.tolist()}
     return MethodOutput(bound=bound, certified=ok, status=status if ok else "not certified",
                         solver=backend.name, details=details)

@@ -8,7 +8,6 @@ MOSEK licensed) before any solve. ``BACKENDS`` order is the preference order.
 from __future__ import annotations
 
 import importlib.util
-import math
 from dataclasses import dataclass
 
 from ..errors import SolverError
@@ -123,10 +122,3 @@ def choose_backend(max_cone: int, requested: str = "auto", conic_only: bool = Fa
 def estimate_cone(sizes: list[int]) -> int:
     """Largest PSD cone of the chordal LipSDP form (§3): max n_{k-1} + n_k."""
     return max(a + b for a, b in zip(sizes, sizes[1:])) if len(sizes) > 1 else sizes[0]
-
-
-def clarabel_memory_gib(n: int) -> float:
-    return 8.0 * (n * (n + 1) / 2) ** 2 / 2**30 if n else 0.0
-
-
-__all__ = ["BACKENDS", "Backend", "choose_backend", "estimate_cone", "get_backend", "math"]

@@ -86,17 +86,20 @@ class DagLMI(MultiplierSet):
         s[:, offs[k] : offs[k + 1]] = np.eye(self.sizes[k])
         return s
 
-    def assemble(self, params, rho: float, absolute: bool = False) -> np.ndarray:
+    def assemble(self, params, rho: float, absolute: bool = False,
+                 radii: bool = True) -> np.ndarray:
         """``M(rho, params)``, or with ``absolute`` the same with every term in absolute value
-        and weights enlarged by their radii (``M_abs`` of §8)."""
+        and (with ``radii``) weights enlarged by their radii (``M_abs`` of §8)."""
         sign = 1.0 if absolute else -1.0
-        c = np.abs(self.out) + (self.out_radius if self.out_radius is not None else 0) \
+        use = absolute and radii
+        c = np.abs(self.out) + (self.out_radius if use and self.out_radius is not None else 0) \
             if absolute else self.out
         m = sign * (c.T @ c)
         for k, (qc, p) in enumerate(zip(self.qcs, self.split(params)), start=1):
             v = self.pres[k - 1]
             if absolute:
-                v = np.abs(v) + (self.pre_radii[k - 1] if self.pre_radii[k - 1] is not None else 0)
+                rad = self.pre_radii[k - 1]
+                v = np.abs(v) + (rad if use and rad is not None else 0)
             s = self._select(k)
             g = qc.blocks_abs(p) if absolute else qc.blocks(p)
             cross = _quad(v, g.vw, s)
@@ -133,8 +136,22 @@ class DagLMI(MultiplierSet):
         raise NotApplicableError("no feasible multipliers found for this network")
 
     def radius(self, params, rho) -> np.ndarray:
+        """Entrywise bound on ``|fl(M) - M_exact|``: assembly rounding (§8) plus the effect of
+        the weights' own radii, ``M_abs(|W| + R) - M_abs(|W|)`` (as for the chain LMI)."""
         inner = max(max(v.shape[0] for v in self.pres), self.out.shape[0], self.order)
-        return gamma(2 * inner + 8) * 1.01 * self.assemble(params, rho, absolute=True)
+        m_abs = self.assemble(params, rho, absolute=True)
+        rad = gamma(2 * inner + 8) * 1.01 * m_abs
+        if self.out_radius is not None or any(r is not None for r in self.pre_radii):
+            rad = rad + (m_abs - self.assemble(params, rho, absolute=True, radii=False))
+        return rad * (1.0 + 1e-12)
+
+
+def verify_dag(lmi: DagLMI, params, rho: float) -> bool:
+    """The §8 check for the monolithic LMI at given multipliers (already in their set)."""
+    params = np.asarray(params, dtype=np.float64)
+    if params.shape != (sum(lmi.param_sizes),) or not np.array_equal(lmi.project(params), params):
+        return False
+    return certify_pd(lmi.assemble(params, rho), lmi.radius(params, rho))
 
 
 def certify_dag(lmi: DagLMI, params):
@@ -148,7 +165,7 @@ def certify_dag(lmi: DagLMI, params):
             eps = 1e-12
             for _ in range(12):
                 r = rho * (1.0 + eps) + eps
-                if certify_pd(lmi.assemble(q, r), lmi.radius(q, r)):
+                if verify_dag(lmi, q, r):
                     return float(np.nextafter(math.sqrt(r), np.inf)), q, r, theta
                 eps *= 4.0
         if theta >= 1.0:
