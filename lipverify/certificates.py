@@ -77,7 +77,7 @@ def check_certificate(network: Network, cert: dict | str | Path) -> CheckResult:
             )
         net = network.select_outputs(cert.get("output_rows"))
         body = cert["certificate"]
-        per_neuron = body.get("multipliers", "neuron") == "neuron"
+        per_neuron = body.get("multipliers", "neuron")
         if body["kind"] in ("lipsdp-l2", "lipsdp-dag"):
             dag = body["kind"] == "lipsdp-dag"
             lmi = (DagLMI if dag else ChainLMI).from_network(net, per_neuron=per_neuron)

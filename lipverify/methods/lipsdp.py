@@ -17,7 +17,7 @@ from ..errors import NotApplicableError, SolverError
 from ..network import Network
 from ..results import MethodOutput
 from ..sdp import linf
-from ..sdp.backends import choose_backend, estimate_cone
+from ..sdp.backends import BACKENDS, choose_backend, estimate_cone
 from ..sdp.certificate import Certificate, certify_chain
 from ..sdp.chain import ChainLMI
 from ..sdp.dag import DagLMI, certify_dag, solve_dag
@@ -67,7 +67,11 @@ def _fallback(lmi: ChainLMI, exc: Exception, details: dict) -> MethodOutput:
     )
 
 
-def _chain(network: Network, per_neuron: bool) -> ChainLMI:
+def _kind(per_neuron: bool | str) -> str:
+    return per_neuron if isinstance(per_neuron, str) else ("neuron" if per_neuron else "layer")
+
+
+def _chain(network: Network, per_neuron: bool | str) -> ChainLMI:
     return ChainLMI.from_network(network, per_neuron=per_neuron)
 
 
@@ -84,9 +88,9 @@ def _lipsdp(
     if norm != "l2":
         return lipsdp_linf(network, per_neuron=per_neuron, solver=solver, time_limit=time_limit)
     if not network.is_sequential:
-        return _lipsdp_dag(network, per_neuron, solver, time_limit)
+        return _lipsdp_dag(network, per_neuron, solver, time_limit, form)
     lmi = _chain(network, per_neuron)
-    details = {"order": lmi.order, "form": form, "multipliers": "neuron" if per_neuron else "layer"}
+    details = {"order": lmi.order, "form": form, "multipliers": _kind(per_neuron)}
     cone = estimate_cone(lmi.sizes) if form == "chordal" else lmi.order
     start = time.perf_counter()
     try:
@@ -143,24 +147,71 @@ def _lipsdp(
     )
 
 
-def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit) -> MethodOutput:
-    """Residual / skip-connection networks: the monolithic LMI of §5a, certified (§8)."""
+def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit,
+                form: str = "chordal") -> MethodOutput:
+    """Residual / skip-connection networks (§5). The chained LMI (§5b) with a conic backend
+    when its cones fit one, else (or after it, as a polish) the structured solver on rho*;
+    ``form="full"`` solves the monolithic LMI (§5a) instead, for checking. Whatever finds the
+    multipliers, the certificate is the §8 check of the monolithic LMI."""
+    from ..sdp.chained import max_cone, solve_chained
+
+    start = time.perf_counter()
     lmi = DagLMI.from_network(network, per_neuron)
-    details = {"order": lmi.order, "form": "monolithic (§5a)",
-               "multipliers": "neuron" if per_neuron else "layer"}
-    backend = choose_backend(lmi.order, solver, conic_only=True)
-    params, status = solve_dag(lmi, backend, time_limit)
-    if params is None:
-        params, status = lmi.anchor(), f"{backend.name} status {status}; anchor multipliers"
-    bound, params, rho, theta = certify_dag(lmi, params)
+    monolithic = form in ("full", "monolithic")
+    details = {"order": lmi.order, "form": "monolithic (§5a)" if monolithic else "chained (§5b)",
+               "multipliers": _kind(per_neuron)}
+    cone = lmi.order if monolithic else max_cone(lmi)
+    details["max_cone"] = cone
+    best = certify_dag(lmi, lmi.anchor())
+    status, solver_name, solver_value, stages = "anchor", "smooth", None, SMOOTH_STAGES
+    try:
+        backend = choose_backend(cone, solver, conic_only=monolithic)
+    except SolverError as exc:
+        if monolithic:
+            raise
+        backend, details["conic"] = BACKENDS["smooth"], str(exc)
+    if not backend.structured:
+        solve = solve_dag if monolithic else solve_chained
+        try:
+            params, conic_status = solve(lmi, backend, time_limit)
+        except SolverError as exc:
+            params, conic_status = None, str(exc)
+        solver_name = backend.name
+        if params is not None:
+            solved = certify_dag(lmi, params)
+            status = "optimal" if conic_status == "optimal" else f"solver {conic_status}"
+            if solved[0] <= best[0]:
+                best, stages = solved, POLISH_STAGES
+        else:
+            status = f"{backend.name} status {conic_status}; structured solver used"
+    else:
+        status = "converged (structured solver; optimality gap not computed)"
+    if per_neuron and stages is SMOOTH_STAGES:  # cold start: layer multipliers first
+        layer = DagLMI.from_network(network, per_neuron=False)
+        budget = None if time_limit is None else max(time_limit / 3.0, 1.0)
+        lp, _, _ = minimize_rho(layer, layer.anchor(), time_limit=budget)
+        warm = certify_dag(lmi, np.concatenate(
+            [qc.from_layer(p) for qc, p in zip(lmi.qcs, layer.split(lp))]))
+        if warm[0] < best[0]:
+            best = warm
+            details["warm_start"] = "lipsdp-layer"
+    remaining = None if time_limit is None else max(time_limit - (time.perf_counter() - start), 1)
+    params, rho, info = minimize_rho(lmi, best[1], rel_mu=stages, time_limit=remaining)
+    details["smooth"] = info
+    if solver_value is None and backend.structured:
+        solver_value = math.sqrt(rho)
+    polished = certify_dag(lmi, params)
+    bound, params, rho, theta = min(polished, best, key=lambda c: c[0])
     if theta > 0:
         status += f"; repaired (theta={theta:.3g})"
+    if info.get("timed_out"):
+        status += "; time limit reached, best certified iterate"
     ok = math.isfinite(bound)
     details["certificate"] = {"kind": "lipsdp-dag", "multipliers": details["multipliers"],
                               "rho": rho, "theta": theta,
                               "params": params.tolist()}
     return MethodOutput(bound=bound, certified=ok, status=status if ok else "not certified",
-                        solver=backend.name, details=details)
+                        solver=solver_name, solver_value=solver_value, details=details)
 
 
 #: mu / rho schedules of the structured solver: from scratch, and polishing a solver's point.
@@ -185,6 +236,17 @@ def lipsdp_neuron(network: Network, *, norm: str = "l2", **options) -> MethodOut
 )
 def lipsdp_layer(network: Network, *, norm: str = "l2", **options) -> MethodOutput:
     return _lipsdp(network, per_neuron=False, norm=norm, **options)
+
+
+@register_method(
+    "lipsdp-channel",
+    summary="LipSDP with one multiplier per conv output channel (§7), per neuron elsewhere: "
+    "between neuron and layer in tightness, far fewer variables on CNNs; certified.",
+)
+def lipsdp_channel(network: Network, *, norm: str = "l2", **options) -> MethodOutput:
+    if norm != "l2":
+        raise NotApplicableError("lipsdp-channel supports the l2 norm only")
+    return _lipsdp(network, per_neuron="channel", norm=norm, **options)
 
 
 @register_method("lipsdp-network", summary="REFUSED: coupled multipliers are unsound (§1.3).")
@@ -264,7 +326,7 @@ def lipsdp_linf(
             "per_row": rows,
             "certificate": {
                 "kind": "lipsdp-linf",
-                "multipliers": "neuron" if per_neuron else "layer",
+                "multipliers": _kind(per_neuron),
                 "rows": certs,
             },
         },

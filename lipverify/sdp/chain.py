@@ -9,6 +9,7 @@ certificate (:mod:`lipverify.sdp.certificate`) is built on top.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +66,8 @@ class ChainLMI(MultiplierSet):
     name: str = "network"
 
     @classmethod
-    def from_network(cls, network: Network, per_neuron: bool = True) -> ChainLMI:
+    def from_network(cls, network: Network, per_neuron: bool | str = True) -> ChainLMI:
+        """``per_neuron``: True / "neuron", False / "layer", or "channel" (§7)."""
         layers = network.chain()
         order = sum([network.input_dim, *(n.width for n in network.nodes)])
         need = dense_certificate_bytes(order)
@@ -80,9 +82,7 @@ class ChainLMI(MultiplierSet):
             dense, radius = layer.weight.dense_with_radius()
             weights.append(dense)
             radii.append(radius)
-        qcs = tuple(
-            qc_for(layer.activation, layer.weight.n_out, per_neuron) for layer in layers[:-1]
-        )
+        qcs = tuple(node_qc(node, per_neuron) for node in network.nodes)
         if not qcs:
             raise NotApplicableError(f"{network.name} has no hidden layer: its bound is ||W||")
         return cls(tuple(weights), tuple(radii), qcs, network.name)
@@ -90,8 +90,8 @@ class ChainLMI(MultiplierSet):
     # ----------------------------------------------------------------- sizes
     @property
     def sizes(self) -> list[int]:
-        """Block sizes n_0..n_{L-1}."""
-        return [self.weights[0].shape[1], *(w.shape[0] for w in self.weights[:-1])]
+        """Block sizes n_0..n_{L-1} (widths after each activation; max pooling shrinks)."""
+        return [w.shape[1] for w in self.weights]
 
     # ---------------------------------------------------------------- blocks
     def blocks(self, params, rho: float = 0.0, absolute: bool = False, output: bool = True):
@@ -162,8 +162,28 @@ class ChainLMI(MultiplierSet):
         return np.concatenate([qc.anchor_params(2.0 * t) for qc, t in zip(self.qcs, taus)])
 
 
-#: Memory allowed for the dense matrices of one §8 certificate.
-MAX_CERTIFICATE_BYTES = 6 * 2**30
+def node_qc(node, multipliers: bool | str = True) -> QC:
+    """The QC of an activation node; ``multipliers`` True / "neuron", False / "layer", or
+    "channel" (one multiplier per conv output channel, §7)."""
+    if multipliers not in (True, False, "neuron", "layer", "channel"):
+        raise NotApplicableError(f"unknown multiplier class {multipliers!r}")
+    per_neuron = multipliers not in (False, "layer")
+    block = 1
+    if multipliers == "channel" and len(node.shape) == 3:
+        block = node.shape[1] * node.shape[2]
+    return qc_for(node.activation, node.pre.n_out, per_neuron, block)
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 16 * 2**30
+
+
+#: Memory allowed for the dense matrices of one §8 certificate: 40% of this machine's RAM,
+#: at least 6 GiB (9.6 GiB on the 24 GiB reference machine).
+MAX_CERTIFICATE_BYTES = max(6 * 2**30, int(0.4 * _physical_memory()))
 
 
 def dense_certificate_bytes(order: int) -> int:

@@ -23,13 +23,20 @@ from ..certify import certify_pd
 from ..errors import NotApplicableError
 from ..linear import gamma
 from ..network import Network
-from .chain import MAX_CERTIFICATE_BYTES, MultiplierSet, dense_certificate_bytes
-from .qc import QC, qc_for
+from .chain import MAX_CERTIFICATE_BYTES, MultiplierSet, dense_certificate_bytes, node_qc
+from .qc import QC
 
 
 def _quad(a: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``A^T G B`` for diagonal (1-D) or full ``G``."""
     return (a.T * g) @ b if g.ndim == 1 else a.T @ g @ b
+
+
+def _nonzero_columns(mat: np.ndarray, radius: np.ndarray | None) -> np.ndarray:
+    used = np.any(mat != 0, axis=0)
+    if radius is not None:
+        used |= np.any(radius != 0, axis=0)
+    return np.flatnonzero(used)
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +49,7 @@ class DagLMI(MultiplierSet):
     qcs: tuple[QC, ...]
 
     @classmethod
-    def from_network(cls, network: Network, per_neuron: bool = True) -> DagLMI:
+    def from_network(cls, network: Network, per_neuron: bool | str = True) -> DagLMI:
         sizes = [network.input_dim, *(n.width for n in network.nodes)]
         total = sum(sizes)
         if dense_certificate_bytes(total) > MAX_CERTIFICATE_BYTES:
@@ -69,12 +76,10 @@ class DagLMI(MultiplierSet):
 
         pres, radii, qcs = [], [], []
         for node in network.nodes:
-            if node.activation.out_dim(node.pre.n_out) != node.pre.n_out:
-                raise NotApplicableError(f"{node.activation.describe()} changes the width")
             mat, rad = stack(node.pre)
             pres.append(mat)
             radii.append(rad)
-            qcs.append(qc_for(node.activation, node.pre.n_out, per_neuron))
+            qcs.append(node_qc(node, per_neuron))
         if not qcs:
             raise NotApplicableError(f"{network.name} has no hidden layer")
         out, out_rad = stack(network.output)
@@ -86,24 +91,40 @@ class DagLMI(MultiplierSet):
         s[:, offs[k] : offs[k + 1]] = np.eye(self.sizes[k])
         return s
 
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.sizes)])
+
+    def _support(self, k: int) -> np.ndarray:
+        """Columns (of z) that node ``k``'s pre-activation reads (weights or radii nonzero)."""
+        return _nonzero_columns(self.pres[k - 1], self.pre_radii[k - 1])
+
     def assemble(self, params, rho: float, absolute: bool = False,
                  radii: bool = True) -> np.ndarray:
         """``M(rho, params)``, or with ``absolute`` the same with every term in absolute value
-        and (with ``radii``) weights enlarged by their radii (``M_abs`` of §8)."""
+        and (with ``radii``) weights enlarged by their radii (``M_abs`` of §8). Each node's
+        terms touch only the columns it reads and its own block."""
         sign = 1.0 if absolute else -1.0
         use = absolute and radii
         c = np.abs(self.out) + (self.out_radius if use and self.out_radius is not None else 0) \
             if absolute else self.out
-        m = sign * (c.T @ c)
+        sup = _nonzero_columns(self.out, self.out_radius)
+        m = np.zeros((self.order, self.order))
+        m[np.ix_(sup, sup)] = sign * (c[:, sup].T @ c[:, sup])
+        offs = self.offsets
         for k, (qc, p) in enumerate(zip(self.qcs, self.split(params)), start=1):
-            v = self.pres[k - 1]
+            sup = self._support(k)
+            v = self.pres[k - 1][:, sup]
             if absolute:
                 rad = self.pre_radii[k - 1]
-                v = np.abs(v) + (rad if use and rad is not None else 0)
-            s = self._select(k)
+                v = np.abs(v) + (rad[:, sup] if use and rad is not None else 0)
             g = qc.blocks_abs(p) if absolute else qc.blocks(p)
-            cross = _quad(v, g.vw, s)
-            m += sign * (_quad(v, g.vv, v) + cross + cross.T + _quad(s, g.ww, s))
+            own = slice(offs[k], offs[k + 1])
+            m[np.ix_(sup, sup)] += sign * _quad(v, g.vv, v)
+            cross = sign * (v.T * g.vw if g.vw.ndim == 1 else v.T @ g.vw)
+            m[sup, own] += cross
+            m[own, sup] += cross.T
+            m[own, own] += sign * (np.diag(g.ww) if g.ww.ndim == 1 else g.ww)
         m[np.arange(self.sizes[0]), np.arange(self.sizes[0])] += abs(rho)
         return m
 
@@ -117,6 +138,31 @@ class DagLMI(MultiplierSet):
         top = m[:n0, n0:] @ scipy.linalg.cho_solve(chol, m[n0:, :n0], check_finite=False)
         top = top - m[:n0, :n0]
         return max(float(scipy.linalg.eigvalsh((top + top.T) / 2.0)[-1]), 0.0)
+
+    def soft_rho(self, params, mu: float):
+        """``(rho*, F_mu, grad F_mu)`` as :func:`lipverify.sdp.smooth.soft_rho` for chains:
+        one dense Schur complement onto the input block; the weighted null vectors
+        ``z = (u, -N_11^{-1} N_10 u)`` give the gradient through each node's QC (§2)."""
+        m = self.assemble(params, 0.0)
+        n0 = self.sizes[0]
+        try:
+            chol = scipy.linalg.cho_factor(m[n0:, n0:], lower=True, check_finite=False)
+        except (scipy.linalg.LinAlgError, ValueError):
+            return math.inf, math.inf, None
+        x = scipy.linalg.cho_solve(chol, m[n0:, :n0], check_finite=False)
+        top = m[:n0, n0:] @ x - m[:n0, :n0]
+        evals, evecs = scipy.linalg.eigh((top + top.T) / 2.0)
+        lam1 = float(evals[-1])
+        keep = evals >= lam1 - 40.0 * mu if mu > 0 else evals >= lam1
+        w = np.exp((evals[keep] - lam1) / mu) if mu > 0 else np.ones(int(keep.sum()))
+        total = float(w.sum())
+        soft = lam1 + (mu * math.log(total) if mu > 0 else 0.0)
+        u = evecs[:, keep] * np.sqrt(w / total)
+        z = np.vstack([u, -x @ u])
+        offs = np.concatenate([[0], np.cumsum(self.sizes)])
+        grads = [qc.value_grad(v @ z, z[offs[k]:offs[k + 1]])
+                 for k, (qc, v) in enumerate(zip(self.qcs, self.pres), start=1)]
+        return max(lam1, 0.0), soft, np.concatenate(grads)
 
     def anchor(self) -> np.ndarray:
         """Feasible multipliers: layer multipliers growing geometrically toward the input."""

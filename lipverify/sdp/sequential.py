@@ -26,7 +26,7 @@ def _finish(lmi: ChainLMI, lambdas: list[np.ndarray], x_last: np.ndarray) -> np.
     params = []
     for qc, lam in zip(lmi.qcs, lambdas):
         t = rho * lam / 2.0
-        params.append(t if qc.num_params() == t.size else np.array([t.mean()]))
+        params.append(t.reshape(qc.num_params(), -1).mean(axis=1))  # tied: block means
     return np.concatenate(params)
 
 

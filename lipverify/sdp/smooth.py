@@ -58,7 +58,22 @@ def soft_rho(lmi: ChainLMI, params, mu: float) -> tuple[float, float, np.ndarray
     return max(lam1, 0.0), soft, np.concatenate(grads)
 
 
-def minimize_rho(
+#: Below this block order BLAS threads only cost (and collapse under load): run single-threaded.
+SMALL_BLOCK = 600
+
+
+def minimize_rho(*args, **kwargs):
+    """Minimise ``rho*`` (see :func:`_minimize_rho`), single-threaded BLAS on small blocks."""
+    from threadpoolctl import threadpool_limits
+
+    lmi = args[0] if args else kwargs["lmi"]
+    if max(lmi.sizes) <= SMALL_BLOCK:
+        with threadpool_limits(limits=1, user_api="blas"):
+            return _minimize_rho(*args, **kwargs)
+    return _minimize_rho(*args, **kwargs)
+
+
+def _minimize_rho(
     lmi: ChainLMI,
     start,
     *,
@@ -71,6 +86,7 @@ def minimize_rho(
     Returns ``(best_params, best_rho, info)``; ``best_rho`` is the exact ``rho*`` of the
     best iterate seen (not the smoothed value).
     """
+    soft = lmi.soft_rho if hasattr(lmi, "soft_rho") else (lambda p, mu: soft_rho(lmi, p, mu))
     x = lmi.project(start)
     rho0 = lmi.rho_star(x)
     if not math.isfinite(rho0):
@@ -90,12 +106,12 @@ def minimize_rho(
             evals += 1
             if deadline is not None and time.perf_counter() > deadline:
                 raise TimeoutError
-            rho, soft, g = soft_rho(lmi, p, mu)
+            rho, value, g = soft(p, mu)
             if g is None:
                 return 1e3, np.zeros_like(p)
             if rho < best["rho"]:
                 best["x"], best["rho"] = p.copy(), rho
-            return soft / scale, g / scale
+            return value / scale, g / scale
 
         try:
             res = scipy.optimize.minimize(
