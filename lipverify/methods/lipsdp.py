@@ -67,6 +67,16 @@ def _fallback(lmi: ChainLMI, exc: Exception, details: dict) -> MethodOutput:
     )
 
 
+def _with_fallback(backend, cone: int) -> list:
+    """``backend``, then SCS when it is a different usable solver that fits (IPMs can fail
+    numerically where ADMM still returns a usable point)."""
+    try:
+        scs = choose_backend(cone, "scs")
+    except SolverError:
+        return [backend]
+    return [backend] if scs.name == backend.name else [backend, scs]
+
+
 def _kind(per_neuron: bool | str) -> str:
     return per_neuron if isinstance(per_neuron, str) else ("neuron" if per_neuron else "layer")
 
@@ -310,13 +320,21 @@ def lipsdp_linf(
         lmi = _chain(network.select_outputs([j]), per_neuron)
         if backend is None:
             backend = choose_backend(lmi.order + 1, solver, conic_only=True)
-        result = solve_linf(lmi, backend, time_limit)
-        statuses.add(result.status)
-        cert = linf.best_blend(lmi, result.params)
+        params, row_status = None, "no solver"
+        for be in _with_fallback(backend, lmi.order + 1):
+            try:
+                result = solve_linf(lmi, be, time_limit)
+                params, row_status = result.params, f"{be.name} {result.status}"
+                break
+            except SolverError as exc:  # next solver; else the polished start, certified
+                row_status = f"{be.name} failed ({exc}); structured start"
+        statuses.add(row_status)
+        cert = linf.best_blend(lmi, params)
         ok = ok and cert.ok
         rows.append(cert.bound)
         certs.append({"rho": cert.bound, "params": cert.params.tolist()})
-    status = "optimal" if statuses == {"optimal"} else "solver " + ",".join(sorted(statuses))
+    status = "optimal" if all(s.endswith(" optimal") for s in statuses) \
+        else "solver " + ",".join(sorted(statuses))
     return MethodOutput(
         bound=max(rows),
         certified=ok,
