@@ -20,7 +20,7 @@ AUTO_TIME_LIMIT = 120.0
 #: Above this LMI order ``auto`` uses the closed-form sequential bound.
 AUTO_MAX_ORDER = 6000
 #: Largest monolithic (residual) LMI ``auto`` hands to a conic solver.
-AUTO_MAX_DAG_ORDER = 400
+AUTO_MAX_DAG_ORDER = 2000
 
 
 def lipverify_version() -> str:

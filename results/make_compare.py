@@ -147,8 +147,44 @@ def _slope_chain(net) -> bool:
     )
 
 
+ARCH_MODELS = ("rb_MLP_MNIST_1_LIP_GNP_groupsort.onnx", "cifar_base_kw.onnx",
+               "NN_rul_small_window_20.onnx", "resnet_2b.onnx",
+               "resnet_3b2_bn_mixup_adv_4.0_bs128_lr-1.onnx", "Convnet_avgpool.onnx",
+               "digits_cnn.onnx", "digits_maxmin.onnx")
+
+
+def _arch_methods(net) -> tuple[str, ...]:
+    """The certified methods worth running on each architecture (issue: architectures)."""
+    order = net.input_dim + sum(n.width for n in net.nodes)
+    conv = any(type(t.op).__name__ == "Conv2d" for n in net.nodes for t in n.pre.terms)
+    methods = ["naive", "lower"]
+    if net.is_sequential:
+        methods += ["ldlt-fast", "lipsdp-neuron"] + (["lipsdp-channel"] if conv else [])
+    elif order <= 2000:
+        methods += ["lipsdp-neuron"]
+    return (*methods, "lipsdp-split") if len(net.nodes) > 1 else tuple(methods)
+
+
+def run_architectures() -> None:
+    rows = []
+    for path, opts in models():
+        if Path(path).name not in ARCH_MODELS:
+            continue
+        net = lipverify.load(path)
+        for method in _arch_methods(net):
+            try:
+                r = lipverify.bound(net, method=method, time_limit=TIME_LIMIT, **opts)
+                rows.append(_row(path, opts, r, method))
+            except lipverify.LipverifyError as exc:
+                rows.append(_row(path, opts, None, method, str(exc).splitlines()[0]))
+            print("architectures", rows[-1], file=sys.stderr, flush=True)
+    write(rows, "architectures")
+
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["baselines", "lipsdp"]
+    which = sys.argv[1:] or ["baselines", "lipsdp", "architectures"]
+    if "architectures" in which:
+        run_architectures()
     if "baselines" in which:
         run(BASELINES, lambda net: True, "baselines")
     if "lipsdp" in which:

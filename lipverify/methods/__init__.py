@@ -49,4 +49,5 @@ def list_methods() -> list[MethodInfo]:
 
 
 def _load_builtin() -> None:
-    from . import baselines, lipsdp, lower  # noqa: F401  (registration side effects)
+    # imported for their registration side effects
+    from . import baselines, gershgorin_lmi, lipsdp, lower, split  # noqa: F401

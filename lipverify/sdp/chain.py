@@ -143,7 +143,9 @@ class ChainLMI(MultiplierSet):
                 schur = b[0] @ scipy.linalg.cho_solve(chol, b[0].T, check_finite=False)
                 top = schur - d[0]
                 top = (top + top.T) / 2.0
-                return max(float(scipy.linalg.eigvalsh(top)[-1]), 0.0)
+                n = top.shape[0]
+                return max(float(scipy.linalg.eigvalsh(top, subset_by_index=[n - 1, n - 1])[-1]),
+                           0.0)
             y = d[k - 1] - b[k - 1] @ scipy.linalg.cho_solve(chol, b[k - 1].T, check_finite=False)
         raise AssertionError("unreachable")  # pragma: no cover
 

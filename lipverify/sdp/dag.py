@@ -25,11 +25,17 @@ from ..linear import gamma
 from ..network import Network
 from .chain import MAX_CERTIFICATE_BYTES, MultiplierSet, dense_certificate_bytes, node_qc
 from .qc import QC
+from .smooth import soft_max_eig
 
 
 def _quad(a: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``A^T G B`` for diagonal (1-D) or full ``G``."""
     return (a.T * g) @ b if g.ndim == 1 else a.T @ g @ b
+
+
+def _lambda_max(a: np.ndarray) -> float:
+    n = a.shape[0]
+    return float(scipy.linalg.eigvalsh(a, subset_by_index=[n - 1, n - 1])[-1])
 
 
 def _nonzero_columns(mat: np.ndarray, radius: np.ndarray | None) -> np.ndarray:
@@ -137,7 +143,7 @@ class DagLMI(MultiplierSet):
             return math.inf
         top = m[:n0, n0:] @ scipy.linalg.cho_solve(chol, m[n0:, :n0], check_finite=False)
         top = top - m[:n0, :n0]
-        return max(float(scipy.linalg.eigvalsh((top + top.T) / 2.0)[-1]), 0.0)
+        return max(_lambda_max((top + top.T) / 2.0), 0.0)
 
     def soft_rho(self, params, mu: float):
         """``(rho*, F_mu, grad F_mu)`` as :func:`lipverify.sdp.smooth.soft_rho` for chains:
@@ -151,13 +157,7 @@ class DagLMI(MultiplierSet):
             return math.inf, math.inf, None
         x = scipy.linalg.cho_solve(chol, m[n0:, :n0], check_finite=False)
         top = m[:n0, n0:] @ x - m[:n0, :n0]
-        evals, evecs = scipy.linalg.eigh((top + top.T) / 2.0)
-        lam1 = float(evals[-1])
-        keep = evals >= lam1 - 40.0 * mu if mu > 0 else evals >= lam1
-        w = np.exp((evals[keep] - lam1) / mu) if mu > 0 else np.ones(int(keep.sum()))
-        total = float(w.sum())
-        soft = lam1 + (mu * math.log(total) if mu > 0 else 0.0)
-        u = evecs[:, keep] * np.sqrt(w / total)
+        lam1, soft, u = soft_max_eig((top + top.T) / 2.0, mu)
         z = np.vstack([u, -x @ u])
         offs = np.concatenate([[0], np.cumsum(self.sizes)])
         grads = [qc.value_grad(v @ z, z[offs[k]:offs[k + 1]])

@@ -37,20 +37,37 @@ def _schur(lmi: ChainLMI, params):
     return (y + y.T) / 2.0, chols, b
 
 
+def top_eigh(a: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of symmetric ``a`` within ``40 mu`` of the largest (all that the soft
+    maximum weighs above e^-40): a partial decomposition, widened until it covers them."""
+    n = a.shape[0]
+    k = min(n, 32)
+    while True:
+        evals, evecs = scipy.linalg.eigh(a, subset_by_index=[n - k, n - 1])
+        if k == n or evals[0] < evals[-1] - 40.0 * mu:
+            return evals, evecs
+        k = min(n, 4 * k)
+
+
+def soft_max_eig(top: np.ndarray, mu: float) -> tuple[float, float, np.ndarray]:
+    """``(lambda_max, mu log tr exp(top / mu), U)`` with ``U U^T`` the gradient of the soft
+    maximum (top eigenvectors scaled by the square roots of their softmax weights)."""
+    evals, evecs = top_eigh(top, mu)
+    lam1 = float(evals[-1])
+    keep = evals >= lam1 - 40.0 * mu if mu > 0 else evals >= lam1
+    w = np.exp((evals[keep] - lam1) / mu) if mu > 0 else np.ones(int(keep.sum()))
+    total = float(w.sum())
+    soft = lam1 + (mu * math.log(total) if mu > 0 else 0.0)
+    return lam1, soft, evecs[:, keep] * np.sqrt(w / total)
+
+
 def soft_rho(lmi: ChainLMI, params, mu: float) -> tuple[float, float, np.ndarray | None]:
     """``(rho*, F_mu, grad F_mu)``; ``(inf, inf, None)`` outside the domain."""
     top, chols, b = _schur(lmi, params)
     if top is None:
         return math.inf, math.inf, None
-    evals, evecs = scipy.linalg.eigh(top)
-    lam1 = float(evals[-1])
-    keep = evals >= lam1 - 40.0 * mu if mu > 0 else evals >= lam1
-    lam, u = evals[keep], evecs[:, keep]
-    w = np.exp((lam - lam1) / mu) if mu > 0 else np.ones(1)
-    total = float(w.sum())
-    w /= total
-    soft = lam1 + (mu * math.log(total) if mu > 0 else 0.0)
-    z = [u * np.sqrt(w)]  # weighted null vectors, one column each
+    lam1, soft, u = soft_max_eig(top, mu)
+    z = [u]  # weighted null vectors, one column each
     grads = []
     for k, qc in enumerate(lmi.qcs, start=1):
         z.append(-scipy.linalg.cho_solve(chols[k], b[k - 1].T @ z[-1], check_finite=False))
