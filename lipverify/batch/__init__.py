@@ -1,0 +1,1 @@
+"""Batch comparisons: manifests, a resumable results store, local and Dask execution."""
