@@ -15,10 +15,17 @@ from collections.abc import Callable
 import numpy as np
 
 from ..certify import certified_gershgorin_norm, certified_inf_norm, certified_spectral_norm
-from ..linear import LinearOp
+from ..conv_norm import certified_conv_norm
+from ..linear import Conv2d, LinearOp
 from ..network import Network
 from ..results import MethodOutput
 from . import register_method
+
+#: l2 ``naive``: a Conv2d whose dense matrix has more entries (n_in * n_out) than this gets
+#: the circulant/FFT bound of §7 (:func:`~lipverify.conv_norm.certified_conv_norm`) instead
+#: of the exact dense SVD. The dense bound is tighter (zero padding makes the circulant one
+#: an over-estimate, most on tiny feature maps) but costs O(n_in n_out min(n_in, n_out)).
+DENSE_CONV_LIMIT = 4_000_000
 
 
 def _up(x: float) -> float:
@@ -58,17 +65,29 @@ def _cached(fn: Callable[[LinearOp], float]) -> Callable[[LinearOp], float]:
     summary="Product of certified per-layer operator norms times activation slopes (§6.1).",
 )
 def naive(network: Network, *, norm: str = "l2", **_) -> MethodOutput:
+    used = {"dense": 0, "fft": 0}
+
     def op_norm(op: LinearOp) -> float:
+        if norm == "l2" and isinstance(op, Conv2d) and op.n_in * op.n_out > DENSE_CONV_LIMIT:
+            used["fft"] += 1
+            return certified_conv_norm(op)
+        used["dense"] += 1
         dense, radius = op.dense_with_radius()
         if norm == "linf":
             return certified_inf_norm(dense, radius)
         return certified_spectral_norm(dense, radius)[0]
 
     value = propagate(network, _cached(op_norm), norm)
+    per_layer = "certified SVD + Rump check (§6.2)" if norm == "l2" else "certified row sums"
+    if used["fft"]:
+        per_layer += (
+            f"; {used['fft']} large Conv2d (n_in*n_out > {DENSE_CONV_LIMIT:,}): certified "
+            "circulant/FFT bound, Rump check per frequency (§7)"
+        )
     return MethodOutput(
         bound=value,
         certified=math.isfinite(value),
-        details={"per_layer": "certified SVD + Rump check (§6.2)"},
+        details={"per_layer": per_layer, "dense_terms": used["dense"], "fft_convs": used["fft"]},
     )
 
 
