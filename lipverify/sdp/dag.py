@@ -146,23 +146,30 @@ class DagLMI(MultiplierSet):
         return max(_lambda_max((top + top.T) / 2.0), 0.0)
 
     def soft_rho(self, params, mu: float):
-        """``(rho*, F_mu, grad F_mu)`` as :func:`lipverify.sdp.smooth.soft_rho` for chains:
-        one dense Schur complement onto the input block; the weighted null vectors
+        """``(rho*, F_mu, grad F_mu)`` as :func:`lipverify.sdp.smooth.soft_rho` for chains."""
+        out = self.soft_parts(params, mu)
+        if out is None:
+            return math.inf, math.inf, None
+        lam1, soft, _, grad = out
+        return max(lam1, 0.0), soft, grad
+
+    def soft_parts(self, params, mu: float):
+        """One dense Schur complement onto the input block; the weighted null vectors
         ``z = (u, -N_11^{-1} N_10 u)`` give the gradient through each node's QC (§2)."""
         m = self.assemble(params, 0.0)
         n0 = self.sizes[0]
         try:
             chol = scipy.linalg.cho_factor(m[n0:, n0:], lower=True, check_finite=False)
         except (scipy.linalg.LinAlgError, ValueError):
-            return math.inf, math.inf, None
+            return None
         x = scipy.linalg.cho_solve(chol, m[n0:, :n0], check_finite=False)
         top = m[:n0, n0:] @ x - m[:n0, :n0]
         lam1, soft, u = soft_max_eig((top + top.T) / 2.0, mu)
         z = np.vstack([u, -x @ u])
-        offs = np.concatenate([[0], np.cumsum(self.sizes)])
+        offs = self.offsets
         grads = [qc.value_grad(v @ z, z[offs[k]:offs[k + 1]])
                  for k, (qc, v) in enumerate(zip(self.qcs, self.pres), start=1)]
-        return max(lam1, 0.0), soft, np.concatenate(grads)
+        return lam1, soft, z, np.concatenate(grads)
 
     def anchor(self) -> np.ndarray:
         """Feasible multipliers: layer multipliers growing geometrically toward the input."""

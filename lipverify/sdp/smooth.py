@@ -63,16 +63,27 @@ def soft_max_eig(top: np.ndarray, mu: float) -> tuple[float, float, np.ndarray]:
 
 def soft_rho(lmi: ChainLMI, params, mu: float) -> tuple[float, float, np.ndarray | None]:
     """``(rho*, F_mu, grad F_mu)``; ``(inf, inf, None)`` outside the domain."""
+    out = soft_parts(lmi, params, mu)
+    if out is None:
+        return math.inf, math.inf, None
+    lam1, soft, _, grad = out
+    return max(lam1, 0.0), soft, grad
+
+
+def soft_parts(lmi: ChainLMI, params, mu: float):
+    """``(lambda_max, F_mu, Z, grad)`` with ``Z`` the weighted null vectors stacked over the
+    blocks (``Z Z^T`` is the gradient of ``F_mu`` with respect to ``M``: a dual candidate,
+    see :mod:`lipverify.sdp.dual`); None outside the domain."""
     top, chols, b = _schur(lmi, params)
     if top is None:
-        return math.inf, math.inf, None
+        return None
     lam1, soft, u = soft_max_eig(top, mu)
     z = [u]  # weighted null vectors, one column each
     grads = []
     for k, qc in enumerate(lmi.qcs, start=1):
         z.append(-scipy.linalg.cho_solve(chols[k], b[k - 1].T @ z[-1], check_finite=False))
         grads.append(qc.value_grad(lmi.weights[k - 1] @ z[k - 1], z[k]))
-    return max(lam1, 0.0), soft, np.concatenate(grads)
+    return lam1, soft, np.vstack(z), np.concatenate(grads)
 
 
 #: Below this block order BLAS threads only cost (and collapse under load): run single-threaded.
