@@ -29,6 +29,13 @@ lint: setup
 compare: setup
 	$(BIN)/python results/make_compare.py
 
+# Scale benchmark (issue: scale): lipverify vs monolithic cvxpy, eclipse-nn, naive.
+# Writes results/bench-quick.{csv,md}; `make bench SUITE=full` adds the 784-1024x8-10 case.
+SUITE ?= quick
+bench: setup
+	$(BIN)/pip install --quiet --no-deps "eclipse-nn==0.1.7" || echo "eclipse-nn unavailable: its columns will say so"
+	$(BIN)/python results/bench.py $(SUITE)
+
 models: setup
 	$(BIN)/python models/make_models.py
 
