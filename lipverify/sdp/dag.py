@@ -171,21 +171,50 @@ class DagLMI(MultiplierSet):
                  for k, (qc, v) in enumerate(zip(self.qcs, self.pres), start=1)]
         return lam1, soft, z, np.concatenate(grads)
 
+    def _nodes_pd(self, params) -> bool:
+        n0 = self.sizes[0]
+        try:
+            scipy.linalg.cholesky(self.assemble(params, 0.0)[n0:, n0:], lower=True,
+                                  check_finite=False, overwrite_a=True)
+        except (scipy.linalg.LinAlgError, ValueError):
+            return False
+        return True
+
     def anchor(self) -> np.ndarray:
-        """Feasible multipliers: layer multipliers growing geometrically toward the input."""
-        norms = [max(float(np.linalg.norm(v, 2)), 1e-12) for v in self.pres]
-        base = max(float(np.linalg.norm(self.out, 2)) ** 2, 1e-12)
-        growth = 2.0
-        for _ in range(200):
-            taus, t = [], base
-            for k in range(len(self.qcs) - 1, -1, -1):
-                taus.append(t)
-                t = t * growth * norms[k] ** 2
-            taus = taus[::-1]
-            params = np.concatenate([qc.anchor_params(x) for qc, x in zip(self.qcs, taus)])
-            if math.isfinite(self.rho_star(params)):
+        """Feasible multipliers, built backward like the chain anchor (§6.1) with one term per
+        edge: ``tau_k = g (sum_j s_j f_j tau_j ||V_jk||^2 + s_out ||C_k||^2)`` over the
+        consumers ``j`` of node ``k`` (``s`` their number of sources: Cauchy-Schwarz,
+        ``f`` the QC's anchor factor); ``g`` doubles until the node block is positive
+        definite (then rho* is finite)."""
+        offs = self.offsets
+        k_last = len(self.qcs)
+
+        def block_norm2(mat, k):
+            blk = mat[:, offs[k]:offs[k + 1]]
+            return float(np.linalg.norm(blk, 2)) ** 2 if np.any(blk) else 0.0
+
+        srcs = [[k for k in range(k_last + 1) if np.any(v[:, offs[k]:offs[k + 1]])]
+                for v in self.pres]
+        out_srcs = [k for k in range(k_last + 1) if np.any(self.out[:, offs[k]:offs[k + 1]])]
+        edge = {(j, k): block_norm2(self.pres[j - 1], k)
+                for j in range(1, k_last + 1) for k in srcs[j - 1] if k >= 1}
+        out_edge = {k: block_norm2(self.out, k) for k in out_srcs if k >= 1}
+        growth = 1.0
+        for _ in range(100):
+            taus = [0.0] * (k_last + 1)
+            for k in range(k_last, 0, -1):
+                t = len(out_srcs) * out_edge.get(k, 0.0)
+                for j in range(k + 1, k_last + 1):
+                    if (j, k) in edge:
+                        t += len(srcs[j - 1]) * self.qcs[j - 1].anchor_factor * taus[j] \
+                            * edge[(j, k)]
+                taus[k] = growth * max(t, 1e-12)
+            # doubled at the end, as the chain anchor: every pivot gains a strict margin
+            params = np.concatenate([qc.anchor_params(2.0 * x)
+                                     for qc, x in zip(self.qcs, taus[1:])])
+            if self._nodes_pd(params):  # then rho* is finite
                 return params
-            growth *= 2.0
+            growth *= 1.5
         raise NotApplicableError("no feasible multipliers found for this network")
 
     def radius(self, params, rho) -> np.ndarray:
