@@ -122,3 +122,18 @@ def test_linf_lmi_for_sorting_activations(act):
     naive = lipverify.bound(net, method="naive", norm="linf").bound
     lower = lipverify.bound(net, method="lower", norm="linf").bound
     assert sdp.certified and lower <= sdp.bound <= naive * (1 + 1e-9)
+
+
+def test_nodes_without_a_qc_are_all_listed():
+    from lipverify.activations import Lipschitz
+    from lipverify.errors import NotApplicableError
+
+    rng = np.random.default_rng(0)
+    ws = [rng.normal(size=(4, 3)), rng.normal(size=(4, 4)), rng.normal(size=(4, 4)),
+          rng.normal(size=(2, 4))]
+    net = Network.sequential(ws, [Lipschitz("softmax"), RELU, Lipschitz("mystery", 2.0)])
+    with pytest.raises(NotApplicableError) as exc:
+        ChainLMI.from_network(net)
+    msg = str(exc.value)
+    assert "2 node(s)" in msg and "softmax" in msg and "mystery" in msg and "naive" in msg
+    assert lipverify.bound(net).method == "naive"  # auto falls back, saying so

@@ -82,7 +82,7 @@ class ChainLMI(MultiplierSet):
             dense, radius = layer.weight.dense_with_radius()
             weights.append(dense)
             radii.append(radius)
-        qcs = tuple(node_qc(node, per_neuron) for node in network.nodes)
+        qcs = node_qcs(network, per_neuron)
         if not qcs:
             raise NotApplicableError(f"{network.name} has no hidden layer: its bound is ||W||")
         return cls(tuple(weights), tuple(radii), qcs, network.name)
@@ -174,6 +174,23 @@ def node_qc(node, multipliers: bool | str = True) -> QC:
     if multipliers == "channel" and len(node.shape) == 3:
         block = node.shape[1] * node.shape[2]
     return qc_for(node.activation, node.pre.n_out, per_neuron, block)
+
+
+def node_qcs(network: Network, multipliers: bool | str = True) -> tuple[QC, ...]:
+    """Every node's QC; nodes without one are all listed in a single error."""
+    qcs, missing = [], []
+    for k, node in enumerate(network.nodes, start=1):
+        try:
+            qcs.append(node_qc(node, multipliers))
+        except NotApplicableError as exc:
+            missing.append(f"node {k} ({node.name or node.activation.describe()}): {exc}")
+    if missing:
+        raise NotApplicableError(
+            f"{network.name}: {len(missing)} node(s) have no quadratic constraint for the LMI: "
+            + "; ".join(missing) + ". Use --method naive (any 1-Lipschitz or slope-bounded map "
+            "is covered there)."
+        )
+    return tuple(qcs)
 
 
 def _physical_memory() -> int:

@@ -23,7 +23,7 @@ from ..certify import certify_pd
 from ..errors import NotApplicableError
 from ..linear import gamma
 from ..network import Network
-from .chain import MAX_CERTIFICATE_BYTES, MultiplierSet, dense_certificate_bytes, node_qc
+from .chain import MAX_CERTIFICATE_BYTES, MultiplierSet, dense_certificate_bytes, node_qcs
 from .qc import QC
 from .smooth import soft_max_eig
 
@@ -80,12 +80,12 @@ class DagLMI(MultiplierSet):
                 rad = extra if rad is None else rad + extra
             return mat, rad
 
-        pres, radii, qcs = [], [], []
+        pres, radii = [], []
+        qcs = list(node_qcs(network, per_neuron))
         for node in network.nodes:
             mat, rad = stack(node.pre)
             pres.append(mat)
             radii.append(rad)
-            qcs.append(node_qc(node, per_neuron))
         if not qcs:
             raise NotApplicableError(f"{network.name} has no hidden layer")
         out, out_rad = stack(network.output)

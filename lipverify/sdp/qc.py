@@ -340,7 +340,7 @@ QC_REGISTRY: dict[str, Callable[..., QC]] = {
 def qc_for(act: Activation, n: int, per_neuron: bool = True, block: int = 1) -> QC:
     if act.kind not in QC_REGISTRY:
         raise NotApplicableError(
-            f"no quadratic constraint for activation {act.describe()} yet; use --method naive"
+            f"no quadratic constraint for activation {act.describe()}"
         )
     if isinstance(act, GroupSort) and n % act.group_size:
         raise NotApplicableError(f"GroupSort({act.group_size}) on a layer of width {n}")
