@@ -52,15 +52,40 @@ def verify_chain(lmi: ChainLMI, params, rho: float) -> bool:
     return certify_pd(lmi.assemble(params, rho), _radius(lmi, params, rho))
 
 
+def smallest_margin(check, rho_star: float) -> tuple[float, float] | None:
+    """``(rho, eps)`` with ``check(rho)`` true for ``rho = rho* (1 + eps) + eps``, eps small:
+    1e-12 first, then one jump to 1e-6 and a log-bisection back down (each check is a dense
+    Cholesky, so few of them), else upward by 10x to 1e-1. None if nothing passes."""
+
+    def rho_of(eps):
+        return rho_star * (1.0 + eps) + eps
+
+    if check(rho_of(1e-12)):
+        return rho_of(1e-12), 1e-12
+    lo, hi = -12.0, None
+    for e in (-6.0, -5.0, -4.0, -3.0, -2.0, -1.0):
+        if check(rho_of(10.0**e)):
+            hi = e
+            break
+        lo = e
+    if hi is None:
+        return None
+    for _ in range(3):  # within a factor ~10^((hi-lo)/8) of the smallest passing margin
+        mid = (lo + hi) / 2.0
+        if check(rho_of(10.0**mid)):
+            hi = mid
+        else:
+            lo = mid
+    return rho_of(10.0**hi), 10.0**hi
+
+
 def _try(lmi: ChainLMI, params, rho_star: float, theta: float) -> Certificate | None:
-    eps = 1e-12
-    for _ in range(12):
-        rho = rho_star * (1.0 + eps) + eps
-        if verify_chain(lmi, params, rho):
-            bound = float(np.nextafter(math.sqrt(rho), np.inf))
-            return Certificate(True, bound, rho, params, theta, eps, "certified")
-        eps *= 4.0
-    return None
+    found = smallest_margin(lambda r: verify_chain(lmi, params, r), rho_star)
+    if found is None:
+        return None
+    rho, eps = found
+    bound = float(np.nextafter(math.sqrt(rho), np.inf))
+    return Certificate(True, bound, rho, params, theta, eps, "certified")
 
 
 def certify_chain(lmi: ChainLMI, params) -> Certificate:

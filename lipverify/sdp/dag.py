@@ -244,12 +244,11 @@ def certify_dag(lmi: DagLMI, params):
         q = p if theta == 0.0 else (1.0 - theta) * p + theta * anchor
         rho = lmi.rho_star(q)
         if math.isfinite(rho):
-            eps = 1e-12
-            for _ in range(12):
-                r = rho * (1.0 + eps) + eps
-                if verify_dag(lmi, q, r):
-                    return float(np.nextafter(math.sqrt(r), np.inf)), q, r, theta
-                eps *= 4.0
+            from .certificate import smallest_margin
+
+            found = smallest_margin(lambda r, q=q: verify_dag(lmi, q, r), rho)
+            if found is not None:
+                return float(np.nextafter(math.sqrt(found[0]), np.inf)), q, found[0], theta
         if theta >= 1.0:
             return math.inf, q, math.inf, theta
         if anchor is None:
