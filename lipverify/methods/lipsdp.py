@@ -176,6 +176,10 @@ def _lipsdp(
     )
 
 
+#: Residual networks above this order skip the chained conic solve (structured solver only).
+CHAINED_MAX_ORDER = 1500
+
+
 def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit,
                 form: str = "chordal") -> MethodOutput:
     """Residual / skip-connection networks (§5). The chained LMI (§5b) with a conic backend
@@ -189,10 +193,24 @@ def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit,
     monolithic = form in ("full", "monolithic")
     details = {"order": lmi.order, "form": "monolithic (§5a)" if monolithic else "chained (§5b)",
                "multipliers": _kind(per_neuron)}
-    cone = lmi.order if monolithic else max_cone(lmi)
+    # the chained cones need one SVD per node to size; above CHAINED_MAX_ORDER the conic
+    # route would be too slow anyway, so go straight to the structured solver
+    cone = lmi.order if monolithic or lmi.order > CHAINED_MAX_ORDER else max_cone(lmi)
     details["max_cone"] = cone
-    best = certify_dag(lmi, lmi.anchor())
+    # candidates (rho*, params) are compared by rho* and only the winner is certified (each
+    # certificate is a few dense Cholesky factorisations of the whole LMI)
+    cands = [(lmi.rho_star(anchor := lmi.anchor()), anchor)]
     status, solver_name, solver_value, stages = "anchor", "smooth", None, SMOOTH_STAGES
+
+    def add(params) -> float:
+        rho = lmi.rho_star(params)
+        if not math.isfinite(rho):  # repair by blending toward the anchor (§8 step 4)
+            _, params, r2, _ = certify_dag(lmi, params)
+            rho = lmi.rho_star(params) if math.isfinite(r2) else math.inf
+        if math.isfinite(rho):
+            cands.append((rho, params))
+        return rho
+
     try:
         backend = choose_backend(cone, solver, conic_only=monolithic)
     except SolverError as exc:
@@ -207,30 +225,35 @@ def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit,
             params, conic_status = None, str(exc)
         solver_name = backend.name
         if params is not None:
-            solved = certify_dag(lmi, params)
             status = "optimal" if conic_status == "optimal" else f"solver {conic_status}"
-            if solved[0] <= best[0]:
-                best, stages = solved, POLISH_STAGES
+            if add(lmi.project(params)) <= min(c[0] for c in cands):
+                stages = POLISH_STAGES
         else:
             status = f"{backend.name} status {conic_status}; structured solver used"
     else:
         status = "converged (structured solver; optimality gap not computed)"
     if per_neuron and stages is SMOOTH_STAGES:  # cold start: layer multipliers first
-        layer = DagLMI.from_network(network, per_neuron=False)
+        from dataclasses import replace
+
+        from ..sdp.chain import node_qcs
+
+        layer = replace(lmi, qcs=node_qcs(network, False))
         budget = None if time_limit is None else max(time_limit / 3.0, 1.0)
         lp, _, _ = minimize_rho(layer, layer.anchor(), time_limit=budget)
-        warm = certify_dag(lmi, np.concatenate(
-            [qc.from_layer(p) for qc, p in zip(lmi.qcs, layer.split(lp))]))
-        if warm[0] < best[0]:
-            best = warm
+        if add(np.concatenate([qc.from_layer(p) for qc, p in zip(lmi.qcs, layer.split(lp))])) \
+                <= min(c[0] for c in cands):
             details["warm_start"] = "lipsdp-layer"
     remaining = None if time_limit is None else max(time_limit - (time.perf_counter() - start), 1)
-    params, rho, info = minimize_rho(lmi, best[1], rel_mu=stages, time_limit=remaining)
+    first = min(cands, key=lambda c: c[0])[1]
+    params, rho, info = minimize_rho(lmi, first, rel_mu=stages, time_limit=remaining)
     details["smooth"] = info
     if solver_value is None and backend.structured:
         solver_value = math.sqrt(rho)
-    polished = certify_dag(lmi, params)
-    bound, params, rho, theta = min(polished, best, key=lambda c: c[0])
+    cands.append((rho, params))
+    for _, cand in sorted(cands, key=lambda c: c[0]):
+        bound, params, rho, theta = certify_dag(lmi, cand)
+        if math.isfinite(bound):
+            break
     status = _with_gap(lmi, params, rho, status, details)
     if theta > 0:
         status += f"; repaired (theta={theta:.3g})"

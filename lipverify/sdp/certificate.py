@@ -52,7 +52,12 @@ def verify_chain(lmi: ChainLMI, params, rho: float) -> bool:
     return certify_pd(lmi.assemble(params, rho), _radius(lmi, params, rho))
 
 
-def smallest_margin(check, rho_star: float) -> tuple[float, float] | None:
+#: Above this LMI order each dense check costs seconds: one bisection step, not three
+#: (the margin is then within a factor ~30 of the smallest, i.e. below ~1e-7 relative).
+LARGE_ORDER = 2000
+
+
+def smallest_margin(check, rho_star: float, steps: int = 3) -> tuple[float, float] | None:
     """``(rho, eps)`` with ``check(rho)`` true for ``rho = rho* (1 + eps) + eps``, eps small:
     1e-12 first, then one jump to 1e-6 and a log-bisection back down (each check is a dense
     Cholesky, so few of them), else upward by 10x to 1e-1. None if nothing passes."""
@@ -70,7 +75,7 @@ def smallest_margin(check, rho_star: float) -> tuple[float, float] | None:
         lo = e
     if hi is None:
         return None
-    for _ in range(3):  # within a factor ~10^((hi-lo)/8) of the smallest passing margin
+    for _ in range(steps):  # within a factor 10^((hi-lo)/2^steps) of the smallest margin
         mid = (lo + hi) / 2.0
         if check(rho_of(10.0**mid)):
             hi = mid
@@ -80,7 +85,8 @@ def smallest_margin(check, rho_star: float) -> tuple[float, float] | None:
 
 
 def _try(lmi: ChainLMI, params, rho_star: float, theta: float) -> Certificate | None:
-    found = smallest_margin(lambda r: verify_chain(lmi, params, r), rho_star)
+    found = smallest_margin(lambda r: verify_chain(lmi, params, r), rho_star,
+                            steps=3 if lmi.order <= LARGE_ORDER else 1)
     if found is None:
         return None
     rho, eps = found

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.linalg
@@ -105,31 +106,61 @@ class DagLMI(MultiplierSet):
         """Columns (of z) that node ``k``'s pre-activation reads (weights or radii nonzero)."""
         return _nonzero_columns(self.pres[k - 1], self.pre_radii[k - 1])
 
+    @cached_property
+    def _layout(self):
+        """Per reader (nodes, then the output): its columns as contiguous runs, and its matrix
+        restricted to them: plain, ``|V| + R`` and ``|V|`` (computed once)."""
+        out = []
+        readers = [(v, r) for v, r in zip(self.pres, self.pre_radii)]
+        for v, r in [*readers, (self.out, self.out_radius)]:
+            sup = _nonzero_columns(v, r)
+            breaks = np.flatnonzero(np.diff(sup) != 1) + 1
+            runs, pos = [], 0
+            for seg in np.split(sup, breaks):
+                if seg.size:
+                    runs.append((slice(int(seg[0]), int(seg[-1]) + 1),
+                                 slice(pos, pos + seg.size)))
+                    pos += seg.size
+            sub = np.ascontiguousarray(v[:, sup])
+            absolute = np.abs(sub)
+            out.append((runs, sub, absolute + r[:, sup] if r is not None else absolute,
+                        absolute))
+        return out
+
+    @staticmethod
+    def _add(m, runs, block, rows=None):
+        """``m[runs, runs] += block`` (or ``m[rows, runs]`` when ``rows`` is a slice)."""
+        for zb, lb in runs:
+            if rows is None:
+                for za, la in runs:
+                    m[za, zb] += block[la, lb]
+            else:
+                m[rows, zb] += block[:, lb]
+
     def assemble(self, params, rho: float, absolute: bool = False,
                  radii: bool = True) -> np.ndarray:
         """``M(rho, params)``, or with ``absolute`` the same with every term in absolute value
         and (with ``radii``) weights enlarged by their radii (``M_abs`` of §8). Each node's
         terms touch only the columns it reads and its own block."""
         sign = 1.0 if absolute else -1.0
-        use = absolute and radii
-        c = np.abs(self.out) + (self.out_radius if use and self.out_radius is not None else 0) \
-            if absolute else self.out
-        sup = _nonzero_columns(self.out, self.out_radius)
+        pick = 1 if not absolute else (2 if radii else 3)
+        layout = self._layout
         m = np.zeros((self.order, self.order))
-        m[np.ix_(sup, sup)] = sign * (c[:, sup].T @ c[:, sup])
+        runs, *mats = layout[-1]
+        c = mats[pick - 1]
+        self._add(m, runs, sign * (c.T @ c))
         offs = self.offsets
         for k, (qc, p) in enumerate(zip(self.qcs, self.split(params)), start=1):
-            sup = self._support(k)
-            v = self.pres[k - 1][:, sup]
-            if absolute:
-                rad = self.pre_radii[k - 1]
-                v = np.abs(v) + (rad[:, sup] if use and rad is not None else 0)
+            runs, *mats = layout[k - 1]
+            v = mats[pick - 1]
             g = qc.blocks_abs(p) if absolute else qc.blocks(p)
             own = slice(offs[k], offs[k + 1])
-            m[np.ix_(sup, sup)] += sign * _quad(v, g.vv, v)
+            if np.any(g.vv):  # zero for ReLU-type slopes (alpha = 0): skip the big product
+                self._add(m, runs, sign * _quad(v, g.vv, v))
             cross = sign * (v.T * g.vw if g.vw.ndim == 1 else v.T @ g.vw)
-            m[sup, own] += cross
-            m[own, sup] += cross.T
+            self._add(m, runs, cross.T, rows=own)
+            for zb, lb in runs:
+                m[zb, own] += cross[lb, :]
             m[own, own] += sign * (np.diag(g.ww) if g.ww.ndim == 1 else g.ww)
         m[np.arange(self.sizes[0]), np.arange(self.sizes[0])] += abs(rho)
         return m
@@ -244,9 +275,10 @@ def certify_dag(lmi: DagLMI, params):
         q = p if theta == 0.0 else (1.0 - theta) * p + theta * anchor
         rho = lmi.rho_star(q)
         if math.isfinite(rho):
-            from .certificate import smallest_margin
+            from .certificate import LARGE_ORDER, smallest_margin
 
-            found = smallest_margin(lambda r, q=q: verify_dag(lmi, q, r), rho)
+            found = smallest_margin(lambda r, q=q: verify_dag(lmi, q, r), rho,
+                                    steps=3 if lmi.order <= LARGE_ORDER else 1)
             if found is not None:
                 return float(np.nextafter(math.sqrt(found[0]), np.inf)), q, found[0], theta
         if theta >= 1.0:
