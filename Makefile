@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test lint compare bench clean models
+.PHONY: setup demo test lint compare batch-compare bench clean models
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,18 @@ lint: setup
 
 compare: setup
 	$(BIN)/python results/make_compare.py
+	$(MAKE) batch-compare FORCE=1
+
+# Batch comparison (issue: batch): naive, gershgorin, ldlt-fast and lower on every shared and
+# sample model (results/batch.yaml), stored in results/lipverify.db as each job finishes.
+# `make batch-compare` alone resumes (skips finished jobs); FORCE=1 redoes them all.
+JOBS ?= 2
+BATCH_DB ?= results/lipverify.db
+batch-compare: setup
+	$(BIN)/lipverify batch results/batch.yaml --db $(BATCH_DB) --jobs $(JOBS) $(if $(FORCE),--force)
+	$(BIN)/lipverify results export --db $(BATCH_DB) --format csv -o results/batch-results.csv
+	$(BIN)/lipverify results export --db $(BATCH_DB) --format md -o results/batch-results.md
+	$(BIN)/lipverify results plot --db $(BATCH_DB) --out results
 
 # Scale benchmark (issue: scale): lipverify vs monolithic cvxpy, eclipse-nn, naive.
 # Writes results/bench-quick.{csv,md}; `make bench SUITE=full` adds the 784-1024x8-10 case.

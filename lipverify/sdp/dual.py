@@ -19,6 +19,7 @@ the gap is then reported as unknown.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -98,7 +99,9 @@ def lower_bound(lmi, params, rho_up: float, parts, rank: int = 24) -> float | No
     obj = cp.trace((cz.T @ cz) @ w) - bounds[finite] @ cp.pos(-g[finite])
     prob = cp.Problem(cp.Maximize(obj), cons)
     try:
-        prob.solve(solver="CLARABEL")
+        with warnings.catch_warnings():  # "inaccurate" is fine: the value is re-evaluated
+            warnings.simplefilter("ignore")
+            prob.solve(solver="CLARABEL")
     except cp.error.SolverError:
         return None
     if w.value is None:

@@ -1,0 +1,326 @@
+"""Batch manifests: which models, methods, norms and options to cross.
+
+A manifest is YAML (or the same data built from command-line paths)::
+
+    models:
+      - models/*.onnx                       # a path, glob or directory, relative to this file
+      - path: ../shared/models/weights/glipsdp_digits/*.mat
+        output_rows: [7]                    # per-model options: output rows, load options
+        optional: true                      # skip quietly when nothing matches
+    methods: [naive, gershgorin, ldlt-fast, lower]
+    norms: [l2]                             # default [l2]
+    options: {time_limit: 60}               # one option set, or a list of them (crossed)
+    memory_limit_gb: 4                      # per local worker process (optional)
+    plugins: [my_methods]                   # modules that register extra bound methods
+
+Validation collects every problem (missing model files, unknown methods, norms and keys,
+bad values) and raises one :class:`~lipverify.errors.UsageError` listing them all, before
+any job starts.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+
+TOP_KEYS = ("models", "methods", "norms", "options", "memory_limit_gb", "plugins")
+#: Per-model keys besides ``path`` and ``optional``: output rows and the loaders' options.
+MODEL_KEYS = ("output_rows", "layout", "activation", "keep_softmax", "trust_pickle", "input_shape")
+#: Bound options a manifest may set, with a check of each value (None = any value).
+OPTION_CHECKS = {
+    "time_limit": lambda v: _is_number(v) and v > 0,
+    "solver": lambda v: isinstance(v, str),
+    "lower_bound": lambda v: isinstance(v, bool) or _is_number(v),
+    "form": lambda v: v in ("chordal", "dense", "full"),
+    "samples": lambda v: isinstance(v, int) and v > 0,
+    "steps": lambda v: isinstance(v, int) and v >= 0,
+    "seed": lambda v: isinstance(v, int),
+    "top": lambda v: isinstance(v, int) and v > 0,
+    "smooth_beta": lambda v: _is_number(v) and v > 0,
+    "max_lps": lambda v: isinstance(v, int) and v > 0,
+    "budget": lambda v: _is_number(v) and v > 0,
+}
+#: Options in seconds or scales: 60 and 60.0 are the same value (and the same job key).
+FLOAT_OPTIONS = ("time_limit", "smooth_beta", "budget")
+NORMS = ("l2", "linf")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model file and the options that go with it (output rows, load options)."""
+
+    path: Path  # absolute
+    display: str  # as shown in tables: relative to the working directory when possible
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated batch: every model exists, every method and option is known."""
+
+    models: tuple[ModelSpec, ...]
+    methods: tuple[str, ...]
+    norms: tuple[str, ...] = ("l2",)
+    option_sets: tuple[dict[str, Any], ...] = ({},)
+    memory_limit_gb: float | None = None
+    plugins: tuple[str, ...] = ()
+    source: str = "command line"
+
+
+def load_manifest(
+    path: str | os.PathLike, options: dict | None = None, model_options: dict | None = None,
+    **overrides,
+) -> Manifest:
+    """Read and validate a YAML manifest.
+
+    Command-line flags: ``overrides`` replace top-level keys (``methods``, ``norms``...;
+    ``plugins`` are added), ``options`` are set in every option set (``time_limit``),
+    ``model_options`` apply to every model entry that does not set them itself.
+
+    >>> load_manifest("no-such-manifest.yaml")
+    Traceback (most recent call last):
+    ...
+    lipverify.errors.UsageError: no-such-manifest.yaml: no such manifest file; check the path
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such manifest file; check the path") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the manifest ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {exc}; fix the syntax and re-run") from None
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"{path}: a manifest is a YAML mapping with keys {', '.join(TOP_KEYS)} "
+            "(see README, 'Batch comparisons')"
+        )
+    _apply_flags(data, options, model_options, overrides)
+    return build_manifest(data, base=path.resolve().parent, source=str(path))
+
+
+def _apply_flags(data: dict, options, model_options, overrides: dict) -> None:
+    """Command-line flags on a parsed manifest (see :func:`load_manifest`)."""
+    extra_plugins = overrides.pop("plugins", None)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if extra_plugins:
+        listed = data.get("plugins") or []
+        data["plugins"] = [*listed, *extra_plugins] if isinstance(listed, list) else listed
+    if options:
+        sets = data.get("options") or {}
+        data["options"] = ([{**s, **options} for s in sets] if isinstance(sets, list)
+                           else {**sets, **options} if isinstance(sets, dict) else sets)
+    if model_options and isinstance(data.get("models"), list):
+        data["models"] = [
+            {**model_options, **e} if isinstance(e, dict) else {**model_options, "path": e}
+            for e in data["models"]
+        ]
+
+
+def manifest_from_paths(
+    paths, methods, norms=("l2",), options=None, model_options=None, **extra
+) -> Manifest:
+    """A manifest for model paths, globs or directories given on the command line."""
+    entries = [{"path": str(p), **(model_options or {})} for p in paths]
+    data = {"models": entries, "methods": list(methods), "norms": list(norms),
+            "options": options or {}, **{k: v for k, v in extra.items() if v is not None}}
+    return build_manifest(data, base=Path.cwd(), source="command line")
+
+
+def build_manifest(data: dict, base: Path, source: str) -> Manifest:
+    """Validate ``data`` (the parsed manifest); raise one UsageError listing every problem."""
+    problems: list[str] = []
+    problems += [f"unknown key {k!r}; known keys: {', '.join(TOP_KEYS)}"
+                 for k in data if k not in TOP_KEYS]
+    plugins = _plugins(data.get("plugins", ()), problems)
+    methods = _methods(data.get("methods"), problems)
+    norms = _norms(data.get("norms", ["l2"]), problems)
+    option_sets = _option_sets(data.get("options", {}), problems)
+    models = _models(data.get("models"), base, problems)
+    memory = data.get("memory_limit_gb")
+    if memory is not None and not (_is_number(memory) and memory > 0):
+        problems.append(f"memory_limit_gb: expected a positive number of GiB, got {memory!r}")
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise UsageError(
+            f"{source}: {len(problems)} problem(s) in the batch, nothing was run:\n{lines}"
+        )
+    return Manifest(
+        models=tuple(models),
+        methods=tuple(methods),
+        norms=tuple(norms),
+        option_sets=tuple(option_sets),
+        memory_limit_gb=None if memory is None else float(memory),
+        plugins=tuple(plugins),
+        source=source,
+    )
+
+
+def import_plugins(names) -> None:
+    """Import modules that register extra methods (their import registers them)."""
+    for name in names:
+        importlib.import_module(name)
+
+
+def _plugins(value, problems: list[str]) -> list[str]:
+    names = _string_list(value, "plugins", problems)
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            problems.append(f"plugins: cannot import {name!r} ({exc}); is it on PYTHONPATH?")
+    return names
+
+
+def _string_list(value, what: str, problems: list[str]) -> list[str]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        problems.append(f"{what}: expected a list of names, got {value!r}")
+        return []
+    return list(value)
+
+
+def _methods(value, problems: list[str]) -> list[str]:
+    from ..methods import METHODS, list_methods
+
+    if value is None:
+        problems.append("methods: missing; list the bound methods, e.g. [naive, lower]")
+        return []
+    names = _string_list(value, "methods", problems)
+    list_methods()  # load the built-in registry (plugins are already imported)
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        problems.append(
+            f"methods: unknown method(s) {', '.join(map(repr, unknown))}; known methods: "
+            f"{', '.join(sorted(METHODS))} (or add a plugin module that registers it)"
+        )
+    if value in ([], (), ""):
+        problems.append("methods: empty; list at least one bound method")
+    return list(dict.fromkeys(names))
+
+
+def _norms(value, problems: list[str]) -> list[str]:
+    names = _string_list(value, "norms", problems)
+    for name in names:
+        if name not in NORMS:
+            problems.append(f"norms: unknown norm {name!r}; choose from {', '.join(NORMS)}")
+    return list(dict.fromkeys(names)) or ["l2"]
+
+
+def _option_sets(value, problems: list[str]) -> list[dict]:
+    sets = value if isinstance(value, list) else [value]
+    out = []
+    for i, opts in enumerate(sets):
+        where = "options" if not isinstance(value, list) else f"options[{i}]"
+        if opts is None:
+            opts = {}
+        if not isinstance(opts, dict):
+            problems.append(f"{where}: expected a mapping of option: value, got {opts!r}")
+            continue
+        for key, val in opts.items():
+            check = OPTION_CHECKS.get(key)
+            if check is None:
+                problems.append(
+                    f"{where}: unknown option {key!r}; known options: {', '.join(OPTION_CHECKS)}"
+                    + (" (per-model options go under the model entry)" if key in MODEL_KEYS
+                       else "")
+                )
+            elif val is not None and not check(val):
+                problems.append(f"{where}: bad value {val!r} for {key}")
+        out.append({k: float(v) if k in FLOAT_OPTIONS and _is_number(v) else v
+                    for k, v in opts.items() if v is not None})
+    return out or [{}]
+
+
+def _models(value, base: Path, problems: list[str]) -> list[ModelSpec]:
+    if value is None or value == []:
+        problems.append("models: missing or empty; list model paths, globs or directories")
+        return []
+    if not isinstance(value, list):
+        value = [value]
+    specs: list[ModelSpec] = []
+    for i, entry in enumerate(value):
+        where = f"models[{i}]"
+        if isinstance(entry, (str, os.PathLike)):
+            entry = {"path": str(entry)}
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            problems.append(f"{where}: expected a path or a mapping with a 'path' key")
+            continue
+        opts = {k: v for k, v in entry.items() if k not in ("path", "optional")}
+        bad = [k for k in opts if k not in MODEL_KEYS]
+        problems += [
+            f"{where}: unknown key {k!r}; known keys: path, optional, {', '.join(MODEL_KEYS)}"
+            for k in bad
+        ]
+        problems += _check_model_options(where, opts)
+        files, why = _expand(entry["path"], base)
+        if why and not entry.get("optional", False):
+            problems.append(f"{where}: {why}")
+        specs += [ModelSpec(f, _display(f), opts) for f in files]
+    return specs
+
+
+def _check_model_options(where: str, opts: dict) -> list[str]:
+    problems = []
+    rows = opts.get("output_rows")
+    if rows is not None and not (
+        isinstance(rows, list) and rows and all(isinstance(r, int) and r >= 0 for r in rows)
+    ):
+        problems.append(f"{where}: output_rows must be a list of row indices, e.g. [7]")
+    if "layout" in opts and opts["layout"] not in ("out-in", "in-out"):
+        problems.append(f"{where}: layout must be out-in or in-out, got {opts['layout']!r}")
+    shape = opts.get("input_shape")
+    if shape is not None and not (
+        isinstance(shape, list) and all(isinstance(s, int) and s > 0 for s in shape)
+    ):
+        problems.append(f"{where}: input_shape must be a list of sizes, e.g. [1, 28, 28]")
+    return problems
+
+
+def _expand(pattern: str, base: Path) -> tuple[list[Path], str]:
+    """Files for a path, glob or directory, and why there are none (empty when fine)."""
+    from ..importers import supported_suffixes
+
+    suffixes = set(supported_suffixes())
+    full = Path(os.path.expanduser(pattern))
+    full = full if full.is_absolute() else base / full
+    if glob.has_magic(pattern):
+        matches = [Path(p) for p in sorted(glob.glob(str(full), recursive=True))]
+        files = [p for p in matches if p.is_file() and p.suffix.lower() in suffixes]
+        if not files:
+            return [], (f"{pattern}: matches no model file ({', '.join(sorted(suffixes))}); "
+                        "fix the pattern or mark the entry `optional: true`")
+        return files, ""
+    if full.is_dir():
+        files = sorted(p for p in full.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        return files, "" if files else f"{pattern}: directory holds no model file"
+    if not full.exists():
+        return [], (f"{pattern}: no such model file; check the path (relative paths are "
+                    "relative to the manifest) or mark the entry `optional: true`")
+    if full.suffix.lower() not in suffixes:
+        return [], (f"{pattern}: unknown model format {full.suffix or '(no suffix)'!r}; "
+                    f"supported: {', '.join(sorted(suffixes))}")
+    return [full], ""
+
+
+def _display(path: Path) -> str:
+    rel = os.path.relpath(path)
+    far = os.path.join(os.pardir, os.pardir, os.pardir)
+    return str(path) if rel.startswith(far) else rel
