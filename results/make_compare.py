@@ -166,19 +166,33 @@ def _arch_methods(net) -> tuple[str, ...]:
 
 
 def run_architectures() -> None:
+    """Resumable: finished rows are kept in results/architectures.partial.jsonl until the
+    table is written (a bound here can take minutes)."""
+    import json
+
+    partial = OUT / "architectures.partial.jsonl"
+    done = [json.loads(line) for line in partial.read_text().splitlines()] \
+        if partial.exists() else []
     rows = []
     for path, opts in models():
         if Path(path).name not in ARCH_MODELS:
             continue
         net = lipverify.load(path)
         for method in _arch_methods(net):
+            old = [r for r in done if r["model"] == Path(path).name and r["method"] == method]
+            if old:
+                rows.append(old[0])
+                continue
             try:
                 r = lipverify.bound(net, method=method, time_limit=TIME_LIMIT, **opts)
                 rows.append(_row(path, opts, r, method))
             except lipverify.LipverifyError as exc:
                 rows.append(_row(path, opts, None, method, str(exc).splitlines()[0]))
+            with open(partial, "a") as fh:
+                fh.write(json.dumps(rows[-1], default=str) + "\n")
             print("architectures", rows[-1], file=sys.stderr, flush=True)
     write(rows, "architectures")
+    partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
