@@ -137,3 +137,11 @@ def test_nodes_without_a_qc_are_all_listed():
     msg = str(exc.value)
     assert "2 node(s)" in msg and "softmax" in msg and "mystery" in msg and "naive" in msg
     assert lipverify.bound(net).method == "naive"  # auto falls back, saying so
+
+
+def test_channel_multipliers_on_an_imported_cnn():
+    """Imported nodes carry a batch dimension (1, c, h, w): still one multiplier per channel."""
+    from conftest import SAMPLE_MODELS
+
+    net = lipverify.load(SAMPLE_MODELS / "digits_cnn.onnx")
+    assert ChainLMI.from_network(net, "channel").param_sizes == [4, 8]

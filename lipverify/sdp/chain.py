@@ -171,8 +171,9 @@ def node_qc(node, multipliers: bool | str = True) -> QC:
         raise NotApplicableError(f"unknown multiplier class {multipliers!r}")
     per_neuron = multipliers not in (False, "layer")
     block = 1
-    if multipliers == "channel" and len(node.shape) == 3:
-        block = node.shape[1] * node.shape[2]
+    shape = node.shape[1:] if len(node.shape) == 4 and node.shape[0] == 1 else node.shape
+    if multipliers == "channel" and len(shape) == 3:  # (c, h, w), batch dimension dropped
+        block = shape[1] * shape[2]
     return qc_for(node.activation, node.pre.n_out, per_neuron, block)
 
 
