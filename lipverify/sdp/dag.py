@@ -102,10 +102,6 @@ class DagLMI(MultiplierSet):
     def offsets(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.sizes)])
 
-    def _support(self, k: int) -> np.ndarray:
-        """Columns (of z) that node ``k``'s pre-activation reads (weights or radii nonzero)."""
-        return _nonzero_columns(self.pres[k - 1], self.pre_radii[k - 1])
-
     @cached_property
     def _layout(self):
         """Per reader (nodes, then the output): its columns as contiguous runs, and its matrix
