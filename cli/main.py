@@ -139,7 +139,7 @@ def main(debug):
     "--solver",
     default="auto",
     show_default=True,
-    help="SDP solver: auto, smooth (built in), clarabel, scs, mosek.",
+    help="SDP solver: auto, ipm or smooth (built in), clarabel, scs, mosek.",
 )
 @click.option(
     "--time-limit",

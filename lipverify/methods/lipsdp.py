@@ -119,6 +119,8 @@ def _lipsdp(
         return _lipsdp_dag(network, per_neuron, solver, time_limit, form)
     lmi = _chain(network, per_neuron)
     details = {"order": lmi.order, "form": form, "multipliers": _kind(per_neuron)}
+    if _use_ipm(lmi, solver, details):
+        return _lipsdp_ipm(lmi, details, time_limit)
     cone = estimate_cone(lmi.sizes) if form == "chordal" else lmi.order
     start = time.perf_counter()
     try:
@@ -176,6 +178,62 @@ def _lipsdp(
     )
 
 
+#: ``auto`` runs the interior-point solver on slope-QC LMIs up to this order (its dense
+#: inverse and n x n Newton matrix cost O(N^3) per iteration; larger LMIs use ``smooth``).
+IPM_AUTO_MAX_ORDER = 3000
+
+
+def _use_ipm(lmi, solver: str, details: dict) -> bool:
+    """Whether the interior-point solver takes this LMI (``auto`` or ``ipm`` requested)."""
+    from ..sdp.ipm import ipm_reason
+
+    if solver not in ("auto", "ipm"):
+        return False
+    reason = ipm_reason(lmi)
+    if reason is None and solver == "auto" and lmi.order > IPM_AUTO_MAX_ORDER:
+        reason = f"order {lmi.order} > {IPM_AUTO_MAX_ORDER} (auto limit; --solver ipm forces it)"
+    if reason is not None:
+        details["ipm"] = f"not used: {reason}"
+    return reason is None
+
+
+def _lipsdp_ipm(lmi, details: dict, time_limit) -> MethodOutput:
+    """The interior-point solver (:mod:`lipverify.sdp.ipm`), then the §8 certificate of its
+    multipliers on the exact weights. Its optimality gap comes from its own dual point."""
+    from ..sdp.ipm import solve_chain_ipm
+
+    dag = isinstance(lmi, DagLMI)
+    start = None if dag else ldlt_fast_params(lmi)
+    res = solve_chain_ipm(lmi, start, time_limit=time_limit)
+    details.update(ipm_iterations=res.iterations, solve_seconds=res.seconds,
+                   ipm_status=res.status)
+    if dag:
+        bound, params, rho, theta = certify_dag(lmi, res.params)
+        cert = Certificate(math.isfinite(bound), bound, rho, params, theta, 0.0,
+                           "certified" if math.isfinite(bound) else "not certified")
+    else:
+        cert = certify_chain(lmi, res.params)
+    status = "optimal" if res.status == "optimal" else f"interior point: {res.status}"
+    if res.lower is not None and cert.ok:
+        low = math.sqrt(max(res.lower, 0.0))
+        details["dual_lower"], details["gap"] = low, (cert.bound - low) / cert.bound
+        status += f"; optimality gap {details['gap']:.2e}"
+    else:
+        status += "; optimality gap not computed"
+    if res.status == "time limit":
+        status += "; time limit reached, best certified iterate"
+    solver_value = math.sqrt(res.rho)
+    if dag:
+        details["certificate"] = {"kind": "lipsdp-dag", "multipliers": details["multipliers"],
+                                  "rho": cert.rho, "theta": cert.theta,
+                                  "params": cert.params.tolist()}
+        return MethodOutput(bound=cert.bound, certified=cert.ok,
+                            status=status if cert.ok else "not certified", solver="ipm",
+                            solver_value=solver_value, details=details)
+    return _output(cert, status=status, solver="ipm", solver_value=solver_value,
+                   details=details)
+
+
 #: Residual networks above this order skip the chained conic solve (structured solver only).
 CHAINED_MAX_ORDER = 1500
 
@@ -193,6 +251,9 @@ def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit,
     monolithic = form in ("full", "monolithic")
     details = {"order": lmi.order, "form": "monolithic (§5a)" if monolithic else "chained (§5b)",
                "multipliers": _kind(per_neuron)}
+    if not monolithic and _use_ipm(lmi, solver, details):
+        details["form"] = "monolithic (§5a), interior point"
+        return _lipsdp_ipm(lmi, details, time_limit)
     # the chained cones need one SVD per node to size; above CHAINED_MAX_ORDER the conic
     # route would be too slow anyway, so go straight to the structured solver
     cone = lmi.order if monolithic or lmi.order > CHAINED_MAX_ORDER else max_cone(lmi)

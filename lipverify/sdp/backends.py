@@ -67,6 +67,14 @@ BACKENDS: dict[str, Backend] = {
             "interior point; dense KKT per cone, so small problems only",
         ),
         Backend(
+            "ipm",
+            None,
+            "lipverify",
+            10**9,
+            "lipverify's interior-point solver for slope QCs: rank-two Newton system, "
+            "measured optimality gap (chosen by auto for LMIs of order <= 3000)",
+        ),
+        Backend(
             "smooth",
             None,
             "lipverify",
@@ -92,6 +100,8 @@ def get_backend(name: str) -> Backend:
 def choose_backend(max_cone: int, requested: str = "auto", conic_only: bool = False) -> Backend:
     """The first usable backend whose memory limit admits a cone of order ``max_cone``
     (``conic_only``: a cvxpy solver, for problems the structured solver does not take)."""
+    if requested == "ipm":  # the methods run the IPM themselves where it applies
+        requested = "smooth"
     if requested == "smooth" and conic_only:
         requested = "auto"
     if requested != "auto":
@@ -104,7 +114,7 @@ def choose_backend(max_cone: int, requested: str = "auto", conic_only: bool = Fa
         return backend
     reasons = []
     for backend in BACKENDS.values():
-        if conic_only and backend.structured:
+        if (conic_only and backend.structured) or backend.name == "ipm":
             continue
         ok, why = backend.availability()
         if ok and max_cone <= backend.max_cone:

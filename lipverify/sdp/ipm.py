@@ -1,0 +1,384 @@
+"""Structured interior-point solver for LipSDP with slope QCs (FORMULATIONS.md §1.2, §2, §5a).
+
+The problem, in the multipliers ``y = (rho, t)``::
+
+    minimise rho  s.t.  S(y) = rho E_0 - C^T C - sum_i t_g(i) U_i Q_i U_i^T >= 0,  t >= 0,
+
+with ``U_i = [v_i, e_i]`` (neuron ``i``'s pre-activation row and its own coordinate) and
+``Q_i = [[-2ab, a+b], [a+b, -2]]`` (§1.1). Every multiplier is a rank-two term, so the
+Newton matrix of the log-det barrier, ``H_jl = tr(S^-1 F_j S^-1 F_l)``, needs only the
+2x2 blocks ``U_i^T S^-1 U_j``: three n x n matrices (``V X V^T``, ``V X E^T``, ``E X E^T``)
+built from one dense inverse and the weights, never an SDP solver's O(N^4) Schur system.
+
+Dual-scaling potential reduction (the DSDP scheme): Newton steps on ``rho / mu - log det S``
+with ``mu = (rho - lower) / (q N)``, line search on ``q N log(rho - lower) - log det S``.
+``t >= 0`` needs no barrier: ``S_ii = 2 t_i`` on each neuron's own coordinate. One
+factorisation of the Newton matrix serves every ``mu`` (``d(mu) = d1 / mu + d2``).
+
+The optimality gap is *measured*: from the
+Newton step ``d`` at ``y``, ``Z = mu (S^-1 - S^-1 dS S^-1)`` satisfies ``tr(Z E_0) = 1`` and
+``<Z, A_j> = 0`` exactly, and is PSD when ``y - d`` is feasible (guaranteed when the Newton
+decrement is below 1, the Dikin ellipsoid). Weak duality then gives
+``rho_opt >= <Z, C^T C> = rho - mu (N - sum_j d_j s_j)``, maximised over ``mu``. Every iterate is
+strictly feasible, so a time limit still returns certifiable multipliers; certification is
+the caller's (§8), on the exact weights.
+
+>>> import numpy as np
+>>> from lipverify import Network
+>>> from lipverify.activations import SlopeRestricted
+>>> net = Network.sequential([2 * np.eye(2), np.eye(2)], [SlopeRestricted.named("relu")])
+>>> res = solve_chain_ipm(ChainLMI.from_network(net))
+>>> round(res.rho, 6), bool(res.gap < 1e-6)   # L = 2 exactly
+(4.0, True)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import scipy.linalg
+from scipy.linalg import lapack
+
+from ..errors import NotApplicableError
+from .chain import MAX_CERTIFICATE_BYTES, ChainLMI
+from .qc import SlopeQC
+
+#: First trial step of the potential-reduction line search, over the Newton decrement.
+STEP = 2.0
+#: Largest working memory the solver may take (the dense certificate's limit).
+IPM_MAX_BYTES = MAX_CERTIFICATE_BYTES
+
+
+@dataclass(frozen=True)
+class _Node:
+    cols: np.ndarray  # columns of S the node's pre-activation reads
+    v: np.ndarray  # (m, len(cols)): those rows of the pre-activation map
+    start: int  # first neuron (row of the n x n matrices)
+
+
+@dataclass(frozen=True)
+class NeuronForm:
+    """The LMI as ``rho E_0 - C^T C - sum_i t_g(i) U_i Q_i U_i^T`` (see module docstring).
+
+    Neuron ``i``'s own coordinate is ``n_in + i``: every non-input coordinate of a slope-QC
+    LMI is one neuron's output, in both chain and DAG layouts.
+    """
+
+    order: int
+    n_in: int
+    nodes: tuple[_Node, ...]
+    q: np.ndarray  # (3, n): q11 = -2ab, q12 = a+b, q22 = -2 per neuron
+    group: np.ndarray  # (n,) parameter index of each neuron (contiguous runs)
+    n_params: int
+
+    @property
+    def n(self) -> int:
+        return self.order - self.n_in
+
+
+def ipm_reason(lmi) -> str | None:
+    """Why the interior-point solver cannot take ``lmi`` (None if it can)."""
+    bad = sorted({type(qc).__name__ for qc in lmi.qcs if not isinstance(qc, SlopeQC)})
+    if bad:
+        return f"it takes slope QCs only (found {', '.join(bad)})"
+    need = ipm_bytes(lmi.order, sum(qc.n for qc in lmi.qcs))
+    if need > IPM_MAX_BYTES:
+        return (f"order {lmi.order} needs about {need / 2**30:.1f} GiB "
+                f"(limit {IPM_MAX_BYTES / 2**30:.1f} GiB)")
+    return None
+
+
+def ipm_bytes(order: int, neurons: int) -> int:
+    """Working memory of one iteration: S, its inverse, a trial S, X V^T, two n x n."""
+    return 8 * (3 * order * order + order * neurons + 2 * neurons * neurons)
+
+
+def neuron_form(lmi) -> NeuronForm:
+    """Neuron form of a :class:`ChainLMI` or :class:`DagLMI` whose QCs are all slope QCs."""
+    from .dag import DagLMI
+
+    if not all(isinstance(qc, SlopeQC) for qc in lmi.qcs):
+        kinds = sorted({type(qc).__name__ for qc in lmi.qcs if not isinstance(qc, SlopeQC)})
+        raise NotApplicableError(
+            f"the interior-point solver takes slope QCs only (found {', '.join(kinds)}); "
+            "use --solver smooth"
+        )
+    offs = np.concatenate([[0], np.cumsum(lmi.sizes)])
+    nodes, qs, groups, p0 = [], [], [], 0
+    for k, qc in enumerate(lmi.qcs, start=1):
+        if isinstance(lmi, ChainLMI):
+            cols, v = np.arange(offs[k - 1], offs[k]), lmi.weights[k - 1]
+        elif isinstance(lmi, DagLMI):
+            runs, v, *_ = lmi._layout[k - 1]
+            cols = np.concatenate([np.arange(z.start, z.stop) for z, _ in runs]) if runs \
+                else np.zeros(0, dtype=int)
+        else:  # pragma: no cover - no other LMI kinds
+            raise NotApplicableError(f"no neuron form for {type(lmi).__name__}")
+        if v.shape[0] != lmi.sizes[k]:
+            raise NotApplicableError("the interior-point solver needs width-preserving nodes")
+        nodes.append(_Node(cols, np.ascontiguousarray(v), int(offs[k] - offs[1])))
+        a, b, n = qc.alpha, qc.beta, qc.n
+        qs.append(np.tile([[-2.0 * a * b], [a + b], [-2.0]], (1, n)))
+        groups.append(p0 + np.arange(n) // (n // qc.num_params()))
+        p0 += qc.num_params()
+    return NeuronForm(int(offs[-1]), int(offs[1]), tuple(nodes), np.hstack(qs),
+                      np.concatenate(groups), p0)
+
+
+@dataclass(frozen=True)
+class IPMResult:
+    params: np.ndarray
+    rho: float  # rho of the last iterate (strictly feasible: rho > rho*(params))
+    lower: float | None  # best dual lower bound on the SDP optimum (in rho), if any
+    iterations: int
+    seconds: float
+    status: str
+
+    @property
+    def gap(self) -> float | None:
+        """Relative gap in rho, ``(rho - lower) / rho``."""
+        if self.lower is None or self.rho <= 0:
+            return None
+        return max(self.rho - self.lower, 0.0) / self.rho
+
+
+def _inverse(s: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """``(S^-1, log det S)`` by Cholesky, or None when S is not positive definite."""
+    c, info = lapack.dpotrf(s, lower=1, clean=0, overwrite_a=1)
+    if info != 0:
+        return None
+    logdet = 2.0 * float(np.sum(np.log(np.diag(c))))
+    x, info = lapack.dpotri(c, lower=1, overwrite_c=1)
+    if info != 0:  # pragma: no cover - dpotrf succeeded
+        return None
+    x = np.tril(x)
+    x += np.tril(x, -1).T
+    return x, logdet
+
+
+def _logdet(s: np.ndarray) -> float | None:
+    c, info = lapack.dpotrf(s, lower=1, clean=0, overwrite_a=1)
+    return 2.0 * float(np.sum(np.log(np.diag(c)))) if info == 0 else None
+
+
+def _reduce(h: np.ndarray, starts: np.ndarray | None, axis: int) -> np.ndarray:
+    return h if starts is None else np.add.reduceat(h, starts, axis=axis)
+
+
+def newton_system(form: NeuronForm, x: np.ndarray, chunk: int = 1024):
+    """Gradient pieces ``s_j = tr(X F_j)`` and the Hessian ``H_jl = tr(X F_j X F_l)`` of
+    ``-log det S`` in ``(rho, params)``, from ``X = S^-1``."""
+    n0, n = form.n_in, form.n
+    yv = np.empty((form.order, n))
+    for nd in form.nodes:  # X V^T, node by node (V is block sparse)
+        yv[:, nd.start:nd.start + nd.v.shape[0]] = x[:, nd.cols] @ nd.v.T
+    gvv = np.empty((n, n))
+    for nd in form.nodes:
+        gvv[nd.start:nd.start + nd.v.shape[0]] = nd.v @ yv[nd.cols]
+    gve = yv[n0:].T  # gve[i, j] = v_i^T X e_j
+    gee = x[n0:, n0:]
+    a, b, c = form.q
+    # s_i = tr(X F_i), F_i = -U_i Q_i U_i^T
+    s_neuron = -(a * np.diag(gvv) + 2.0 * b * np.diag(gve) + c * np.diag(gee))
+    starts = None
+    if form.n_params != n:
+        starts = np.flatnonzero(np.r_[True, np.diff(form.group) != 0])
+    hp = np.zeros((form.n_params, form.n_params))
+    relu = not np.any(a)
+    for r0 in range(0, n, chunk):  # H = a_i B_vv + 2 b_i B_ve + c_i B_ee, B_* scaled by Q_j
+        r = slice(r0, min(r0 + chunk, n))
+        vv, ve, ee = gvv[r], gve[r], gee[r]
+        ev = gve[:, r].T
+        b_ee = (2.0 * b) * (ev * ee) + c * (ee * ee)
+        b_ve = b * (vv * ee + ve * ev) + c * (ve * ee)
+        if relu:
+            h = (2.0 * b[r])[:, None] * b_ve + c[r][:, None] * b_ee
+        else:
+            b_ee += a * (ev * ev)
+            b_ve += a * (vv * ev)
+            b_vv = a * (vv * vv) + (2.0 * b) * (vv * ve) + c * (ve * ve)
+            h = a[r][:, None] * b_vv + (2.0 * b[r])[:, None] * b_ve + c[r][:, None] * b_ee
+        h = _reduce(h, starts, 1)
+        if starts is None:
+            hp[r] = h
+        else:
+            np.add.at(hp, form.group[r], h)
+    # the rho row: F_rho = E_0
+    x00 = x[:n0, :n0]
+    zv, ze = yv[:n0].T, x[n0:, :n0]
+    h_rho = -(a * np.einsum("ij,ij->i", zv, zv) + 2.0 * b * np.einsum("ij,ij->i", zv, ze)
+              + c * np.einsum("ij,ij->i", ze, ze))
+    m = form.n_params + 1
+    hess = np.empty((m, m))
+    hess[1:, 1:] = hp
+    hess[0, 0] = float(np.sum(x00 * x00))
+    hess[0, 1:] = hess[1:, 0] = _reduce(h_rho, starts, 0)
+    grad_s = np.concatenate([[np.trace(x00)], _reduce(s_neuron, starts, 0)])
+    return grad_s, hess
+
+
+def _strict_start(lmi, params: np.ndarray | None) -> tuple[np.ndarray, float]:
+    anchor = lmi.anchor()
+    best = None
+    for cand in ([] if params is None else [lmi.project(params)]):
+        for theta in (0.0, 0.01, 0.1, 0.5):
+            q = (1.0 - theta) * cand + theta * anchor  # strictly inside once theta > 0
+            r = lmi.rho_star(q)
+            if math.isfinite(r) and theta > 0 and np.all(q > 0):
+                best = (q, r) if best is None or r < best[1] else best
+                break
+    if best is None:
+        best = (anchor, lmi.rho_star(anchor))
+    q, r = best
+    return q, 2.0 * r + 1e-9 * max(r, 1.0) + 1e-300
+
+
+def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = None,
+              max_iter: int = 300, reach: float = 1.1) -> IPMResult:
+    """Minimise rho over the slope-QC LMI by potential reduction (module docstring).
+
+    ``tol``: stop when ``(rho - lower) / rho <= tol`` (the measured gap, in rho).
+    ``start``: multipliers to start near (blended with the anchor to be strictly inside).
+    """
+    t0 = time.perf_counter()
+    form = neuron_form(lmi)
+    p, rho = _strict_start(lmi, start)
+    nu = form.order  # barrier parameter of -log det S
+    lower, it, status = None, 0, "iteration limit"
+    e0 = _unit(form.n_params + 1)
+    while it < max_iter:
+        if time_limit is not None and time.perf_counter() - t0 > time_limit:
+            status = "time limit"
+            break
+        inv = _inverse(lmi.assemble(p, rho))
+        if inv is None:  # pragma: no cover - iterates stay strictly feasible
+            status = "lost feasibility"
+            break
+        x, logdet = inv
+        s, hess = newton_system(form, x)
+        w = s  # -(gradient of -log det S); t >= 0 is implied: S_ii = 2 t_i (-Gww = 2T)
+        # one factorisation gives the Newton step for every mu: d(kappa) = kappa d1 + d2
+        sol = _solve(hess, np.column_stack([-e0, w]))
+        if sol is None:
+            status = "singular Newton system"
+            break
+        d1, d2 = sol[:, 0], sol[:, 1]
+        q11, q12, q22 = -float(d1[0]), -float(d2[0]), float(d2 @ w)
+        it += 1
+        # dual bound: the largest kappa whose step stays in the Dikin ellipsoid (lambda < 1)
+        k_dual = _root(q11, q12, q22, 0.98)
+        if k_dual is not None and k_dual > 0 and \
+                _accurate(hess, k_dual * d1 + d2, k_dual * e0 - w):
+            low = rho - ((nu - q22) / k_dual - q12)
+            lower = low if lower is None else max(lower, low)
+        if lower is not None and rho - lower <= tol * rho:
+            status = "optimal"
+            break
+        # potential reduction (DSDP): phi = q log(rho - lb) - log det S, q = reach * nu;
+        # its gradient is the barrier gradient at mu = (rho - lb) / q
+        lb = max(lower if lower is not None else 0.0, 0.0)
+        q = reach * nu
+        kappa = q / max(rho - lb, 1e-300 * rho)
+        d = kappa * d1 + d2
+        lam = math.sqrt(max(kappa * kappa * q11 + 2 * kappa * q12 + q22, 0.0))
+        step = min(1.0, STEP / lam)
+        del x, hess
+        f0 = q * math.log(rho - lb) - logdet
+        for _ in range(40):
+            rn, pn = rho + step * d[0], p + step * d[1:]
+            f1 = None
+            if rn > lb:
+                ld = _logdet(lmi.assemble(pn, rn))
+                f1 = None if ld is None else q * math.log(rn - lb) - ld
+            if f1 is not None and f1 <= f0 - 1e-4 * step * lam * lam:
+                break
+            step *= 0.5
+        else:
+            status = "line search failed"
+            break
+        rho, p = rn, pn
+    return IPMResult(p, float(rho), lower, it, time.perf_counter() - t0, status)
+
+
+def _accurate(hess: np.ndarray, d: np.ndarray, grad: np.ndarray, tol: float = 1e-7) -> bool:
+    """The dual point is exact only if ``H d = -g`` holds: check the residual."""
+    return float(np.linalg.norm(hess @ d + grad)) <= tol * float(np.linalg.norm(grad))
+
+
+def _unit(m: int) -> np.ndarray:
+    e = np.zeros(m)
+    e[0] = 1.0
+    return e
+
+
+def _root(q11: float, q12: float, q22: float, level: float) -> float | None:
+    """Largest kappa with ``kappa^2 q11 + 2 kappa q12 + q22 = level^2`` (the Newton decrement
+    of the step for ``mu = 1/kappa``), None if there is none."""
+    disc = q12 * q12 - q11 * (q22 - level * level)
+    if q11 <= 0 or disc < 0:
+        return None
+    return (-q12 + math.sqrt(disc)) / q11
+
+
+def _solve(h: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
+    scale = np.sqrt(np.maximum(np.diag(h), 1e-300))  # Jacobi equilibration
+    hs = h / scale[:, None] / scale[None, :]
+    if rhs.ndim == 2:
+        scale = scale[:, None]
+    try:
+        c = scipy.linalg.cho_factor(hs, lower=True, check_finite=False, overwrite_a=True)
+        return scipy.linalg.cho_solve(c, rhs / scale, check_finite=False) / scale
+    except (scipy.linalg.LinAlgError, ValueError):
+        try:
+            return np.linalg.lstsq(hs, rhs / scale, rcond=None)[0] / scale
+        except np.linalg.LinAlgError:  # pragma: no cover
+            return None
+
+
+# --------------------------------------------------------------------- chain balancing
+def _norm2(w: np.ndarray, iters: int = 30) -> float:
+    """Spectral norm estimate by power iteration (only a scale: any positive value is sound)."""
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(w.shape[1])
+    est = 0.0
+    for _ in range(iters):
+        u = w @ v
+        nu = np.linalg.norm(u)
+        if nu == 0:
+            return 0.0
+        v = w.T @ (u / nu)
+        est = np.linalg.norm(v)
+        v /= est
+    return float(est)
+
+
+def balance(lmi: ChainLMI) -> tuple[ChainLMI, np.ndarray, float]:
+    """Rescale every weight to unit norm: the same LMI up to congruence (§2).
+
+    With ``W_k = s_k What_k`` and activations scaled by ``sigma_k = prod_{j<k} s_j`` (slope QCs
+    are homogeneous), multipliers map as ``T_k = That_k / sigma_k^2`` and ``rho = rhohat *
+    sigma_L^2``. Returns ``(scaled lmi, per-parameter factor 1/sigma_k^2, sigma_L^2)``. Deep
+    nets whose norm product overflows the solver's range become O(1) problems.
+    """
+    s = np.array([max(_norm2(w), 1e-300) for w in lmi.weights])
+    s = 2.0 ** np.round(np.log2(s))  # powers of two: the scaled weights are exact
+    weights = tuple(w / sk for w, sk in zip(lmi.weights, s))
+    log_sigma2 = 2.0 * np.concatenate([[0.0], np.cumsum(np.log(s))])
+    # the scaled LMI is D M D / sigma_L^2 with D = blkdiag(sigma_k I)
+    factors = np.concatenate([np.full(qc.num_params(), math.exp(log_sigma2[-1] - log_sigma2[k]))
+                              for k, qc in enumerate(lmi.qcs, start=1)])
+    scaled = replace(lmi, weights=weights, radii=tuple(None for _ in weights))
+    return scaled, factors, math.exp(log_sigma2[-1])
+
+
+def solve_chain_ipm(lmi, start=None, **options) -> IPMResult:
+    """:func:`solve_ipm` on the balanced chain (or directly on a DAG), mapped back."""
+    if not isinstance(lmi, ChainLMI):
+        return solve_ipm(lmi, start, **options)
+    scaled, factors, out = balance(lmi)
+    res = solve_ipm(scaled, None if start is None else np.asarray(start) / factors, **options)
+    return replace(res, params=res.params * factors, rho=res.rho * out,
+                   lower=None if res.lower is None else res.lower * out)
