@@ -30,6 +30,12 @@ OURS_LIMIT = float(os.environ.get("LIPVERIFY_BENCH_TIME_LIMIT", "60"))
 CAP_SECONDS = float(os.environ.get("LIPVERIFY_BENCH_CAP", "120"))
 CAP_BYTES = int(float(os.environ.get("LIPVERIFY_BENCH_MEM_GB", "8")) * 2**30)
 RUNNERS = ("lipverify", "cvxpy-clarabel", "cvxpy-scs", "eclipse", "eclipse-fast", "naive")
+#: Re-run only these runners (comma list); rows of the others are taken from REUSE, the CSV
+#: of an earlier run, when it has them (the peers' results do not depend on our code).
+ONLY = [r for r in os.environ.get("LIPVERIFY_BENCH_RUNNERS", "").split(",") if r]
+REUSE = os.environ.get("LIPVERIFY_BENCH_REUSE")
+#: Run only the cases whose name contains this text (the others come from REUSE).
+CASES = os.environ.get("LIPVERIFY_BENCH_CASES", "")
 
 
 def cases(suite: str) -> list[dict]:
@@ -145,12 +151,43 @@ def run_one(case, runner) -> dict:
     return json.loads(lines[-1])
 
 
+def _previous() -> dict:
+    if not REUSE or not Path(REUSE).exists():
+        return {}
+    with open(REUSE) as fh:
+        lines = [ln for ln in fh if not ln.startswith("#")]
+    out = {}
+    for row in csv.DictReader(lines):
+        parsed = {}
+        for k, v in row.items():
+            if v in ("", None):
+                continue
+            try:
+                parsed[k] = float(v) if k not in ("case", "runner", "status", "certified") \
+                    else v
+            except ValueError:
+                parsed[k] = v
+        parsed["certified"] = row.get("certified") == "True"
+        parsed["status"] = f"{row.get('status', '')} [earlier run]"
+        out[(row["case"], row["runner"])] = parsed
+    return out
+
+
 def main(suite: str) -> None:
     rows = []
+    previous = _previous()
     for case in cases(suite):
         ref = {}
         for runner in case.get("runners", RUNNERS):
-            r = run_one(case, runner)
+            old = previous.get((case["name"], runner))
+            if (ONLY and runner not in ONLY) or CASES not in case["name"]:
+                if old is None:
+                    continue
+                r = {k: v for k, v in old.items() if k not in ("case", "runner")}
+                r.pop("time_ratio_vs_ours", None)
+                r.pop("bound_ratio_vs_ours", None)
+            else:
+                r = run_one(case, runner)
             ref[runner] = r
             rows.append({"case": case["name"], "runner": runner, **r})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -175,6 +212,28 @@ def _fmt(v):
     return "" if v is None else str(v)
 
 
+def _summary(rows) -> list[str]:
+    """One line per case: ours, the best certified monolithic solve, ECLipsE, naive."""
+    def cell(r):
+        if not r or r.get("bound") is None:
+            return (r or {}).get("status", "not run")[:40].replace("|", "/")
+        gap = f", gap {r['gap']:.1e}" if r.get("gap") is not None else ""
+        return f"{r['bound']:.6g} in {r.get('seconds', float('nan')):.3g} s{gap}"
+
+    out = ["Summary (certified bounds unless noted; all details in the table below):", "",
+           "| case | lipverify | monolithic cvxpy (best certified) | ECLipsE (not certified) "
+           "| naive |", "|---|---|---|---|---|"]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        by = {r["runner"]: r for r in rows if r["case"] == case}
+        mono = [by[k] for k in ("cvxpy-clarabel", "cvxpy-scs")
+                if k in by and by[k].get("bound") is not None and by[k].get("certified")]
+        best = min(mono, key=lambda r: r["bound"]) if mono else \
+            by.get("cvxpy-scs") or by.get("cvxpy-clarabel")
+        out.append(f"| {case} | {cell(by.get('lipverify'))} | {cell(best)} | "
+                   f"{cell(by.get('eclipse'))} | {cell(by.get('naive'))} |")
+    return [*out, ""]
+
+
 def write(rows, name: str) -> None:
     desc = machine()
     out = ROOT / "results"
@@ -190,6 +249,10 @@ def write(rows, name: str) -> None:
              "address space. eclipse/eclipse-fast: the eclipse-nn package's own values (not "
              "certified). Ratios are this runner / lipverify. Times in seconds, peak resident "
              "memory in MB.", "",
+             *([f"This run re-ran only: {', '.join(ONLY)}. Rows marked [earlier run] are "
+                f"copied from {Path(REUSE).name if REUSE else '-'} (same cases, same caps; "
+                "the peers do not depend on our code).", ""] if ONLY else []),
+             *_summary(rows),
              "| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]
     lines += ["| " + " | ".join(_fmt(r.get(k)).replace("|", "/") for k in FIELDS) + " |"
               for r in rows]

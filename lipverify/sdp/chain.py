@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg
@@ -221,3 +221,38 @@ def assemble_tridiagonal(d: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray
         m[offs[k - 1] : offs[k], offs[k] : offs[k + 1]] = bk
         m[offs[k] : offs[k + 1], offs[k - 1] : offs[k]] = bk.T
     return m
+
+
+def _norm2(w: np.ndarray, iters: int = 30) -> float:
+    """Spectral norm estimate by power iteration (only a scale: any positive value is sound)."""
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(w.shape[1])
+    est = 0.0
+    for _ in range(iters):
+        u = w @ v
+        nu = np.linalg.norm(u)
+        if nu == 0:
+            return 0.0
+        v = w.T @ (u / nu)
+        est = np.linalg.norm(v)
+        v /= est
+    return float(est)
+
+
+def balance(lmi: ChainLMI) -> tuple[ChainLMI, np.ndarray, float]:
+    """Rescale every weight to unit norm: the same LMI up to congruence (§2).
+
+    With ``W_k = s_k What_k`` and activations scaled by ``sigma_k = prod_{j<k} s_j`` (slope QCs
+    are homogeneous), multipliers map as ``T_k = That_k / sigma_k^2`` and ``rho = rhohat *
+    sigma_L^2``. Returns ``(scaled lmi, per-parameter factor 1/sigma_k^2, sigma_L^2)``. Deep
+    nets whose norm product overflows the solver's range become O(1) problems.
+    """
+    s = np.array([max(_norm2(w), 1e-300) for w in lmi.weights])
+    s = 2.0 ** np.round(np.log2(s))  # powers of two: the scaled weights are exact
+    weights = tuple(w / sk for w, sk in zip(lmi.weights, s))
+    log_sigma2 = 2.0 * np.concatenate([[0.0], np.cumsum(np.log(s))])
+    # the scaled LMI is D M D / sigma_L^2 with D = blkdiag(sigma_k I)
+    factors = np.concatenate([np.full(qc.num_params(), math.exp(log_sigma2[-1] - log_sigma2[k]))
+                              for k, qc in enumerate(lmi.qcs, start=1)])
+    scaled = replace(lmi, weights=weights, radii=tuple(None for _ in weights))
+    return scaled, factors, math.exp(log_sigma2[-1])

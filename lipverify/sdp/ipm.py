@@ -43,7 +43,7 @@ import scipy.linalg
 from scipy.linalg import lapack
 
 from ..errors import NotApplicableError
-from .chain import MAX_CERTIFICATE_BYTES, ChainLMI
+from .chain import MAX_CERTIFICATE_BYTES, ChainLMI, balance
 from .qc import SlopeQC
 
 #: First trial step of the potential-reduction line search, over the Newton decrement.
@@ -336,42 +336,6 @@ def _solve(h: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
             return np.linalg.lstsq(hs, rhs / scale, rcond=None)[0] / scale
         except np.linalg.LinAlgError:  # pragma: no cover
             return None
-
-
-# --------------------------------------------------------------------- chain balancing
-def _norm2(w: np.ndarray, iters: int = 30) -> float:
-    """Spectral norm estimate by power iteration (only a scale: any positive value is sound)."""
-    rng = np.random.default_rng(0)
-    v = rng.standard_normal(w.shape[1])
-    est = 0.0
-    for _ in range(iters):
-        u = w @ v
-        nu = np.linalg.norm(u)
-        if nu == 0:
-            return 0.0
-        v = w.T @ (u / nu)
-        est = np.linalg.norm(v)
-        v /= est
-    return float(est)
-
-
-def balance(lmi: ChainLMI) -> tuple[ChainLMI, np.ndarray, float]:
-    """Rescale every weight to unit norm: the same LMI up to congruence (§2).
-
-    With ``W_k = s_k What_k`` and activations scaled by ``sigma_k = prod_{j<k} s_j`` (slope QCs
-    are homogeneous), multipliers map as ``T_k = That_k / sigma_k^2`` and ``rho = rhohat *
-    sigma_L^2``. Returns ``(scaled lmi, per-parameter factor 1/sigma_k^2, sigma_L^2)``. Deep
-    nets whose norm product overflows the solver's range become O(1) problems.
-    """
-    s = np.array([max(_norm2(w), 1e-300) for w in lmi.weights])
-    s = 2.0 ** np.round(np.log2(s))  # powers of two: the scaled weights are exact
-    weights = tuple(w / sk for w, sk in zip(lmi.weights, s))
-    log_sigma2 = 2.0 * np.concatenate([[0.0], np.cumsum(np.log(s))])
-    # the scaled LMI is D M D / sigma_L^2 with D = blkdiag(sigma_k I)
-    factors = np.concatenate([np.full(qc.num_params(), math.exp(log_sigma2[-1] - log_sigma2[k]))
-                              for k, qc in enumerate(lmi.qcs, start=1)])
-    scaled = replace(lmi, weights=weights, radii=tuple(None for _ in weights))
-    return scaled, factors, math.exp(log_sigma2[-1])
 
 
 def solve_chain_ipm(lmi, start=None, **options) -> IPMResult:

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.linalg
 
 from .backends import Backend
-from .chain import ChainLMI
+from .chain import ChainLMI, balance
 
 
 def _mid_slope(qc) -> float:
@@ -44,10 +44,17 @@ def norm_chain_params(lmi: ChainLMI, slack: float = 1e-9) -> np.ndarray:
 def ldlt_fast_params(lmi: ChainLMI) -> np.ndarray:
     """ECLipsE-Fast: ``Lambda_k = l_k I``, ``l_k = 1 / (2 m^2 lambda_max(W_k X^-1 W_k^T))``.
 
-    Layers without a slope QC (GroupSort) take the norm-product chain instead.
+    Computed on the balanced chain (every weight rescaled to unit norm, an exact congruence)
+    and mapped back, so deep nets whose norm product spans many decades stay in floating
+    point range. Layers without a slope QC (GroupSort) take the norm-product chain instead.
     """
     if not all(hasattr(qc, "alpha") for qc in lmi.qcs):
         return norm_chain_params(lmi)
+    scaled, factors, _ = balance(lmi)
+    return _ldlt_fast(scaled) * factors
+
+
+def _ldlt_fast(lmi: ChainLMI) -> np.ndarray:
     x = np.eye(lmi.sizes[0])
     lambdas = []
     for w, qc in zip(lmi.weights[:-1], lmi.qcs):
