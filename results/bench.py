@@ -168,7 +168,9 @@ def _previous() -> dict:
             except ValueError:
                 parsed[k] = v
         parsed["certified"] = row.get("certified") == "True"
-        parsed["status"] = f"{row.get('status', '')} [earlier run]"
+        status = row.get("status", "")
+        parsed["status"] = status if status.endswith("[earlier run]") else \
+            f"{status} [earlier run]"
         out[(row["case"], row["runner"])] = parsed
     return out
 

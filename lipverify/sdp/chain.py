@@ -112,7 +112,8 @@ class ChainLMI(MultiplierSet):
             g: Blocks = qc.blocks_abs(p) if absolute else qc.blocks(p)
             w = ws[k - 1]
             sign = 1.0 if absolute else -1.0
-            d[k - 1] += sign * _quad(w, g.vv)
+            if np.any(g.vv):  # zero for alpha = 0 (ReLU): skip the n^3 product
+                d[k - 1] += sign * _quad(w, g.vv)
             b.append(sign * _rmul(w.T, g.vw))
             d[k] += sign * _as_matrix(g.ww)
         d[0][np.diag_indices(sizes[0])] += abs(rho)

@@ -48,6 +48,8 @@ from .qc import SlopeQC
 
 #: First trial step of the potential-reduction line search, over the Newton decrement.
 STEP = 2.0
+#: The start is rho = START_FACTOR * rho*(t0): strictly inside, not far from the boundary.
+START_FACTOR = 1.1
 #: Largest working memory the solver may take (the dense certificate's limit).
 IPM_MAX_BYTES = MAX_CERTIFICATE_BYTES
 
@@ -224,16 +226,16 @@ def _strict_start(lmi, params: np.ndarray | None) -> tuple[np.ndarray, float]:
     anchor = lmi.anchor()
     best = None
     for cand in ([] if params is None else [lmi.project(params)]):
-        for theta in (0.0, 0.01, 0.1, 0.5):
-            q = (1.0 - theta) * cand + theta * anchor  # strictly inside once theta > 0
+        for theta in (0.01, 0.1, 0.5):
+            q = (1.0 - theta) * cand + theta * anchor  # strictly inside (theta > 0)
             r = lmi.rho_star(q)
-            if math.isfinite(r) and theta > 0 and np.all(q > 0):
+            if math.isfinite(r) and np.all(q > 0):
                 best = (q, r) if best is None or r < best[1] else best
                 break
     if best is None:
         best = (anchor, lmi.rho_star(anchor))
     q, r = best
-    return q, 2.0 * r + 1e-9 * max(r, 1.0) + 1e-300
+    return q, START_FACTOR * r + 1e-9 * max(r, 1.0) + 1e-300
 
 
 def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = None,
