@@ -102,3 +102,10 @@ def test_ipm_refuses_non_slope_qcs_and_says_why():
     out = lipverify.bound(net, method="lipsdp-neuron", solver="ipm")
     assert out.certified and out.solver != "ipm"
     assert "slope QCs only" in out.details["ipm"]
+
+
+def test_an_early_stop_is_never_worse_than_ldlt_fast():
+    net = mlp([16] * 9 + [3], seed=5, scale=2.0)
+    out = lipverify.bound(net, method="lipsdp-neuron", solver="ipm", time_limit=1e-9)
+    fast = lipverify.bound(net, method="ldlt-fast")
+    assert out.certified and out.bound <= fast.bound * (1 + 1e-12)

@@ -213,7 +213,13 @@ def _lipsdp_ipm(lmi, details: dict, time_limit) -> MethodOutput:
                            "certified" if math.isfinite(bound) else "not certified")
     else:
         cert = certify_chain(lmi, res.params)
+        if res.status != "optimal":  # stopped early: never worse than its certified start
+            fast = certify_chain(lmi, start)
+            if fast.bound < cert.bound:
+                cert, details["ipm_start_better"] = fast, True
     status = "optimal" if res.status == "optimal" else f"interior point: {res.status}"
+    if details.get("ipm_start_better"):
+        status += "; its start (ldlt-fast) certified lower"
     if res.lower is not None and cert.ok:
         low = math.sqrt(max(res.lower, 0.0))
         details["dual_lower"], details["gap"] = low, (cert.bound - low) / cert.bound
