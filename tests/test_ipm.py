@@ -109,3 +109,13 @@ def test_an_early_stop_is_never_worse_than_ldlt_fast():
     out = lipverify.bound(net, method="lipsdp-neuron", solver="ipm", time_limit=1e-9)
     fast = lipverify.bound(net, method="ldlt-fast")
     assert out.certified and out.bound <= fast.bound * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("zero", [0, 1])
+def test_a_zero_layer_gives_a_tiny_certified_bound_not_a_crash(zero):
+    ws = [np.ones((4, 3)), np.ones((2, 4))]
+    ws[zero] = np.zeros_like(ws[zero])
+    net = lipverify.Network.sequential(ws, [RELU])
+    for method in ("ldlt-fast", "lipsdp-neuron"):
+        out = lipverify.bound(net, method=method)
+        assert out.certified and 0 <= out.bound <= 1e-5

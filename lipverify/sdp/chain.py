@@ -248,7 +248,8 @@ def balance(lmi: ChainLMI) -> tuple[ChainLMI, np.ndarray, float]:
     sigma_L^2``. Returns ``(scaled lmi, per-parameter factor 1/sigma_k^2, sigma_L^2)``. Deep
     nets whose norm product overflows the solver's range become O(1) problems.
     """
-    s = np.array([max(_norm2(w), 1e-300) for w in lmi.weights])
+    s = np.array([_norm2(w) for w in lmi.weights])
+    s = np.where((s > 0) & np.isfinite(s), s, 1.0)  # a zero layer keeps its scale
     s = 2.0 ** np.round(np.log2(s))  # powers of two: the scaled weights are exact
     weights = tuple(w / sk for w, sk in zip(lmi.weights, s))
     log_sigma2 = 2.0 * np.concatenate([[0.0], np.cumsum(np.log(s))])

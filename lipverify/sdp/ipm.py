@@ -284,6 +284,9 @@ def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = 
         lb = max(lower if lower is not None else 0.0, 0.0)
         q = reach * nu
         kappa = q / max(rho - lb, 1e-300 * rho)
+        if not kappa < 1e150:  # rho has reached ~0 (a network with a zero layer)
+            status = "optimal" if rho < 1e-100 else "stalled"
+            break
         d = kappa * d1 + d2
         lam = math.sqrt(max(kappa * kappa * q11 + 2 * kappa * q12 + q22, 0.0))
         step = min(1.0, STEP / lam)

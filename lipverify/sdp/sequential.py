@@ -61,8 +61,8 @@ def _ldlt_fast(lmi: ChainLMI) -> np.ndarray:
         m = _mid_slope(qc)
         k_mat = m * m * (w @ np.linalg.solve(x, w.T))
         k_mat = (k_mat + k_mat.T) / 2.0
-        top = max(float(scipy.linalg.eigvalsh(k_mat)[-1]), 1e-300)
-        ell = 1.0 / (2.0 * top)
+        top = float(scipy.linalg.eigvalsh(k_mat)[-1])
+        ell = 1.0 / (2.0 * top) if top > 1e-150 else 1.0  # a zero layer: any ell > 0 works
         lambdas.append(np.full(w.shape[0], ell))
         x = ell * np.eye(w.shape[0]) - ell * ell * k_mat
     return _finish(lmi, lambdas, x)
