@@ -147,23 +147,22 @@ class IPMResult:
         return max(self.rho - self.lower, 0.0) / self.rho
 
 
-def _inverse(s: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """``(S^-1, log det S)`` by Cholesky, or None when S is not positive definite."""
+def _factor(s: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """``(Cholesky factor, log det S)`` (in place), or None when S is not positive definite."""
     c, info = lapack.dpotrf(s, lower=1, clean=0, overwrite_a=1)
     if info != 0:
         return None
-    logdet = 2.0 * float(np.sum(np.log(np.diag(c))))
+    return c, 2.0 * float(np.sum(np.log(np.diag(c))))
+
+
+def _inverse(c: np.ndarray) -> np.ndarray:
+    """``S^-1`` from its Cholesky factor (overwritten)."""
     x, info = lapack.dpotri(c, lower=1, overwrite_c=1)
-    if info != 0:  # pragma: no cover - dpotrf succeeded
-        return None
+    if info != 0:  # pragma: no cover - the factor is nonsingular
+        raise np.linalg.LinAlgError("dpotri failed")
     x = np.tril(x)
     x += np.tril(x, -1).T
-    return x, logdet
-
-
-def _logdet(s: np.ndarray) -> float | None:
-    c, info = lapack.dpotrf(s, lower=1, clean=0, overwrite_a=1)
-    return 2.0 * float(np.sum(np.log(np.diag(c)))) if info == 0 else None
+    return x
 
 
 def _reduce(h: np.ndarray, starts: np.ndarray | None, axis: int) -> np.ndarray:
@@ -251,15 +250,18 @@ def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = 
     nu = form.order  # barrier parameter of -log det S
     lower, it, status = None, 0, "iteration limit"
     e0 = _unit(form.n_params + 1)
+    fac = None
     while it < max_iter:
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
             status = "time limit"
             break
-        inv = _inverse(lmi.assemble(p, rho))
-        if inv is None:  # pragma: no cover - iterates stay strictly feasible
+        if fac is None:  # the accepted line-search trial already factored S (reused)
+            fac = _factor(lmi.assemble(p, rho))
+        if fac is None:  # pragma: no cover - iterates stay strictly feasible
             status = "lost feasibility"
             break
-        x, logdet = inv
+        x, logdet = _inverse(fac[0]), fac[1]
+        fac = None
         s, hess = newton_system(form, x)
         w = s  # -(gradient of -log det S); t >= 0 is implied: S_ii = 2 t_i (-Gww = 2T)
         # one factorisation gives the Newton step for every mu: d(kappa) = kappa d1 + d2
@@ -296,8 +298,8 @@ def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = 
             rn, pn = rho + step * d[0], p + step * d[1:]
             f1 = None
             if rn > lb:
-                ld = _logdet(lmi.assemble(pn, rn))
-                f1 = None if ld is None else q * math.log(rn - lb) - ld
+                fac = _factor(lmi.assemble(pn, rn))
+                f1 = None if fac is None else q * math.log(rn - lb) - fac[1]
             if f1 is not None and f1 <= f0 - 1e-4 * step * lam * lam:
                 break
             step *= 0.5
