@@ -490,3 +490,23 @@ def add(a: LinearOp, b: LinearOp) -> LinearOp:
     """``a + b`` as one operator (flattening nested sums)."""
     parts = [*(a.ops if isinstance(a, Sum) else (a,)), *(b.ops if isinstance(b, Sum) else (b,))]
     return Sum(tuple(parts))
+
+
+def power_iteration(op: LinearOp, iters: int = 200, seed: int = 0, tol: float = 1e-10) -> float:
+    """Estimate ``||op||_2`` with ``matmat``/``rmatmat`` only (a lower estimate, §6.2)."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(1, op.n_in))
+    v /= np.linalg.norm(v)
+    sigma = 0.0
+    for _ in range(iters):
+        u = op.matmat(v)
+        nu = np.linalg.norm(u)
+        if nu == 0:
+            return 0.0
+        v = op.rmatmat(u / nu)
+        new = float(np.linalg.norm(v))
+        v /= new
+        if abs(new - sigma) <= tol * new:
+            return new
+        sigma = new
+    return sigma

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..certify import certified_gershgorin_norm, certified_inf_norm, certified_spectral_norm
 from ..conv_norm import certified_conv_norm
-from ..linear import Conv2d, LinearOp
+from ..linear import Conv2d, LinearOp, power_iteration
 from ..network import Network
 from ..results import MethodOutput
 from . import register_method
@@ -105,26 +105,6 @@ def gershgorin(network: Network, *, norm: str = "l2", **_) -> MethodOutput:
 
     value = propagate(network, _cached(op_norm), norm)
     return MethodOutput(bound=value, certified=math.isfinite(value))
-
-
-def power_iteration(op: LinearOp, iters: int = 200, seed: int = 0, tol: float = 1e-10) -> float:
-    """Estimate ``||op||_2`` with ``matmat``/``rmatmat`` only (a lower estimate, §6.2)."""
-    rng = np.random.default_rng(seed)
-    v = rng.normal(size=(1, op.n_in))
-    v /= np.linalg.norm(v)
-    sigma = 0.0
-    for _ in range(iters):
-        u = op.matmat(v)
-        nu = np.linalg.norm(u)
-        if nu == 0:
-            return 0.0
-        v = op.rmatmat(u / nu)
-        new = float(np.linalg.norm(v))
-        v /= new
-        if abs(new - sigma) <= tol * new:
-            return new
-        sigma = new
-    return sigma
 
 
 @register_method(

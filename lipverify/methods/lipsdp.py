@@ -197,29 +197,41 @@ def _use_ipm(lmi, solver: str, details: dict) -> bool:
     return reason is None
 
 
+def _dag_output(bound, params, rho, theta, *, status, solver, solver_value, details):
+    """A residual-network result with its monolithic (§5a) certificate record."""
+    ok = math.isfinite(bound)
+    details["certificate"] = {"kind": "lipsdp-dag", "multipliers": details["multipliers"],
+                              "rho": rho, "theta": theta, "params": np.asarray(params).tolist()}
+    return MethodOutput(bound=bound, certified=ok, status=status if ok else "not certified",
+                        solver=solver, solver_value=solver_value, details=details)
+
+
+def _certify(lmi, params) -> Certificate:
+    """The §8 certificate of ``params`` for a chain or (monolithically) a DAG."""
+    if not isinstance(lmi, DagLMI):
+        return certify_chain(lmi, params)
+    bound, q, rho, theta = certify_dag(lmi, params)
+    ok = math.isfinite(bound)
+    return Certificate(ok, bound, rho, q, theta, 0.0, "certified" if ok else "not certified")
+
+
 def _lipsdp_ipm(lmi, details: dict, time_limit) -> MethodOutput:
     """The interior-point solver (:mod:`lipverify.sdp.ipm`), then the §8 certificate of its
     multipliers on the exact weights. Its optimality gap comes from its own dual point."""
     from ..sdp.ipm import solve_chain_ipm
 
     dag = isinstance(lmi, DagLMI)
-    start = None if dag else ldlt_fast_params(lmi)
+    start = lmi.anchor() if dag else ldlt_fast_params(lmi)
     res = solve_chain_ipm(lmi, start, time_limit=time_limit)
     details.update(ipm_iterations=res.iterations, solve_seconds=res.seconds,
                    ipm_status=res.status)
-    if dag:
-        bound, params, rho, theta = certify_dag(lmi, res.params)
-        cert = Certificate(math.isfinite(bound), bound, rho, params, theta, 0.0,
-                           "certified" if math.isfinite(bound) else "not certified")
-    else:
-        cert = certify_chain(lmi, res.params)
-        if res.status != "optimal":  # stopped early: never worse than its certified start
-            fast = certify_chain(lmi, start)
-            if fast.bound < cert.bound:
-                cert, details["ipm_start_better"] = fast, True
+    cert = _certify(lmi, res.params)
     status = "optimal" if res.status == "optimal" else f"interior point: {res.status}"
-    if details.get("ipm_start_better"):
-        status += "; its start (ldlt-fast) certified lower"
+    if res.status != "optimal":  # stopped early: never worse than its certified start
+        first = _certify(lmi, start)
+        if first.bound < cert.bound:
+            cert, details["ipm_start_better"] = first, True
+            status += f"; its start ({'anchor' if dag else 'ldlt-fast'}) certified lower"
     if res.lower is not None and cert.ok:
         low = math.sqrt(max(res.lower, 0.0))
         details["dual_lower"], details["gap"] = low, (cert.bound - low) / cert.bound
@@ -230,12 +242,8 @@ def _lipsdp_ipm(lmi, details: dict, time_limit) -> MethodOutput:
         status += "; time limit reached, best certified iterate"
     solver_value = math.sqrt(res.rho)
     if dag:
-        details["certificate"] = {"kind": "lipsdp-dag", "multipliers": details["multipliers"],
-                                  "rho": cert.rho, "theta": cert.theta,
-                                  "params": cert.params.tolist()}
-        return MethodOutput(bound=cert.bound, certified=cert.ok,
-                            status=status if cert.ok else "not certified", solver="ipm",
-                            solver_value=solver_value, details=details)
+        return _dag_output(cert.bound, cert.params, cert.rho, cert.theta, status=status,
+                           solver="ipm", solver_value=solver_value, details=details)
     return _output(cert, status=status, solver="ipm", solver_value=solver_value,
                    details=details)
 
@@ -326,12 +334,8 @@ def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit,
         status += f"; repaired (theta={theta:.3g})"
     if info.get("timed_out"):
         status += "; time limit reached, best certified iterate"
-    ok = math.isfinite(bound)
-    details["certificate"] = {"kind": "lipsdp-dag", "multipliers": details["multipliers"],
-                              "rho": rho, "theta": theta,
-                              "params": params.tolist()}
-    return MethodOutput(bound=bound, certified=ok, status=status if ok else "not certified",
-                        solver=solver_name, solver_value=solver_value, details=details)
+    return _dag_output(bound, params, rho, theta, status=status, solver=solver_name,
+                       solver_value=solver_value, details=details)
 
 
 #: mu / rho schedules of the structured solver: from scratch, and polishing a solver's point.

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.linalg
 
 from ..errors import NotApplicableError
+from ..linear import Dense, power_iteration
 from ..network import Network
 from .qc import QC, Blocks, qc_for
 
@@ -224,22 +225,6 @@ def assemble_tridiagonal(d: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray
     return m
 
 
-def _norm2(w: np.ndarray, iters: int = 30) -> float:
-    """Spectral norm estimate by power iteration (only a scale: any positive value is sound)."""
-    rng = np.random.default_rng(0)
-    v = rng.standard_normal(w.shape[1])
-    est = 0.0
-    for _ in range(iters):
-        u = w @ v
-        nu = np.linalg.norm(u)
-        if nu == 0:
-            return 0.0
-        v = w.T @ (u / nu)
-        est = np.linalg.norm(v)
-        v /= est
-    return float(est)
-
-
 def balance(lmi: ChainLMI) -> tuple[ChainLMI, np.ndarray, float]:
     """Rescale every weight to unit norm: the same LMI up to congruence (§2).
 
@@ -248,7 +233,7 @@ def balance(lmi: ChainLMI) -> tuple[ChainLMI, np.ndarray, float]:
     sigma_L^2``. Returns ``(scaled lmi, per-parameter factor 1/sigma_k^2, sigma_L^2)``. Deep
     nets whose norm product overflows the solver's range become O(1) problems.
     """
-    s = np.array([_norm2(w) for w in lmi.weights])
+    s = np.array([power_iteration(Dense(w), iters=30, tol=1e-3) for w in lmi.weights])
     s = np.where((s > 0) & np.isfinite(s), s, 1.0)  # a zero layer keeps its scale
     s = 2.0 ** np.round(np.log2(s))  # powers of two: the scaled weights are exact
     weights = tuple(w / sk for w, sk in zip(lmi.weights, s))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import SolverError
 from .backends import Backend
-from .chain import ChainLMI
+from .chain import ChainLMI, balance
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,20 +27,13 @@ class SolveResult:
     seconds: float
 
 
-def _scales(lmi: ChainLMI) -> np.ndarray:
-    return np.array([max(float(np.linalg.norm(w, 2)), 1e-300) for w in lmi.weights])
-
-
 def solve_chain(
     lmi: ChainLMI, backend: Backend, time_limit: float | None = None, form: str = "chordal"
 ) -> SolveResult:
     """Solve min rho s.t. M(rho, p) >= 0 with ``backend``; returns multipliers for ``lmi``."""
     import cvxpy as cp
 
-    s = _scales(lmi)
-    scaled = ChainLMI(
-        tuple(w / sk for w, sk in zip(lmi.weights, s)), (None,) * len(s), lmi.qcs, lmi.name
-    )
+    scaled, factors, out = balance(lmi)
     rho = cp.Variable(nonneg=True, name="rho")
     params = [cp.Variable(qc.num_params(), name=f"t{k}") for k, qc in enumerate(scaled.qcs, 1)]
     cons = [c for qc, p in zip(scaled.qcs, params) for c in qc.constraints(p)]
@@ -64,12 +57,9 @@ def solve_chain(
     seconds, status = _run(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
     if rho.value is None or any(p.value is None for p in params):
         return SolveResult(None, None, status, backend.name, seconds)
-    # map back: t_k = t~_k * prod_{j>k} s_j^2, rho = rho~ * prod_j s_j^2
-    tail = np.array([np.prod(s[k + 1 :] ** 2) for k in range(len(params))])
-    orig = np.concatenate(
-        [np.asarray(p.value, dtype=np.float64).ravel() * tail[k] for k, p in enumerate(params)]
-    )
-    value = math.sqrt(max(float(rho.value), 0.0) * float(np.prod(s**2)))
+    orig = np.concatenate([np.asarray(p.value, dtype=np.float64).ravel() for p in params])
+    value = math.sqrt(max(float(rho.value), 0.0) * out)
+    orig = orig * factors
     return SolveResult(orig, value, status, backend.name, seconds)
 
 
