@@ -14,7 +14,8 @@ import numpy as np
 
 from ..certify import certify_pd
 from ..linear import gamma
-from .chain import ChainLMI
+from .chain import ChainLMI, balance, is_exact_balance
+from .chordal_cert import ChordalCertificate, ForwardChordal, verify_chain_chordal
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,16 +45,41 @@ def _radius(lmi: ChainLMI, params, rho) -> np.ndarray:
 def verify_chain(lmi: ChainLMI, params, rho: float) -> bool:
     """The §8 check itself: is ``M(rho, params)`` provably positive definite?
 
-    ``params`` must already lie in the multiplier set (checked exactly).
+    ``params`` must already lie in the multiplier set (checked exactly). Small LMIs try one
+    dense Cholesky first; every LMI then gets the clique-by-clique check (§3, §8 "Chordal
+    form"), which is what certifies deep and large chains.
     """
     params = np.asarray(params, dtype=np.float64)
     if params.shape != (sum(lmi.param_sizes),) or not np.array_equal(lmi.project(params), params):
         return False
+    if lmi.order <= LARGE_ORDER and _verify_dense(lmi, params, rho):
+        return True
+    bal = _balanced(lmi, params)
+    if bal is not None:
+        scaled, p_scaled, out = bal
+        r_scaled = rho / out
+        if r_scaled * out == rho and verify_chain_chordal(scaled, p_scaled, r_scaled):
+            return True
+    return verify_chain_chordal(lmi, params, rho)
+
+
+def _balanced(lmi: ChainLMI, params) -> tuple[ChainLMI, np.ndarray, float] | None:
+    """The exactly balanced chain (:func:`balance`) and the multipliers in its scale, or None
+    when some rescaling would round: then ``M(rho, T)`` and ``M_scaled(rho / out, T / f)``
+    are exactly congruent, so either certifies the other."""
+    scaled, factors, out = balance(lmi)
+    p_scaled = params / factors
+    if not is_exact_balance(lmi, scaled, factors, out) or not np.array_equal(
+            p_scaled * factors, params) or not np.isfinite(p_scaled).all():
+        return None
+    return scaled, p_scaled, out
+
+
+def _verify_dense(lmi: ChainLMI, params, rho: float) -> bool:
     return certify_pd(lmi.assemble(params, rho), _radius(lmi, params, rho))
 
 
-#: Above this LMI order each dense check costs seconds: one bisection step, not three
-#: (the margin is then within a factor ~30 of the smallest, i.e. below ~1e-7 relative).
+#: Above this LMI order a dense check costs seconds: only the clique-wise check runs.
 LARGE_ORDER = 2000
 
 
@@ -85,11 +111,32 @@ def smallest_margin(check, rho_star: float, steps: int = 3) -> tuple[float, floa
 
 
 def _try(lmi: ChainLMI, params, rho_star: float, theta: float) -> Certificate | None:
-    found = smallest_margin(lambda r: verify_chain(lmi, params, r), rho_star,
-                            steps=3 if lmi.order <= LARGE_ORDER else 1)
-    if found is None:
+    """Dense check first on small LMIs (the tightest margin); the clique-wise check (same
+    rho* up to its margins) on large ones or when the dense check fails."""
+    found = []
+    if lmi.order <= LARGE_ORDER:
+        dense = smallest_margin(lambda r: _verify_dense(lmi, params, r), rho_star)
+        if dense is not None:
+            found.append(dense)
+    def add(hit):
+        if hit is not None and math.isfinite(hit[0] * out) and (hit[0] * out) / out == hit[0]:
+            found.append((hit[0] * out, hit[0] * out / max(rho_star, 1e-300) - 1.0))
+
+    if not found or found[0][1] > 1e-12:  # the clique-wise checks may need a smaller margin
+        bal = _balanced(lmi, params)
+        scaled, p_scaled, out = bal if bal is not None else (lmi, params, 1.0)
+        backward = ChordalCertificate(scaled, p_scaled)
+        if backward.ok:
+            add(smallest_margin(backward.check, backward.rho_star))
+        if not found or min(found)[1] > 1e-6:  # pivots ill-conditioned backward: go forward
+            forward = ForwardChordal(scaled, p_scaled)
+            guess = scaled.rho_star(p_scaled)
+            r0 = forward.rho_estimate(guess)
+            if math.isfinite(r0):
+                add(smallest_margin(forward.check, r0))
+    if not found:
         return None
-    rho, eps = found
+    rho, eps = min(found)
     bound = float(np.nextafter(math.sqrt(rho), np.inf))
     return Certificate(True, bound, rho, params, theta, eps, "certified")
 

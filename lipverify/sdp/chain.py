@@ -231,15 +231,38 @@ def balance(lmi: ChainLMI) -> tuple[ChainLMI, np.ndarray, float]:
     With ``W_k = s_k What_k`` and activations scaled by ``sigma_k = prod_{j<k} s_j`` (slope QCs
     are homogeneous), multipliers map as ``T_k = That_k / sigma_k^2`` and ``rho = rhohat *
     sigma_L^2``. Returns ``(scaled lmi, per-parameter factor 1/sigma_k^2, sigma_L^2)``. Deep
-    nets whose norm product overflows the solver's range become O(1) problems.
+    nets whose norm product overflows the solver's range become O(1) problems. Every scale is
+    an integer power of two, so the scaled weights (and radii) are exact unless they leave
+    the normal range (see :func:`is_exact_balance`).
     """
     s = np.array([power_iteration(Dense(w), iters=30, tol=1e-3) for w in lmi.weights])
     s = np.where((s > 0) & np.isfinite(s), s, 1.0)  # a zero layer keeps its scale
-    s = 2.0 ** np.round(np.log2(s))  # powers of two: the scaled weights are exact
-    weights = tuple(w / sk for w, sk in zip(lmi.weights, s))
-    log_sigma2 = 2.0 * np.concatenate([[0.0], np.cumsum(np.log(s))])
+    e = np.round(np.log2(s)).astype(int)  # W_k / 2^e_k is exact
+    weights = tuple(np.ldexp(w, -ek) for w, ek in zip(lmi.weights, e))
+    radii = tuple(None if r is None else np.ldexp(r, -ek) for r, ek in zip(lmi.radii, e))
+    log2_sigma2 = 2 * np.concatenate([[0], np.cumsum(e)])  # log2 sigma_k^2, integers
     # the scaled LMI is D M D / sigma_L^2 with D = blkdiag(sigma_k I)
-    factors = np.concatenate([np.full(qc.num_params(), math.exp(log_sigma2[-1] - log_sigma2[k]))
+    factors = np.concatenate([np.full(qc.num_params(),
+                                      math.ldexp(1.0, int(log2_sigma2[-1] - log2_sigma2[k])))
                               for k, qc in enumerate(lmi.qcs, start=1)])
-    scaled = replace(lmi, weights=weights, radii=tuple(None for _ in weights))
-    return scaled, factors, math.exp(log_sigma2[-1])
+    scaled = replace(lmi, weights=weights, radii=radii)
+    return scaled, factors, math.ldexp(1.0, int(log2_sigma2[-1]))
+
+
+def is_exact_balance(lmi: ChainLMI, scaled: ChainLMI, factors: np.ndarray, out: float) -> bool:
+    """True if :func:`balance` rescaled every weight and radius without rounding and its
+    factors are finite nonzero powers of two: then ``M_scaled(rho / out, T / factors)`` is an
+    exact congruence of ``M(rho, T) / out`` and certifies it."""
+    if not (np.isfinite(factors).all() and (factors > 0).all() and 0 < out < math.inf):
+        return False
+    for a, b in zip(lmi.weights + lmi.radii, scaled.weights + scaled.radii):
+        if (a is None) != (b is None):
+            return False
+        if a is None:
+            continue
+        # x * 2^-e is exact unless the result is subnormal, zero or infinite
+        nz = b != 0
+        if not np.isfinite(b).all() or not np.array_equal(nz, a != 0) or \
+                (np.abs(b[nz]) < 2.0**-1022).any():
+            return False
+    return True

@@ -1,0 +1,260 @@
+"""Clique-by-clique certificate of a chain LMI (FORMULATIONS.md §3 and §8 "Chordal form").
+
+``M(rho, T) = sum_k E_k^T Z_k E_k`` holds *identically* for any symmetric splitting
+matrices ``Q_1..Q_{L-2}`` (they cancel), with ``Q_0 = rho I`` and ``Q_{L-1} = W_L^T W_L``::
+
+    Z_k = [[Q_{k-1} - W_k^T Gvv_k W_k,  -W_k^T Gvw_k],
+           [-Gvw_k^T W_k,               -Gww_k - Q_k]]          (§3, §4 insertion rule)
+
+So proving every ``Z_k > 0`` (each by Rump's shifted Cholesky with its own assembly radius,
+:func:`lipverify.certify.certify_pd`) proves ``M > 0``. The ``Q_k`` are ordinary float64
+matrices chosen by us: the backward Schur recursion of §2 in floating point, plus a small
+diagonal margin so that each ``Z_k`` is strictly positive definite at its *own* scale.
+Their rounding never matters for soundness (whatever floats they are, they cancel exactly);
+it only decides whether the check passes.
+
+Why not one dense Cholesky of ``M``: on deep or badly scaled chains the smallest eigenvalue
+of ``M`` near ``rho*`` sits ~1e-15 below its largest entries, under Rump's shift for the
+full order, while every clique keeps a healthy relative margin. It is also cheaper:
+``sum_k (n_{k-1} + n_k)^3`` instead of ``(sum_k n_k)^3``, in memory of one clique.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.linalg
+
+from ..certify import certify_pd
+from ..linear import gamma
+from .chain import ChainLMI, _as_matrix, _quad, _rmul
+
+#: First relative margin of each clique's Schur complement, then x8 per failed check.
+FIRST_MARGIN = 2.0**-40
+LAST_MARGIN = 2.0**-8
+
+
+class _Clique:
+    """Blocks of clique k without its Q terms: ``Z_k = [[Q_{k-1} + a, b], [b^T, c - Q_k]]``,
+    with their absolute-value twins for the assembly radius (§8)."""
+
+    def __init__(self, a, b, c, a_abs, b_abs, c_abs, inner: int, weight_rad=None):
+        self.a, self.b, self.c = a, b, c
+        self.a_abs, self.b_abs, self.c_abs = a_abs, b_abs, c_abs
+        self.inner = inner
+        self.weight_rad = weight_rad  # extra radius from weights known up to a radius
+
+    def assemble(self, q_prev, q_next):
+        top = self.a + q_prev
+        bottom = self.c if q_next is None else self.c - q_next
+        return np.block([[top, self.b], [self.b.T, bottom]])
+
+    def radius(self, q_prev, q_next):
+        top = self.a_abs + np.abs(q_prev)
+        bottom = self.c_abs if q_next is None else self.c_abs + np.abs(q_next)
+        z_abs = np.block([[top, self.b_abs], [self.b_abs.T, bottom]])
+        # entries: two inner sums (W^T G W) and a few additions (§8 assembly radius)
+        rad = gamma(2 * self.inner + 8) * 1.01 * z_abs
+        if self.weight_rad is not None:
+            rad = rad + self.weight_rad
+        return rad * (1.0 + 1e-12)
+
+
+def _cliques(lmi: ChainLMI, params) -> list[_Clique]:
+    out = []
+    splits = lmi.split(params)
+    last = len(lmi.qcs)
+    for k, (qc, p) in enumerate(zip(lmi.qcs, splits), start=1):
+        w, r = lmi.weights[k - 1], lmi.radii[k - 1]
+        w_abs = np.abs(w) + (0 if r is None else r)
+        g, g_abs = qc.blocks(p), qc.blocks_abs(p)
+        n_prev = w.shape[1]
+        a = -_quad(w, g.vv) if np.any(g.vv) else np.zeros((n_prev, n_prev))
+        a_abs = _quad(w_abs, g_abs.vv) if np.any(g_abs.vv) else np.zeros((n_prev, n_prev))
+        b, b_abs = -_rmul(w.T, g.vw), _rmul(w_abs.T, g_abs.vw)
+        c, c_abs = -_as_matrix(g.ww), _as_matrix(g_abs.ww)
+        inner = max(w.shape)
+        extra = None
+        if r is not None:  # |W| + r instead of |W|: the difference is the weights' own radius
+            plain = np.abs(w)
+            ea = (_quad(w_abs, g_abs.vv) - _quad(plain, g_abs.vv)) if np.any(g_abs.vv) \
+                else np.zeros_like(a)
+            eb = _rmul(w_abs.T, g_abs.vw) - _rmul(plain.T, g_abs.vw)
+            extra = [ea, eb, np.zeros_like(c)]
+        if k == last:  # Q_{L-1} = W_L^T W_L is part of this clique's bottom block
+            wl, rl = lmi.weights[-1], lmi.radii[-1]
+            wl_abs = np.abs(wl) + (0 if rl is None else rl)
+            c = c - wl.T @ wl
+            c_abs = c_abs + wl_abs.T @ wl_abs
+            inner = max(inner, wl.shape[0])
+            if rl is not None:
+                extra = extra or [np.zeros_like(a), np.zeros_like(b), np.zeros_like(c)]
+                extra[2] = extra[2] + wl_abs.T @ wl_abs - np.abs(wl).T @ np.abs(wl)
+        weight_rad = None if extra is None else np.block([[extra[0], extra[1]],
+                                                          [extra[1].T, extra[2]]])
+        out.append(_Clique(a, b, c, a_abs, b_abs, c_abs, inner, weight_rad))
+    return out
+
+
+def _schur(clq: _Clique, q_next) -> np.ndarray | None:
+    """``b (c - Q_k)^-1 b^T - a`` (the smallest admissible ``Q_{k-1}``), None if the pivot
+    ``c - Q_k`` is not positive definite."""
+    piv = clq.c if q_next is None else clq.c - q_next
+    piv = (piv + piv.T) / 2.0
+    try:
+        chol = scipy.linalg.cho_factor(piv, lower=True, check_finite=False)
+    except (scipy.linalg.LinAlgError, ValueError):
+        return None
+    s = clq.b @ scipy.linalg.cho_solve(chol, clq.b.T, check_finite=False) - clq.a
+    return (s + s.T) / 2.0
+
+
+class ChordalCertificate:
+    """The splitting matrices ``Q_1..Q_{L-2}`` for fixed multipliers, each clique ``Z_k``
+    (k >= 2) already certified; :meth:`check` then tests the first clique for a given rho.
+
+    ``rho_star`` is the smallest rho the first clique can take with these ``Q`` (>= the
+    exact rho*(T) of §2 by the margins added on the way).
+    """
+
+    def __init__(self, lmi: ChainLMI, params):
+        self.ok = False
+        self.rho_star = math.inf
+        self.cliques = _cliques(lmi, params)
+        q_next = None
+        for k in range(len(self.cliques) - 1, 0, -1):  # cliques L-1 .. 2 choose Q_{k-1}
+            clq = self.cliques[k]
+            s = _schur(clq, q_next)
+            if s is None or not np.isfinite(s).all():
+                return
+            diag = np.abs(np.diag(s))
+            base = np.maximum(diag, 2.0**-20 * float(diag.max(initial=0.0)))
+            base = np.where(base > 0, base, 2.0**-1000)
+            delta = FIRST_MARGIN
+            while True:  # the smallest margin that this clique certifies with
+                q_prev = s + np.diag(delta * base)
+                if certify_pd(clq.assemble(q_prev, q_next), clq.radius(q_prev, q_next)):
+                    break
+                delta *= 8.0
+                if delta > LAST_MARGIN:
+                    return
+            q_next = q_prev
+        self.q1 = q_next  # Q_1 (None for one hidden layer: the last clique is the first)
+        s1 = _schur(self.cliques[0], self.q1)
+        if s1 is None or not np.isfinite(s1).all():
+            return
+        n0 = s1.shape[0]
+        self.rho_star = max(float(scipy.linalg.eigvalsh(s1, subset_by_index=[n0 - 1, n0 - 1])[0]),
+                            0.0)
+        self.ok = True
+
+    def check(self, rho: float) -> bool:
+        """Is ``Z_1(rho) > 0`` provably (then ``M(rho, T) > 0``)?"""
+        if not self.ok or not (math.isfinite(rho) and rho >= 0):
+            return False
+        clq = self.cliques[0]
+        q0 = np.diag(np.full(clq.a.shape[0], float(rho)))
+        return certify_pd(clq.assemble(q0, self.q1), clq.radius(q0, self.q1))
+
+
+def verify_chain_chordal(lmi: ChainLMI, params, rho: float) -> bool:
+    """The clique-wise §8 check of ``M(rho, params) > 0`` (params already projected)."""
+    return ChordalCertificate(lmi, params).check(rho)
+
+
+def _pivot_margin(s: np.ndarray) -> np.ndarray:
+    diag = np.abs(np.diag(s))
+    base = np.maximum(diag, 2.0**-20 * float(diag.max(initial=0.0)))
+    return np.where(base > 0, base, 2.0**-1000)
+
+
+class ForwardChordal:
+    """The same clique split, with the ``Q_k`` chosen *forward* from ``Q_0 = rho I``: each
+    clique's top block is the forward pivot ``X_{k-1}`` of §2 (ECLipsE's recursion, §2b),
+    which is what sequential multipliers (ldlt-fast) keep well conditioned. ``rho`` enters
+    every ``Q_k``, so :meth:`check` runs the whole sweep, certifying each clique."""
+
+    def __init__(self, lmi: ChainLMI, params):
+        self.cliques = _cliques(lmi, params)
+
+    def _sweep(self, rho: float, certify: bool) -> bool:
+        n0 = self.cliques[0].a.shape[0]
+        q_prev = np.diag(np.full(n0, float(rho)))
+        for k, clq in enumerate(self.cliques):
+            last = k == len(self.cliques) - 1
+            top = clq.a + q_prev
+            top = (top + top.T) / 2.0
+            try:
+                chol = scipy.linalg.cho_factor(top, lower=True, check_finite=False)
+            except (scipy.linalg.LinAlgError, ValueError):
+                return False
+            # the bottom block left after eliminating the top: c - b^T top^-1 b (- Q_k)
+            s = clq.c - clq.b.T @ scipy.linalg.cho_solve(chol, clq.b, check_finite=False)
+            s = (s + s.T) / 2.0
+            if not np.isfinite(s).all():
+                return False
+            if last:
+                q_next = None
+            else:  # Q_k = s - margin: Z_k's Schur complement onto the bottom is the margin
+                base = _pivot_margin(s)
+                delta = FIRST_MARGIN if certify else 0.0
+                q_next = s - np.diag(delta * base)
+            if certify:
+                while not certify_pd(clq.assemble(q_prev, q_next), clq.radius(q_prev, q_next)):
+                    if last:
+                        return False
+                    delta *= 8.0
+                    if delta > LAST_MARGIN:
+                        return False
+                    q_next = s - np.diag(delta * base)
+            elif last:
+                try:
+                    scipy.linalg.cholesky(s, lower=True, check_finite=False)
+                except (scipy.linalg.LinAlgError, ValueError):
+                    return False
+            q_prev = q_next
+        return True
+
+    def feasible(self, rho: float) -> bool:
+        """Float forward sweep, no certificate: do all forward pivots stay positive?"""
+        return self._sweep(rho, certify=False)
+
+    def check(self, rho: float) -> bool:
+        """Is ``M(rho, T) > 0`` provably (every clique certified)?"""
+        if not (math.isfinite(rho) and rho >= 0):
+            return False
+        return self._sweep(rho, certify=True)
+
+    def rho_estimate(self, guess: float | None = None, iters: int = 60) -> float:
+        """The smallest rho whose float forward sweep succeeds (log-bisection), inf if none."""
+        if guess is not None and math.isfinite(guess) and guess > 0:
+            if self.feasible(guess * (1.0 + 1e-10)):  # the backward rho* is accurate
+                return guess * (1.0 + 1e-10)
+            hi = guess
+        else:
+            hi = 1.0
+        for _ in range(200):
+            if self.feasible(hi):
+                break
+            hi *= 4.0
+            if not math.isfinite(hi):
+                return math.inf
+        else:
+            return math.inf
+        lo = hi / 4.0
+        for _ in range(200):
+            if not self.feasible(lo):
+                break
+            hi, lo = lo, lo / 4.0
+            if lo < 1e-300:
+                return hi
+        for _ in range(iters):
+            mid = math.sqrt(lo * hi)
+            if self.feasible(mid):
+                hi = mid
+            else:
+                lo = mid
+            if hi - lo <= 1e-13 * hi:
+                break
+        return hi
