@@ -14,7 +14,13 @@ import numpy as np
 
 from ..certify import certify_pd
 from ..linear import gamma
-from .chain import ChainLMI, balance, is_exact_balance
+from .chain import (
+    MAX_CERTIFICATE_BYTES,
+    ChainLMI,
+    balance,
+    dense_certificate_bytes,
+    is_exact_balance,
+)
 from .chordal_cert import ChordalCertificate, ForwardChordal, verify_chain_chordal
 
 
@@ -134,6 +140,11 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float) -> Certificate | 
             r0 = forward.rho_estimate(guess)
             if math.isfinite(r0):
                 add(smallest_margin(forward.check, r0))
+    if (not found or min(found)[1] > 1e-6) and lmi.order > LARGE_ORDER and \
+            dense_certificate_bytes(lmi.order) <= MAX_CERTIFICATE_BYTES:
+        dense = smallest_margin(lambda r: _verify_dense(lmi, params, r), rho_star, steps=1)
+        if dense is not None:
+            found.append(dense)
     if not found:
         return None
     rho, eps = min(found)
@@ -141,20 +152,45 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float) -> Certificate | 
     return Certificate(True, bound, rho, params, theta, eps, "certified")
 
 
+#: Repairs tried before blending toward the anchor: ``(rho, T) -> (1 + e)(rho, T)`` adds
+#: ``e C^T C`` to ``M`` (every QC is a cone), which lifts a singular last pivot of a
+#: multiplier set on the boundary (ldlt-fast) at a cost of only ``1 + e`` in rho.
+SCALE_REPAIRS = (2.0**-30, 2.0**-17, 2.0**-7, 2.0**-3)
+
+
 def certify_chain(lmi: ChainLMI, params) -> Certificate:
-    """Certify ``sqrt(rho)`` for the multipliers ``params`` (repaired if infeasible)."""
+    """Certify ``sqrt(rho)`` for the multipliers ``params`` (repaired if infeasible: first
+    scaled up slightly, then blended toward the anchor, §8 step 4)."""
     p = lmi.project(params)
-    anchor = None
-    theta = 0.0
-    while True:
-        q = p if theta == 0.0 else (1.0 - theta) * p + theta * anchor
-        rho = lmi.rho_star(q)
+    scaled, factors, out = balance(lmi)
+
+    def rho_star(q):
+        r = lmi.rho_star(q)
+        if not math.isfinite(r) and is_exact_balance(lmi, scaled, factors, out):
+            r = scaled.rho_star(q / factors) * out  # deep nets: the balanced recursion
+        return r
+
+    best = None
+    for e in (0.0, *SCALE_REPAIRS):
+        q = p if e == 0.0 else p * (1.0 + e)
+        rho = rho_star(q)
+        if math.isfinite(rho):
+            cert = _try(lmi, q, rho, 0.0)
+            if cert is not None and (best is None or cert.bound < best.bound):
+                best = cert
+            if best is not None and best.margin <= 1e-6:
+                return best
+    anchor = lmi.anchor()
+    theta = 1e-6
+    while True:  # blend toward the anchor; keep whichever repair certifies lower
+        q = (1.0 - theta) * p + theta * anchor
+        rho = rho_star(q)
         if math.isfinite(rho):
             cert = _try(lmi, q, rho, theta)
             if cert is not None:
-                return cert
+                return cert if best is None or cert.bound < best.bound else best
         if theta >= 1.0:
-            return Certificate(
+            return best if best is not None else Certificate(
                 False,
                 math.inf,
                 math.inf,
@@ -163,6 +199,4 @@ def certify_chain(lmi: ChainLMI, params) -> Certificate:
                 0.0,
                 "even the anchor multipliers could not be certified",
             )
-        if anchor is None:
-            anchor = lmi.anchor()
-        theta = min(1.0, 1e-6 if theta == 0.0 else 2.0 * theta)
+        theta = min(1.0, 2.0 * theta)
