@@ -96,3 +96,21 @@ def test_deep_chain_certified_where_one_dense_cholesky_is_not():
     assert r.certified and lower <= r.bound <= naive
     body = lipverify.certificates.certificate_dict(r)
     assert lipverify.check_certificate(net, body).valid
+
+
+def test_ldlt_fast_on_a_deep_chain_certifies_below_its_own_rho_star():
+    """ECLipsE-Fast multipliers sit on the boundary of the feasible set (a singular last
+    pivot): the dense test could only certify them after blending toward the anchor. The
+    clique-wise check with the (1 + e)(rho, T) repair certifies below rho*(T) itself."""
+    widths = [64] * 17 + [10]  # the bench's "depth sweep 64x16" network
+    rng = np.random.default_rng(16)
+    ws = [rng.normal(size=(b, a)) / np.sqrt(a) for a, b in zip(widths, widths[1:])]
+    net = lipverify.Network.sequential(ws, [SlopeRestricted.named("relu")] * (len(ws) - 1))
+    lmi = ChainLMI.from_network(net)
+    from lipverify.sdp.sequential import ldlt_fast_params
+
+    own = np.sqrt(lmi.rho_star(ldlt_fast_params(lmi)))  # ECLipsE-Fast's value, 843.11
+    r = lipverify.bound(net, method="ldlt-fast")
+    lower = lipverify.bound(net, method="lower").bound
+    assert r.certified and lower <= r.bound <= own
+    assert lipverify.check_certificate(net, lipverify.certificates.certificate_dict(r)).valid
