@@ -119,3 +119,25 @@ def test_a_zero_layer_gives_a_tiny_certified_bound_not_a_crash(zero):
     for method in ("ldlt-fast", "lipsdp-neuron"):
         out = lipverify.bound(net, method=method)
         assert out.certified and 0 <= out.bound <= 1e-5
+
+
+@pytest.mark.parametrize("act", [RELU, SlopeRestricted("slope", 0.0, 2.0)])
+@pytest.mark.parametrize("per_neuron", [True, False])
+def test_reduced_barrier_equals_the_full_one(act, per_neuron):
+    """Eliminating the rho I input block (order N - n0) gives the same log det, gradient and
+    Hessian as the dense inverse of the whole LMI."""
+    rng = np.random.default_rng(1)
+    lmi = ChainLMI.from_network(mlp([9, 5, 6, 4, 3], seed=1, act=act), per_neuron)
+    form = ipm.neuron_form(lmi)
+    p, rho = ipm._strict_start(lmi, None)
+    p, rho = p * (1 + rng.random(p.size)), 3 * rho
+    assert ipm._ReducedBarrier.applies(lmi, form)
+    full, red = ipm._FullBarrier(lmi, form), ipm._ReducedBarrier(lmi, form)
+    (c1, l1), (c2, l2) = full.factor(p, rho), red.factor(p, rho)
+    assert l2 == pytest.approx(l1, rel=1e-13)
+    g1, h1 = full.newton(c1, p, rho)
+    g2, h2 = red.newton(c2, p, rho)
+    assert np.allclose(g2, g1, rtol=1e-11, atol=1e-13 * np.abs(g1).max())
+    assert np.allclose(h2, h1, rtol=1e-11, atol=1e-13 * np.abs(h1).max())
+    other = ChainLMI.from_network(mlp([9, 5, 3], act=SlopeRestricted("s", -0.3, 1.2)))
+    assert not ipm._ReducedBarrier.applies(other, ipm.neuron_form(other))  # alpha beta != 0

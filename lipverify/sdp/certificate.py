@@ -89,7 +89,8 @@ def _verify_dense(lmi: ChainLMI, params, rho: float) -> bool:
 LARGE_ORDER = 2000
 
 
-def smallest_margin(check, rho_star: float, steps: int = 3) -> tuple[float, float] | None:
+def smallest_margin(check, rho_star: float, steps: int = 3,
+                    first: float | None = None) -> tuple[float, float] | None:
     """``(rho, eps)`` with ``check(rho)`` true for ``rho = rho* (1 + eps) + eps``, eps small:
     1e-12 first, then one jump to 1e-6 and a log-bisection back down (each check is a dense
     Cholesky, so few of them), else upward by 10x to 1e-1. None if nothing passes."""
@@ -97,6 +98,10 @@ def smallest_margin(check, rho_star: float, steps: int = 3) -> tuple[float, floa
     def rho_of(eps):
         return rho_star * (1.0 + eps) + eps
 
+    if first is not None and check(rho_of(first)):  # a margin that usually passes
+        if check(rho_of(1e-12)):
+            return rho_of(1e-12), 1e-12
+        return rho_of(first), first
     if check(rho_of(1e-12)):
         return rho_of(1e-12), 1e-12
     lo, hi = -12.0, None
@@ -116,35 +121,47 @@ def smallest_margin(check, rho_star: float, steps: int = 3) -> tuple[float, floa
     return rho_of(10.0**hi), 10.0**hi
 
 
+#: LMIs up to this order try the dense check first (cheap, and the tightest when it passes).
+SMALL_ORDER = 500
+#: A certified margin this small (relative, in rho) ends the search.
+GOOD_MARGIN = 1e-8
+
+
 def _try(lmi: ChainLMI, params, rho_star: float, theta: float) -> Certificate | None:
-    """Dense check first on small LMIs (the tightest margin); the clique-wise check (same
-    rho* up to its margins) on large ones or when the dense check fails."""
+    """The cheapest check that gives a tight margin: dense on small LMIs, then the
+    clique-wise checks (backward, then forward; §3/§8) on the exactly balanced chain, then
+    dense again (one bisection step) if nothing tight passed and it fits in memory."""
     found = []
-    if lmi.order <= LARGE_ORDER:
-        dense = smallest_margin(lambda r: _verify_dense(lmi, params, r), rho_star)
-        if dense is not None:
-            found.append(dense)
-    def add(hit):
+
+    def best() -> float:
+        return min(found)[1] if found else math.inf
+
+    def dense(steps: int) -> None:
+        hit = smallest_margin(lambda r: _verify_dense(lmi, params, r), rho_star, steps=steps)
+        if hit is not None:
+            found.append(hit)
+
+    def add(hit, out):
         if hit is not None and math.isfinite(hit[0] * out) and (hit[0] * out) / out == hit[0]:
             found.append((hit[0] * out, hit[0] * out / max(rho_star, 1e-300) - 1.0))
 
-    if not found or found[0][1] > 1e-12:  # the clique-wise checks may need a smaller margin
+    small = lmi.order <= SMALL_ORDER
+    if small:
+        dense(3)
+    if best() > 1e-12:
         bal = _balanced(lmi, params)
         scaled, p_scaled, out = bal if bal is not None else (lmi, params, 1.0)
         backward = ChordalCertificate(scaled, p_scaled)
         if backward.ok:
-            add(smallest_margin(backward.check, backward.rho_star))
-        if not found or min(found)[1] > 1e-6:  # pivots ill-conditioned backward: go forward
+            add(smallest_margin(backward.check, backward.rho_star, first=1e-9), out)
+        if best() > GOOD_MARGIN:  # pivots ill-conditioned backward, or margins amplified
             forward = ForwardChordal(scaled, p_scaled)
-            guess = scaled.rho_star(p_scaled)
-            r0 = forward.rho_estimate(guess)
+            r0 = forward.rho_estimate(scaled.rho_star(p_scaled))
             if math.isfinite(r0):
-                add(smallest_margin(forward.check, r0))
-    if (not found or min(found)[1] > 1e-6) and lmi.order > LARGE_ORDER and \
+                add(smallest_margin(forward.check, r0, first=1e-9), out)
+    if not small and best() > 1e-6 and \
             dense_certificate_bytes(lmi.order) <= MAX_CERTIFICATE_BYTES:
-        dense = smallest_margin(lambda r: _verify_dense(lmi, params, r), rho_star, steps=1)
-        if dense is not None:
-            found.append(dense)
+        dense(3 if lmi.order <= LARGE_ORDER else 1)
     if not found:
         return None
     rho, eps = min(found)

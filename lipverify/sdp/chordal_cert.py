@@ -177,6 +177,7 @@ class ForwardChordal:
 
     def __init__(self, lmi: ChainLMI, params):
         self.cliques = _cliques(lmi, params)
+        self._delta = [FIRST_MARGIN] * len(self.cliques)  # last margin that certified
 
     def _sweep(self, rho: float, certify: bool) -> bool:
         n0 = self.cliques[0].a.shape[0]
@@ -198,7 +199,7 @@ class ForwardChordal:
                 q_next = None
             else:  # Q_k = s - margin: Z_k's Schur complement onto the bottom is the margin
                 base = _pivot_margin(s)
-                delta = FIRST_MARGIN if certify else 0.0
+                delta = self._delta[k] if certify else 0.0
                 q_next = s - np.diag(delta * base)
             if certify:
                 while not certify_pd(clq.assemble(q_prev, q_next), clq.radius(q_prev, q_next)):
@@ -208,6 +209,8 @@ class ForwardChordal:
                     if delta > LAST_MARGIN:
                         return False
                     q_next = s - np.diag(delta * base)
+                if not last:
+                    self._delta[k] = delta
             elif last:
                 try:
                     scipy.linalg.cholesky(s, lower=True, check_finite=False)

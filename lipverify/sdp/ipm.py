@@ -180,7 +180,19 @@ def newton_system(form: NeuronForm, x: np.ndarray, chunk: int = 1024):
     for nd in form.nodes:
         gvv[nd.start:nd.start + nd.v.shape[0]] = nd.v @ yv[nd.cols]
     gve = yv[n0:].T  # gve[i, j] = v_i^T X e_j
-    gee = x[n0:, n0:]
+    x00 = x[:n0, :n0]
+    zv, ze = yv[:n0].T, x[n0:, :n0]
+    input_parts = (float(np.trace(x00)), float(np.sum(x00 * x00)),
+                   np.einsum("ij,ij->i", zv, zv), np.einsum("ij,ij->i", zv, ze),
+                   np.einsum("ij,ij->i", ze, ze))
+    return _assemble_newton(form, gvv, gve, x[n0:, n0:], input_parts, chunk)
+
+
+def _assemble_newton(form: NeuronForm, gvv, gve, gee, input_parts, chunk: int = 1024):
+    """The Newton system from the 2x2 blocks ``U_i^T X U_j`` (``gvv = V X V^T``, ``gve = V X
+    E^T``, ``gee = E X E^T``) and the input-block terms ``(tr X_00, ||X_00||_F^2, |z^v_i|^2,
+    z^v_i . z^e_i, |z^e_i|^2)`` with ``z^v_i = X_0. v_i``, ``z^e_i = X_0. e_i``."""
+    n = form.n
     a, b, c = form.q
     # s_i = tr(X F_i), F_i = -U_i Q_i U_i^T
     s_neuron = -(a * np.diag(gvv) + 2.0 * b * np.diag(gve) + c * np.diag(gee))
@@ -208,17 +220,99 @@ def newton_system(form: NeuronForm, x: np.ndarray, chunk: int = 1024):
         else:
             np.add.at(hp, form.group[r], h)
     # the rho row: F_rho = E_0
-    x00 = x[:n0, :n0]
-    zv, ze = yv[:n0].T, x[n0:, :n0]
-    h_rho = -(a * np.einsum("ij,ij->i", zv, zv) + 2.0 * b * np.einsum("ij,ij->i", zv, ze)
-              + c * np.einsum("ij,ij->i", ze, ze))
+    tr00, fro00, zvv, zve, zee = input_parts
+    h_rho = -(a * zvv + 2.0 * b * zve + c * zee)
     m = form.n_params + 1
     hess = np.empty((m, m))
     hess[1:, 1:] = hp
-    hess[0, 0] = float(np.sum(x00 * x00))
+    hess[0, 0] = fro00
     hess[0, 1:] = hess[1:, 0] = _reduce(h_rho, starts, 0)
-    grad_s = np.concatenate([[np.trace(x00)], _reduce(s_neuron, starts, 0)])
+    grad_s = np.concatenate([[tr00], _reduce(s_neuron, starts, 0)])
     return grad_s, hess
+
+
+class _FullBarrier:
+    """``-log det S`` through one dense Cholesky of the whole LMI (any slope-QC LMI)."""
+
+    def __init__(self, lmi, form: NeuronForm):
+        self.lmi, self.form = lmi, form
+
+    def factor(self, p, rho):
+        return _factor(self.lmi.assemble(p, rho))
+
+    def newton(self, chol, p, rho):
+        return newton_system(self.form, _inverse(chol))
+
+
+class _ReducedBarrier:
+    """Chains whose input block is ``rho I`` (no ``alpha beta`` term on layer 1, e.g. ReLU):
+    eliminate it, ``det S = rho^n0 det S'`` with ``S' = S_hh - B^T B / rho`` of order N - n0
+    (§2 forward recursion, first step). Everything the Newton system needs from ``S^-1``
+    follows from ``P = S'^-1`` and ``G = W_1 W_1^T``, so a 784-input net costs like its
+    hidden layers alone."""
+
+    def __init__(self, lmi: ChainLMI, form: NeuronForm):
+        self.lmi, self.form = lmi, form
+        self.w1 = lmi.weights[0]
+        self.n0, self.n1 = self.w1.shape[1], self.w1.shape[0]
+        self.g = self.w1 @ self.w1.T
+        self.c1 = form.q[1, : self.n1]  # a + b of layer 1, per neuron
+
+    @staticmethod
+    def applies(lmi, form: NeuronForm) -> bool:
+        return isinstance(lmi, ChainLMI) and form.n_in == lmi.weights[0].shape[1] and \
+            not np.any(form.q[0, : lmi.weights[0].shape[0]]) and \
+            lmi.weights[0].shape[1] > lmi.weights[0].shape[0]
+
+    def _tau(self, p):
+        t = self.lmi.qcs[0].expand(self.lmi.split(p)[0]) if len(self.lmi.qcs) else p
+        return self.c1 * t
+
+    def factor(self, p, rho):
+        if not rho > 0:
+            return None
+        n0, n1 = self.n0, self.n1
+        s = self.lmi.assemble(p, rho)[n0:, n0:]
+        tau = self._tau(p)
+        s[:n1, :n1] -= (tau[:, None] * self.g * tau[None, :]) / rho
+        fac = _factor(s)
+        if fac is None:
+            return None
+        return fac[0], fac[1] + n0 * math.log(rho)
+
+    def newton(self, chol, p, rho):
+        form, n0, n1, g = self.form, self.n0, self.n1, self.g
+        pm = _inverse(chol)  # P = S'^-1 = X_hh
+        n = pm.shape[0]
+        tau = self._tau(p)
+        f = tau[:, None] * pm[:n1]  # F = diag(tau) P_1. ; X_0h = W_1^T F / rho
+        k = f[:, :n1] * tau[None, :]  # K = diag(tau) P_11 diag(tau)
+        gve = np.empty((n, n))
+        gve[:n1] = (g @ f) / rho
+        for nd in form.nodes[1:]:
+            cols = nd.cols - n0
+            gve[nd.start:nd.start + nd.v.shape[0]] = nd.v @ pm[cols]
+        gvv = np.empty((n, n))
+        kg = k @ g
+        gvv[:n1, :n1] = g / rho + (g @ kg) / rho**2
+        for nd in form.nodes[1:]:  # columns of later layers: gve[:, block] W^T
+            blk = slice(nd.start, nd.start + nd.v.shape[0])
+            gvv[:, blk] = gve[:, nd.cols - n0] @ nd.v.T
+        gvv[n1:, :n1] = gvv[:n1, n1:].T
+        # input-block terms: X_00 = I/rho + W1^T K W1 / rho^2, z^v = W1^T R, z^e = W1^T F / rho
+        tr_kg = float(np.sum(k * g))
+        fro00 = n0 / rho**2 + 2.0 * tr_kg / rho**3 + float(np.sum(kg * kg.T)) / rho**4
+        tr00 = n0 / rho + tr_kg / rho**2
+        r = np.empty((n1, n))
+        r[:, :n1] = np.eye(n1) / rho + kg / rho**2
+        for nd in form.nodes[1:]:
+            blk = slice(nd.start, nd.start + nd.v.shape[0])
+            r[:, blk] = (f[:, nd.cols - n0] @ nd.v.T) / rho
+        re = f / rho
+        gr, gre = g @ r, g @ re
+        parts = (tr00, fro00, np.einsum("ij,ij->j", r, gr), np.einsum("ij,ij->j", r, gre),
+                 np.einsum("ij,ij->j", re, gre))
+        return _assemble_newton(form, gvv, gve, pm, parts)
 
 
 def _strict_start(lmi, params: np.ndarray | None) -> tuple[np.ndarray, float]:
@@ -238,7 +332,7 @@ def _strict_start(lmi, params: np.ndarray | None) -> tuple[np.ndarray, float]:
 
 
 def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = None,
-              max_iter: int = 300, reach: float = 1.1) -> IPMResult:
+              max_iter: int = 300, reach: float = 1.1, reduce: bool = True) -> IPMResult:
     """Minimise rho over the slope-QC LMI by potential reduction (module docstring).
 
     ``tol``: stop when ``(rho - lower) / rho <= tol`` (the measured gap, in rho).
@@ -250,19 +344,21 @@ def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = 
     nu = form.order  # barrier parameter of -log det S
     lower, it, status = None, 0, "iteration limit"
     e0 = _unit(form.n_params + 1)
+    bar = _ReducedBarrier(lmi, form) if reduce and _ReducedBarrier.applies(lmi, form) \
+        else _FullBarrier(lmi, form)
     fac = None
     while it < max_iter:
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
             status = "time limit"
             break
         if fac is None:  # the accepted line-search trial already factored S (reused)
-            fac = _factor(lmi.assemble(p, rho))
+            fac = bar.factor(p, rho)
         if fac is None:  # pragma: no cover - iterates stay strictly feasible
             status = "lost feasibility"
             break
-        x, logdet = _inverse(fac[0]), fac[1]
+        logdet = fac[1]
+        s, hess = bar.newton(fac[0], p, rho)
         fac = None
-        s, hess = newton_system(form, x)
         w = s  # -(gradient of -log det S); t >= 0 is implied: S_ii = 2 t_i (-Gww = 2T)
         # one factorisation gives the Newton step for every mu: d(kappa) = kappa d1 + d2
         sol = _solve(hess, np.column_stack([-e0, w]))
@@ -292,13 +388,13 @@ def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = 
         d = kappa * d1 + d2
         lam = math.sqrt(max(kappa * kappa * q11 + 2 * kappa * q12 + q22, 0.0))
         step = min(1.0, STEP / lam)
-        del x, hess
+        del hess
         f0 = q * math.log(rho - lb) - logdet
         for _ in range(40):
             rn, pn = rho + step * d[0], p + step * d[1:]
             f1 = None
             if rn > lb:
-                fac = _factor(lmi.assemble(pn, rn))
+                fac = bar.factor(pn, rn)
                 f1 = None if fac is None else q * math.log(rn - lb) - fac[1]
             if f1 is not None and f1 <= f0 - 1e-4 * step * lam * lam:
                 break
