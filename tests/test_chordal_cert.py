@@ -37,6 +37,8 @@ def test_backward_cliques_certify_rho_star_and_nothing_below(act):
     r0 = fw.rho_estimate(rho)
     assert r0 == pytest.approx(rho, rel=1e-8) and fw.check(r0 * (1 + 1e-9))
     assert not fw.check(rho * (1 - 1e-6))
+    assert verify_chain(lmi, params, r0 * (1 + 1e-9)) and not verify_chain(lmi, params,
+                                                                             rho * (1 - 1e-6))
 
 
 def test_one_hidden_layer_is_a_single_clique():

@@ -14,13 +14,7 @@ import numpy as np
 
 from ..certify import certify_pd
 from ..linear import gamma
-from .chain import (
-    MAX_CERTIFICATE_BYTES,
-    ChainLMI,
-    balance,
-    dense_certificate_bytes,
-    is_exact_balance,
-)
+from .chain import ChainLMI, balance, is_exact_balance
 from .chordal_cert import ChordalCertificate, ForwardChordal, verify_chain_chordal
 
 
@@ -61,12 +55,13 @@ def verify_chain(lmi: ChainLMI, params, rho: float) -> bool:
     if lmi.order <= LARGE_ORDER and _verify_dense(lmi, params, rho):
         return True
     bal = _balanced(lmi, params)
-    if bal is not None:
-        scaled, p_scaled, out = bal
-        r_scaled = rho / out
-        if r_scaled * out == rho and verify_chain_chordal(scaled, p_scaled, r_scaled):
+    tries = [(lmi, params, rho)]
+    if bal is not None and (rho / bal[2]) * bal[2] == rho:
+        tries.insert(0, (bal[0], bal[1], rho / bal[2]))
+    for chain, p, r in tries:  # either splitting (backward or forward Q_k) proves M > 0
+        if verify_chain_chordal(chain, p, r) or ForwardChordal(chain, p).check(r):
             return True
-    return verify_chain_chordal(lmi, params, rho)
+    return False
 
 
 def _balanced(lmi: ChainLMI, params) -> tuple[ChainLMI, np.ndarray, float] | None:
@@ -85,18 +80,19 @@ def _verify_dense(lmi: ChainLMI, params, rho: float) -> bool:
     return certify_pd(lmi.assemble(params, rho), _radius(lmi, params, rho))
 
 
-#: Above this LMI order a dense check costs seconds: only the clique-wise check runs.
+#: Above this LMI order a dense check costs seconds (and fails on the deep, ill-conditioned
+#: LMIs where the clique-wise checks fail too): only the clique-wise checks run.
 LARGE_ORDER = 2000
 
 
-def smallest_margin(check, rho_star: float, steps: int = 3,
-                    first: float | None = None) -> tuple[float, float] | None:
+def smallest_margin(check, rho_star: float, steps: int = 3, first: float | None = None,
+                    unit: float = 1.0) -> tuple[float, float] | None:
     """``(rho, eps)`` with ``check(rho)`` true for ``rho = rho* (1 + eps) + eps``, eps small:
     1e-12 first, then one jump to 1e-6 and a log-bisection back down (each check is a dense
     Cholesky, so few of them), else upward by 10x to 1e-1. None if nothing passes."""
 
-    def rho_of(eps):
-        return rho_star * (1.0 + eps) + eps
+    def rho_of(eps):  # ``unit``: what an absolute 1 of rho is in this scale (balanced chains)
+        return rho_star * (1.0 + eps) + eps * unit
 
     if first is not None and check(rho_of(first)):  # a margin that usually passes
         if check(rho_of(1e-12)):
@@ -153,15 +149,15 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float) -> Certificate | 
         scaled, p_scaled, out = bal if bal is not None else (lmi, params, 1.0)
         backward = ChordalCertificate(scaled, p_scaled)
         if backward.ok:
-            add(smallest_margin(backward.check, backward.rho_star, first=1e-9), out)
+            add(smallest_margin(backward.check, backward.rho_star, first=1e-9, unit=1 / out),
+                out)
         if best() > GOOD_MARGIN:  # pivots ill-conditioned backward, or margins amplified
             forward = ForwardChordal(scaled, p_scaled)
             r0 = forward.rho_estimate(scaled.rho_star(p_scaled))
             if math.isfinite(r0):
-                add(smallest_margin(forward.check, r0, first=1e-9), out)
-    if not small and best() > 1e-6 and \
-            dense_certificate_bytes(lmi.order) <= MAX_CERTIFICATE_BYTES:
-        dense(3 if lmi.order <= LARGE_ORDER else 1)
+                add(smallest_margin(forward.check, r0, first=1e-9, unit=1 / out), out)
+    if not small and best() > 1e-6 and lmi.order <= LARGE_ORDER:
+        dense(3)
     if not found:
         return None
     rho, eps = min(found)

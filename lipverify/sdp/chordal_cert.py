@@ -7,7 +7,9 @@ matrices ``Q_1..Q_{L-2}`` (they cancel), with ``Q_0 = rho I`` and ``Q_{L-1} = W_
            [-Gvw_k^T W_k,               -Gww_k - Q_k]]          (§3, §4 insertion rule)
 
 So proving every ``Z_k > 0`` (each by Rump's shifted Cholesky with its own assembly radius,
-:func:`lipverify.certify.certify_pd`) proves ``M > 0``. The ``Q_k`` are ordinary float64
+:func:`lipverify.certify.certify_pd`) proves ``M > 0``. Consecutive cliques may be merged
+into segments (a tridiagonal piece of ``M`` between two splitting matrices, order <=
+``SEGMENT_ORDER``): the same identity with fewer ``Q_k``, hence fewer margins to carry. The ``Q_k`` are ordinary float64
 matrices chosen by us: the backward Schur recursion of §2 in floating point, plus a small
 diagonal margin so that each ``Z_k`` is strictly positive definite at its *own* scale.
 Their rounding never matters for soundness (whatever floats they are, they cancel exactly);
@@ -97,51 +99,111 @@ def _cliques(lmi: ChainLMI, params) -> list[_Clique]:
     return out
 
 
-def _schur(clq: _Clique, q_next) -> np.ndarray | None:
-    """``b (c - Q_k)^-1 b^T - a`` (the smallest admissible ``Q_{k-1}``), None if the pivot
-    ``c - Q_k`` is not positive definite."""
-    piv = clq.c if q_next is None else clq.c - q_next
-    piv = (piv + piv.T) / 2.0
-    try:
-        chol = scipy.linalg.cho_factor(piv, lower=True, check_finite=False)
-    except (scipy.linalg.LinAlgError, ValueError):
-        return None
-    s = clq.b @ scipy.linalg.cho_solve(chol, clq.b.T, check_finite=False) - clq.a
-    return (s + s.T) / 2.0
+#: Consecutive cliques are merged into segments of at most this order (one Rump test each):
+#: fewer splitting matrices, so fewer margins to propagate through deep chains.
+SEGMENT_ORDER = 600
+
+
+class _Segment:
+    """Consecutive cliques ``k..l`` as one tridiagonal matrix: top-left ``Q_{k-1} + a_k``,
+    interior ``c_j + a_{j+1}`` (the LMI's own diagonal blocks), bottom-right ``c_l - Q_l``."""
+
+    def __init__(self, cliques: list[_Clique]):
+        self.cliques = cliques
+        sizes = [cliques[0].a.shape[0]] + [c.c.shape[0] for c in cliques]
+        self.offs = np.concatenate([[0], np.cumsum(sizes)])
+        self.inner = max(c.inner for c in cliques)
+
+    def _place(self, parts) -> np.ndarray:
+        m = np.zeros((self.offs[-1], self.offs[-1]))
+        for j, (a, b, c) in enumerate(parts):
+            o0, o1, o2 = self.offs[j], self.offs[j + 1], self.offs[j + 2]
+            m[o0:o1, o0:o1] += a
+            m[o0:o1, o1:o2] += b
+            m[o1:o2, o0:o1] += b.T
+            m[o1:o2, o1:o2] += c
+        return m
+
+    def _ends(self, m, q_prev, q_next, sign: float) -> np.ndarray:
+        n = self.offs[1]
+        m[:n, :n] += q_prev if sign > 0 else np.abs(q_prev)
+        if q_next is not None:
+            k = self.offs[-2]
+            m[k:, k:] += -q_next if sign > 0 else np.abs(q_next)
+        return m
+
+    def assemble(self, q_prev, q_next):
+        m = self._place([(c.a, c.b, c.c) for c in self.cliques])
+        return self._ends(m, q_prev, q_next, 1.0)
+
+    def radius(self, q_prev, q_next):
+        z_abs = self._ends(self._place([(c.a_abs, c.b_abs, c.c_abs) for c in self.cliques]),
+                           q_prev, q_next, -1.0)
+        rad = gamma(2 * self.inner + 8) * 1.01 * z_abs  # §8 assembly radius
+        for j, c in enumerate(self.cliques):
+            if c.weight_rad is not None:
+                o0, o2 = self.offs[j], self.offs[j + 2]
+                rad[o0:o2, o0:o2] += c.weight_rad
+        return rad * (1.0 + 1e-12)
+
+    def schur(self, q_next) -> np.ndarray | None:
+        """The smallest admissible ``Q_{k-1}``: the backward recursion (§2) through the
+        segment, ``b_k Y^-1 b_k^T - a_k``; None if a pivot is not positive definite."""
+        last = self.cliques[-1]
+        y = last.c if q_next is None else last.c - q_next
+        for j in range(len(self.cliques) - 1, -1, -1):
+            clq = self.cliques[j]
+            try:
+                chol = scipy.linalg.cho_factor((y + y.T) / 2.0, lower=True, check_finite=False)
+            except (scipy.linalg.LinAlgError, ValueError):
+                return None
+            sch = clq.b @ scipy.linalg.cho_solve(chol, clq.b.T, check_finite=False)
+            y = (sch - clq.a) if j == 0 else (self.cliques[j - 1].c + clq.a - sch)
+        return (y + y.T) / 2.0
+
+
+def _segments(cliques: list[_Clique], max_order: int) -> list[_Segment]:
+    out, cur = [], []
+    for clq in cliques:
+        order = cur[0].a.shape[0] + sum(c.c.shape[0] for c in cur) if cur else 0
+        if cur and order + clq.c.shape[0] > max_order:
+            out.append(_Segment(cur))
+            cur = []
+        cur.append(clq)
+    out.append(_Segment(cur))
+    return out
 
 
 class ChordalCertificate:
-    """The splitting matrices ``Q_1..Q_{L-2}`` for fixed multipliers, each clique ``Z_k``
-    (k >= 2) already certified; :meth:`check` then tests the first clique for a given rho.
+    """The splitting matrices for fixed multipliers, chosen backward (one per segment
+    boundary), each segment after the first already certified; :meth:`check` then tests
+    the first segment for a given rho.
 
-    ``rho_star`` is the smallest rho the first clique can take with these ``Q`` (>= the
+    ``rho_star`` is the smallest rho the first segment can take with these ``Q`` (>= the
     exact rho*(T) of §2 by the margins added on the way).
     """
 
-    def __init__(self, lmi: ChainLMI, params):
+    def __init__(self, lmi: ChainLMI, params, max_order: int = SEGMENT_ORDER):
         self.ok = False
         self.rho_star = math.inf
-        self.cliques = _cliques(lmi, params)
+        self.segments = _segments(_cliques(lmi, params), max_order)
         q_next = None
-        for k in range(len(self.cliques) - 1, 0, -1):  # cliques L-1 .. 2 choose Q_{k-1}
-            clq = self.cliques[k]
-            s = _schur(clq, q_next)
+        for seg in self.segments[:0:-1]:  # last .. second segment choose their Q_{k-1}
+            s = seg.schur(q_next)
             if s is None or not np.isfinite(s).all():
                 return
-            diag = np.abs(np.diag(s))
-            base = np.maximum(diag, 2.0**-20 * float(diag.max(initial=0.0)))
-            base = np.where(base > 0, base, 2.0**-1000)
+            base = _pivot_margin(s)
             delta = FIRST_MARGIN
-            while True:  # the smallest margin that this clique certifies with
+            while True:  # the smallest margin that this segment certifies with
                 q_prev = s + np.diag(delta * base)
-                if certify_pd(clq.assemble(q_prev, q_next), clq.radius(q_prev, q_next)):
+                if certify_pd(seg.assemble(q_prev, q_next), seg.radius(q_prev, q_next)):
                     break
                 delta *= 8.0
                 if delta > LAST_MARGIN:
                     return
             q_next = q_prev
-        self.q1 = q_next  # Q_1 (None for one hidden layer: the last clique is the first)
-        s1 = _schur(self.cliques[0], self.q1)
+        self.q1 = q_next  # Q after the first segment (None: it is the whole chain)
+        s1 = self.segments[0].schur(self.q1)
         if s1 is None or not np.isfinite(s1).all():
             return
         n0 = s1.shape[0]
@@ -150,12 +212,12 @@ class ChordalCertificate:
         self.ok = True
 
     def check(self, rho: float) -> bool:
-        """Is ``Z_1(rho) > 0`` provably (then ``M(rho, T) > 0``)?"""
+        """Is the first segment provably positive definite at ``rho`` (then ``M > 0``)?"""
         if not self.ok or not (math.isfinite(rho) and rho >= 0):
             return False
-        clq = self.cliques[0]
-        q0 = np.diag(np.full(clq.a.shape[0], float(rho)))
-        return certify_pd(clq.assemble(q0, self.q1), clq.radius(q0, self.q1))
+        seg = self.segments[0]
+        q0 = np.diag(np.full(seg.offs[1], float(rho)))
+        return certify_pd(seg.assemble(q0, self.q1), seg.radius(q0, self.q1))
 
 
 def verify_chain_chordal(lmi: ChainLMI, params, rho: float) -> bool:
@@ -258,6 +320,6 @@ class ForwardChordal:
                 hi = mid
             else:
                 lo = mid
-            if hi - lo <= 1e-13 * hi:
+            if hi - lo <= 1e-10 * hi:
                 break
         return hi

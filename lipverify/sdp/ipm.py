@@ -50,6 +50,7 @@ from .qc import SlopeQC
 STEP = 2.0
 #: The start is rho = START_FACTOR * rho*(t0): strictly inside, not far from the boundary.
 START_FACTOR = 1.1
+_TRACE = False
 #: Largest working memory the solver may take (the dense certificate's limit).
 IPM_MAX_BYTES = MAX_CERTIFICATE_BYTES
 
@@ -403,6 +404,9 @@ def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = 
             status = "line search failed"
             break
         rho, p = rn, pn
+        if _TRACE:
+            print(f"it {it} rho {rho:.6e} lower {lower} step {step:.3g} lam {lam:.3g} "
+                  f"kdual {k_dual} kappa {kappa:.3g}")
     return IPMResult(p, float(rho), lower, it, time.perf_counter() - t0, status)
 
 
