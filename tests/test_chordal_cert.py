@@ -26,10 +26,12 @@ def _optimum(lmi):
 
 @pytest.mark.parametrize("act", [SlopeRestricted.named("relu"), SlopeRestricted("s", -0.3, 1.2),
                                  SlopeRestricted.named("tanh")])
-def test_backward_cliques_certify_rho_star_and_nothing_below(act):
+@pytest.mark.parametrize("max_order", [10, 25, 600])  # single cliques, a pair, one segment
+def test_backward_cliques_certify_rho_star_and_nothing_below(act, max_order):
     lmi = ChainLMI.from_network(mlp([6, 9, 8, 7, 3], seed=3, act=act))
     params, rho = _optimum(lmi)
-    cc = ChordalCertificate(lmi, params)
+    cc = ChordalCertificate(lmi, params, max_order=max_order)
+    assert len(cc.segments) == {10: 3, 25: 2, 600: 1}[max_order]
     assert cc.ok and rho <= cc.rho_star <= rho * (1 + 1e-8)
     assert cc.check(cc.rho_star * (1 + 1e-10))
     assert not cc.check(rho * (1 - 1e-6))  # below rho*(T): M is not PSD, never certified
@@ -69,8 +71,9 @@ def test_conv_weights_known_up_to_a_radius():
     lmi = ChainLMI.from_network(net)
     params = ipm.solve_chain_ipm(lmi, max_iter=15).params
     rho = lmi.rho_star(params)
-    cc = ChordalCertificate(lmi, params)
-    assert cc.ok and cc.check(cc.rho_star * (1 + 1e-9)) and cc.rho_star >= rho * (1 - 1e-12)
+    for max_order in (1, 600):
+        cc = ChordalCertificate(lmi, params, max_order=max_order)
+        assert cc.ok and cc.check(cc.rho_star * (1 + 1e-9)) and cc.rho_star >= rho * (1 - 1e-12)
 
 
 def test_balance_is_exact_and_certifies_the_original():

@@ -9,11 +9,12 @@ matrices ``Q_1..Q_{L-2}`` (they cancel), with ``Q_0 = rho I`` and ``Q_{L-1} = W_
 So proving every ``Z_k > 0`` (each by Rump's shifted Cholesky with its own assembly radius,
 :func:`lipverify.certify.certify_pd`) proves ``M > 0``. Consecutive cliques may be merged
 into segments (a tridiagonal piece of ``M`` between two splitting matrices, order <=
-``SEGMENT_ORDER``): the same identity with fewer ``Q_k``, hence fewer margins to carry. The ``Q_k`` are ordinary float64
-matrices chosen by us: the backward Schur recursion of §2 in floating point, plus a small
-diagonal margin so that each ``Z_k`` is strictly positive definite at its *own* scale.
-Their rounding never matters for soundness (whatever floats they are, they cancel exactly);
-it only decides whether the check passes.
+``SEGMENT_ORDER``): the same identity with fewer ``Q_k``, hence fewer margins to carry.
+The ``Q_k`` are ordinary float64 matrices chosen by us: the backward Schur recursion of §2
+in floating point (or the forward one, :class:`ForwardChordal`), plus a small diagonal
+margin so that each ``Z_k`` is strictly positive definite at its *own* scale. Their
+rounding never matters for soundness (whatever floats they are, they cancel exactly); it
+only decides whether the check passes.
 
 Why not one dense Cholesky of ``M``: on deep or badly scaled chains the smallest eigenvalue
 of ``M`` near ``rho*`` sits ~1e-15 below its largest entries, under Rump's shift for the
