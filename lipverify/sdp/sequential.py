@@ -51,7 +51,13 @@ def ldlt_fast_params(lmi: ChainLMI) -> np.ndarray:
     if not all(hasattr(qc, "alpha") for qc in lmi.qcs):
         return norm_chain_params(lmi)
     scaled, factors, _ = balance(lmi)
-    return _ldlt_fast(scaled) * factors
+    # ECLipsE-Fast's multipliers make the last pivot singular at their own rho; scaled by
+    # 1 + 2^-14 they are interior (M gains 2^-14 C^T C), which the certificate needs
+    return _ldlt_fast(scaled) * factors * (1.0 + INTERIOR)
+
+
+#: Relative lift of the closed-form multipliers off the boundary of the feasible set.
+INTERIOR = 2.0**-14
 
 
 def _ldlt_fast(lmi: ChainLMI) -> np.ndarray:
