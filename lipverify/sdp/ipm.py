@@ -34,6 +34,7 @@ the caller's (§8), on the exact weights.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, replace
@@ -50,7 +51,8 @@ from .qc import SlopeQC
 STEP = 2.0
 #: The start is rho = START_FACTOR * rho*(t0): strictly inside, not far from the boundary.
 START_FACTOR = 1.1
-_TRACE = False
+#: Per-iteration trace at DEBUG level (``logging.getLogger("lipverify.sdp.ipm")``).
+_log = logging.getLogger(__name__)
 #: Largest working memory the solver may take (the dense certificate's limit).
 IPM_MAX_BYTES = MAX_CERTIFICATE_BYTES
 
@@ -404,9 +406,8 @@ def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = 
             status = "line search failed"
             break
         rho, p = rn, pn
-        if _TRACE:
-            print(f"it {it} rho {rho:.6e} lower {lower} step {step:.3g} lam {lam:.3g} "
-                  f"kdual {k_dual} kappa {kappa:.3g}")
+        _log.debug("it %d rho %.6e lower %s step %.3g decrement %.3g kappa %.3g",
+                   it, rho, lower, step, lam, kappa)
     return IPMResult(p, float(rho), lower, it, time.perf_counter() - t0, status)
 
 
