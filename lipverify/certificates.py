@@ -30,6 +30,12 @@ class CheckResult:
 
 def certificate_dict(result: BoundResult) -> dict:
     cert = result.details.get("certificate")
+    if not cert and "lmi_bound" in result.details:  # l_inf: the naive product was tighter
+        raise UsageError(
+            f"{result.method} reported the naive product (tighter than its l_inf LMI, "
+            f"{result.details['lmi_bound']:.6g}), which needs no certificate file: "
+            "`lipverify bound --method naive --norm linf` reproduces it"
+        )
     if not cert or "params" not in cert and "rows" not in cert:
         raise UsageError(
             f"method {result.method} produces no certificate file; use an SDP-family method "

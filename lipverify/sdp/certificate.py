@@ -15,7 +15,7 @@ import numpy as np
 from ..certify import certify_pd
 from ..linear import gamma
 from .chain import ChainLMI, balance, is_exact_balance
-from .chordal_cert import ChordalCertificate, ForwardChordal, verify_chain_chordal
+from .chordal_cert import ChordalCertificate, ForwardChordal, _cliques, verify_chain_chordal
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,7 +54,7 @@ def verify_chain(lmi: ChainLMI, params, rho: float) -> bool:
         return False
     if lmi.order <= LARGE_ORDER and _verify_dense(lmi, params, rho):
         return True
-    bal = _balanced(lmi, params)
+    bal = _balanced(lmi, params, balance(lmi))
     tries = [(lmi, params, rho)]
     if bal is not None and (rho / bal[2]) * bal[2] == rho:
         tries.insert(0, (bal[0], bal[1], rho / bal[2]))
@@ -64,11 +64,11 @@ def verify_chain(lmi: ChainLMI, params, rho: float) -> bool:
     return False
 
 
-def _balanced(lmi: ChainLMI, params) -> tuple[ChainLMI, np.ndarray, float] | None:
-    """The exactly balanced chain (:func:`balance`) and the multipliers in its scale, or None
-    when some rescaling would round: then ``M(rho, T)`` and ``M_scaled(rho / out, T / f)``
-    are exactly congruent, so either certifies the other."""
-    scaled, factors, out = balance(lmi)
+def _balanced(lmi: ChainLMI, params, bal) -> tuple[ChainLMI, np.ndarray, float] | None:
+    """The exactly balanced chain (``bal = balance(lmi)``) and the multipliers in its scale,
+    or None when some rescaling would round: then ``M(rho, T)`` and ``M_scaled(rho / out,
+    T / f)`` are exactly congruent, so either certifies the other."""
+    scaled, factors, out = bal
     p_scaled = params / factors
     if not is_exact_balance(lmi, scaled, factors, out) or not np.array_equal(
             p_scaled * factors, params) or not np.isfinite(p_scaled).all():
@@ -80,16 +80,19 @@ def _verify_dense(lmi: ChainLMI, params, rho: float) -> bool:
     return certify_pd(lmi.assemble(params, rho), _radius(lmi, params, rho))
 
 
-#: Above this LMI order a dense check costs seconds (and fails on the deep, ill-conditioned
-#: LMIs where the clique-wise checks fail too): only the clique-wise checks run.
+#: Above this LMI order a dense check costs seconds: chains use only the clique-wise checks
+#: (which also certify the deep, ill-conditioned LMIs the dense test rejects); DAGs take one
+#: bisection step instead of three.
 LARGE_ORDER = 2000
 
 
 def smallest_margin(check, rho_star: float, steps: int = 3, first: float | None = None,
                     unit: float = 1.0) -> tuple[float, float] | None:
-    """``(rho, eps)`` with ``check(rho)`` true for ``rho = rho* (1 + eps) + eps``, eps small:
-    1e-12 first, then one jump to 1e-6 and a log-bisection back down (each check is a dense
-    Cholesky, so few of them), else upward by 10x to 1e-1. None if nothing passes."""
+    """``(rho, eps)`` with ``check(rho)`` true for ``rho = rho* (1 + eps) + eps unit``, eps
+    small: ``first`` (if given, then 1e-12 below it), else 1e-12, then one jump to 1e-6 and a
+    log-bisection back down (each check is a Cholesky, so few of them), else upward by 10x
+    to 1e-1. ``unit`` is an absolute 1 of rho in the checked scale (``1 / out`` on a
+    balanced chain). None if nothing passes."""
 
     def rho_of(eps):  # ``unit``: what an absolute 1 of rho is in this scale (balanced chains)
         return rho_star * (1.0 + eps) + eps * unit
@@ -123,10 +126,11 @@ SMALL_ORDER = 500
 GOOD_MARGIN = 1e-8
 
 
-def _try(lmi: ChainLMI, params, rho_star: float, theta: float) -> Certificate | None:
+def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certificate | None:
     """The cheapest check that gives a tight margin: dense on small LMIs, then the
-    clique-wise checks (backward, then forward; §3/§8) on the exactly balanced chain, then
-    dense again (one bisection step) if nothing tight passed and it fits in memory."""
+    clique-wise checks (backward, then forward; §3/§8) on the exactly balanced chain
+    (``bal = balance(lmi)``), then dense again up to order ``LARGE_ORDER`` if nothing
+    tight passed."""
     found = []
 
     def best() -> float:
@@ -145,15 +149,16 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float) -> Certificate | 
     if small:
         dense(3)
     if best() > 1e-12:
-        bal = _balanced(lmi, params)
-        scaled, p_scaled, out = bal if bal is not None else (lmi, params, 1.0)
-        backward = ChordalCertificate(scaled, p_scaled)
+        exact = _balanced(lmi, params, bal)
+        scaled, p_scaled, out = exact if exact is not None else (lmi, params, 1.0)
+        cliques = _cliques(scaled, p_scaled)  # shared by both splittings
+        backward = ChordalCertificate(scaled, p_scaled, cliques=cliques)
         if backward.ok:
             add(smallest_margin(backward.check, backward.rho_star, first=1e-9, unit=1 / out),
                 out)
         if best() > GOOD_MARGIN:  # pivots ill-conditioned backward, or margins amplified
-            forward = ForwardChordal(scaled, p_scaled)
-            r0 = forward.rho_estimate(scaled.rho_star(p_scaled))
+            forward = ForwardChordal(scaled, p_scaled, cliques=cliques)
+            r0 = forward.rho_estimate(rho_star / out)  # the backward rho*, balanced units
             if math.isfinite(r0):
                 add(smallest_margin(forward.check, r0, first=1e-9, unit=1 / out), out)
     if not small and best() > 1e-6 and lmi.order <= LARGE_ORDER:
@@ -175,7 +180,8 @@ def certify_chain(lmi: ChainLMI, params) -> Certificate:
     """Certify ``sqrt(rho)`` for the multipliers ``params`` (repaired if infeasible: first
     scaled up slightly, then blended toward the anchor, §8 step 4)."""
     p = lmi.project(params)
-    scaled, factors, out = balance(lmi)
+    bal = balance(lmi)
+    scaled, factors, out = bal
 
     def rho_star(q):
         r = lmi.rho_star(q)
@@ -188,7 +194,7 @@ def certify_chain(lmi: ChainLMI, params) -> Certificate:
         q = p if e == 0.0 else p * (1.0 + e)
         rho = rho_star(q)
         if math.isfinite(rho):
-            cert = _try(lmi, q, rho, 0.0)
+            cert = _try(lmi, q, rho, 0.0, bal)
             if cert is not None and (best is None or cert.bound < best.bound):
                 best = cert
             if best is not None and best.margin <= 1e-6:
@@ -199,7 +205,7 @@ def certify_chain(lmi: ChainLMI, params) -> Certificate:
         q = (1.0 - theta) * p + theta * anchor
         rho = rho_star(q)
         if math.isfinite(rho):
-            cert = _try(lmi, q, rho, theta)
+            cert = _try(lmi, q, rho, theta, bal)
             if cert is not None:
                 return cert if best is None or cert.bound < best.bound else best
         if theta >= 1.0:

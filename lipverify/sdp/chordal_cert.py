@@ -40,28 +40,14 @@ LAST_MARGIN = 2.0**-8
 
 class _Clique:
     """Blocks of clique k without its Q terms: ``Z_k = [[Q_{k-1} + a, b], [b^T, c - Q_k]]``,
-    with their absolute-value twins for the assembly radius (§8)."""
+    with their absolute-value twins for the assembly radius (§8). Assembled and checked as
+    a :class:`_Segment` (of one clique or several)."""
 
     def __init__(self, a, b, c, a_abs, b_abs, c_abs, inner: int, weight_rad=None):
         self.a, self.b, self.c = a, b, c
         self.a_abs, self.b_abs, self.c_abs = a_abs, b_abs, c_abs
         self.inner = inner
         self.weight_rad = weight_rad  # extra radius from weights known up to a radius
-
-    def assemble(self, q_prev, q_next):
-        top = self.a + q_prev
-        bottom = self.c if q_next is None else self.c - q_next
-        return np.block([[top, self.b], [self.b.T, bottom]])
-
-    def radius(self, q_prev, q_next):
-        top = self.a_abs + np.abs(q_prev)
-        bottom = self.c_abs if q_next is None else self.c_abs + np.abs(q_next)
-        z_abs = np.block([[top, self.b_abs], [self.b_abs.T, bottom]])
-        # entries: two inner sums (W^T G W) and a few additions (§8 assembly radius)
-        rad = gamma(2 * self.inner + 8) * 1.01 * z_abs
-        if self.weight_rad is not None:
-            rad = rad + self.weight_rad
-        return rad * (1.0 + 1e-12)
 
 
 def _cliques(lmi: ChainLMI, params) -> list[_Clique]:
@@ -184,10 +170,10 @@ class ChordalCertificate:
     exact rho*(T) of §2 by the margins added on the way).
     """
 
-    def __init__(self, lmi: ChainLMI, params, max_order: int = SEGMENT_ORDER):
+    def __init__(self, lmi: ChainLMI, params, max_order: int = SEGMENT_ORDER, cliques=None):
         self.ok = False
         self.rho_star = math.inf
-        self.segments = _segments(_cliques(lmi, params), max_order)
+        self.segments = _segments(cliques or _cliques(lmi, params), max_order)
         q_next = None
         for seg in self.segments[:0:-1]:  # last .. second segment choose their Q_{k-1}
             s = seg.schur(q_next)
@@ -238,8 +224,9 @@ class ForwardChordal:
     which is what sequential multipliers (ldlt-fast) keep well conditioned. ``rho`` enters
     every ``Q_k``, so :meth:`check` runs the whole sweep, certifying each clique."""
 
-    def __init__(self, lmi: ChainLMI, params):
-        self.cliques = _cliques(lmi, params)
+    def __init__(self, lmi: ChainLMI, params, cliques=None):
+        self.cliques = cliques or _cliques(lmi, params)
+        self._pieces = [_Segment([c]) for c in self.cliques]
         self._delta = [FIRST_MARGIN] * len(self.cliques)  # last margin that certified
 
     def _sweep(self, rho: float, certify: bool) -> bool:
@@ -265,7 +252,9 @@ class ForwardChordal:
                 delta = self._delta[k] if certify else 0.0
                 q_next = s - np.diag(delta * base)
             if certify:
-                while not certify_pd(clq.assemble(q_prev, q_next), clq.radius(q_prev, q_next)):
+                piece = self._pieces[k]
+                while not certify_pd(piece.assemble(q_prev, q_next),
+                                     piece.radius(q_prev, q_next)):
                     if last:
                         return False
                     delta *= 8.0

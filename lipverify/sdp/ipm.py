@@ -268,8 +268,7 @@ class _ReducedBarrier:
             lmi.weights[0].shape[1] > lmi.weights[0].shape[0]
 
     def _tau(self, p):
-        t = self.lmi.qcs[0].expand(self.lmi.split(p)[0]) if len(self.lmi.qcs) else p
-        return self.c1 * t
+        return self.c1 * self.lmi.qcs[0].expand(self.lmi.split(p)[0])
 
     def factor(self, p, rho):
         if not rho > 0:
