@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from ..clock import Clock
 from ..errors import NotApplicableError, SolverError
 from ..network import Network
 from ..results import MethodOutput
@@ -77,13 +78,18 @@ def _with_fallback(backend, cone: int) -> list:
     return [backend] if scs.name == backend.name else [backend, scs]
 
 
-def _with_gap(lmi, params, rho: float, status: str, details: dict) -> str:
+def _with_gap(lmi, params, rho: float, status: str, details: dict,
+              clock: Clock | None = None) -> str:
     """Measure the optimality gap from a dual bound (:mod:`lipverify.sdp.dual`); a quality
-    figure only, never part of the certificate."""
+    figure only, never part of the certificate (skipped when the time limit is reached)."""
     from ..sdp.dual import gap
 
     if not math.isfinite(rho):
         return status
+    if clock is not None and clock.expired():
+        text = "optimality gap not computed: time limit"
+        return status.replace("optimality gap not computed", text) \
+            if "optimality gap not computed" in status else f"{status}; {text}"
     start = time.perf_counter()
     g = gap(lmi, params, rho)
     details["dual_lower"], details["gap"] = g["lower"], g["gap"]
@@ -119,22 +125,24 @@ def _lipsdp(
         return _lipsdp_dag(network, per_neuron, solver, time_limit, form)
     lmi = _chain(network, per_neuron)
     details = {"order": lmi.order, "form": form, "multipliers": _kind(per_neuron)}
+    clock = Clock(time_limit)
     if _use_ipm(lmi, solver, details):
-        return _lipsdp_ipm(lmi, details, time_limit)
+        return _lipsdp_ipm(lmi, details, clock)
     cone = estimate_cone(lmi.sizes) if form == "chordal" else lmi.order
-    start = time.perf_counter()
     try:
         backend = choose_backend(cone, solver)
     except SolverError as exc:
         return _fallback(lmi, exc, details)
     solver_value, status = None, "optimal"
     fast = certify_chain(lmi, ldlt_fast_params(lmi))
+    # what one certification costs: kept in reserve so the last certificate always fits
+    reserve = 2.0 * clock.elapsed()
     start_cert, stages = fast, SMOOTH_STAGES
     if backend.structured:
         status = "converged (structured solver; optimality gap not computed)"
     else:
         try:
-            result = solve_chain(lmi, backend, time_limit, form)
+            result = solve_chain(lmi, backend, clock.left(reserve), form)
         except SolverError as exc:
             result = None
             status = f"{backend.name} failed ({exc}); structured solver used"
@@ -145,34 +153,40 @@ def _lipsdp(
             solver_value = result.value
             status = "optimal" if result.status == "optimal" else f"solver {result.status}"
             details["solve_seconds"] = result.seconds
-            solved = certify_chain(lmi, result.params)
+            solved = certify_chain(lmi, result.params, clock.deadline)
             if solved.bound <= fast.bound:
                 start_cert, stages = solved, POLISH_STAGES
             else:  # a poor (e.g. time-limited) solve
                 status += "; started from ldlt-fast, which was better"
-    if per_neuron and stages is SMOOTH_STAGES:
+    if per_neuron and stages is SMOOTH_STAGES and not clock.expired(2.0 * reserve):
         # cold start: solve the few-variable layer problem first, expand it per neuron
-        budget = None if time_limit is None else max(time_limit / 3.0, 1.0)
         layer = _chain(network, False)
         lp, _, _ = minimize_rho(layer, certify_chain(layer, ldlt_fast_params(layer)).params,
-                                time_limit=budget)
+                                time_limit=clock.left(2.0 * reserve, share=1 / 3))
         warm = certify_chain(lmi, np.concatenate(
-            [qc.from_layer(p) for qc, p in zip(lmi.qcs, layer.split(lp))]))
+            [qc.from_layer(p) for qc, p in zip(lmi.qcs, layer.split(lp))]), clock.deadline)
         if warm.bound < start_cert.bound:
             start_cert = warm
             details["warm_start"] = "lipsdp-layer"
-    remaining = None if time_limit is None else max(time_limit - (time.perf_counter() - start), 1)
-    params, rho, info = minimize_rho(lmi, start_cert.params, rel_mu=stages, time_limit=remaining)
-    details["smooth"] = info
-    if backend.structured:
-        solver_value = math.sqrt(rho)
+    info = {"timed_out": True}
+    params = None
+    if not clock.expired(reserve):
+        params, rho, info = minimize_rho(lmi, start_cert.params, rel_mu=stages,
+                                         time_limit=clock.left(reserve))
+        details["smooth"] = info
+        if backend.structured:
+            solver_value = math.sqrt(rho)
     # report the best certificate: never worse than the start it polished
-    cert = min(certify_chain(lmi, params), start_cert, key=lambda c: c.bound)
-    status = _with_gap(lmi, cert.params, cert.rho, status, details)
+    cert = start_cert
+    if params is not None:
+        cert = min(certify_chain(lmi, params, clock.deadline), start_cert,
+                   key=lambda c: c.bound)
+    status = _with_gap(lmi, cert.params, cert.rho, status, details, clock)
     if cert.theta > 0:
         status += f"; repaired (theta={cert.theta:.3g})"
     if info.get("timed_out"):
         status += "; time limit reached, best certified iterate"
+    details["seconds_total"] = clock.elapsed()
     return _output(
         cert, status=status, solver=backend.name, solver_value=solver_value, details=details
     )
@@ -206,29 +220,35 @@ def _dag_output(bound, params, rho, theta, *, status, solver, solver_value, deta
                         solver=solver, solver_value=solver_value, details=details)
 
 
-def _certify(lmi, params) -> Certificate:
+def _certify(lmi, params, deadline: float | None = None) -> Certificate:
     """The §8 certificate of ``params`` for a chain or (monolithically) a DAG."""
     if not isinstance(lmi, DagLMI):
-        return certify_chain(lmi, params)
+        return certify_chain(lmi, params, deadline)
     bound, q, rho, theta = certify_dag(lmi, params)
     ok = math.isfinite(bound)
     return Certificate(ok, bound, rho, q, theta, 0.0, "certified" if ok else "not certified")
 
 
-def _lipsdp_ipm(lmi, details: dict, time_limit) -> MethodOutput:
+def _lipsdp_ipm(lmi, details: dict, clock: Clock) -> MethodOutput:
     """The interior-point solver (:mod:`lipverify.sdp.ipm`), then the §8 certificate of its
-    multipliers on the exact weights. Its optimality gap comes from its own dual point."""
+    multipliers on the exact weights. Its optimality gap comes from its own dual point.
+    With a time limit the start is certified first (the bound returned if time runs out) and
+    the solver gets what is left after one more certification."""
     from ..sdp.ipm import solve_chain_ipm
 
     dag = isinstance(lmi, DagLMI)
     start = lmi.anchor() if dag else ldlt_fast_params(lmi)
-    res = solve_chain_ipm(lmi, start, time_limit=time_limit)
+    first, reserve = None, 0.0
+    if clock.limit is not None:
+        first = _certify(lmi, start)
+        reserve = 2.0 * clock.elapsed()
+    res = solve_chain_ipm(lmi, start, time_limit=clock.left(reserve))
     details.update(ipm_iterations=res.iterations, solve_seconds=res.seconds,
                    ipm_status=res.status)
-    cert = _certify(lmi, res.params)
+    cert = _certify(lmi, res.params, clock.deadline)
     status = "optimal" if res.status == "optimal" else f"interior point: {res.status}"
     if res.status != "optimal":  # stopped early: never worse than its certified start
-        first = _certify(lmi, start)
+        first = first or _certify(lmi, start, clock.deadline)
         if first.bound < cert.bound:
             cert, details["ipm_start_better"] = first, True
             status += f"; its start ({'anchor' if dag else 'ldlt-fast'}) certified lower"
@@ -267,7 +287,7 @@ def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit,
                "multipliers": _kind(per_neuron)}
     if not monolithic and _use_ipm(lmi, solver, details):
         details["form"] = "monolithic (§5a), interior point"
-        return _lipsdp_ipm(lmi, details, time_limit)
+        return _lipsdp_ipm(lmi, details, Clock(time_limit))
     # the chained cones need one SVD per node to size; above CHAINED_MAX_ORDER the conic
     # route would be too slow anyway, so go straight to the structured solver
     cone = lmi.order if monolithic or lmi.order > CHAINED_MAX_ORDER else max_cone(lmi)

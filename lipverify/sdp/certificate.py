@@ -8,6 +8,7 @@ shift by Rump's constant plus the assembly radius, and run Cholesky.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,9 +177,14 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
 SCALE_REPAIRS = (2.0**-30, 2.0**-17, 2.0**-7, 2.0**-3)
 
 
-def certify_chain(lmi: ChainLMI, params) -> Certificate:
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
+
+
+def certify_chain(lmi: ChainLMI, params, deadline: float | None = None) -> Certificate:
     """Certify ``sqrt(rho)`` for the multipliers ``params`` (repaired if infeasible: first
-    scaled up slightly, then blended toward the anchor, §8 step 4)."""
+    scaled up slightly, then blended toward the anchor, §8 step 4). Past ``deadline`` (a
+    ``time.perf_counter()`` value) no further repair is tried once one has certified."""
     p = lmi.project(params)
     bal = balance(lmi)
     scaled, factors, out = bal
@@ -197,7 +203,7 @@ def certify_chain(lmi: ChainLMI, params) -> Certificate:
             cert = _try(lmi, q, rho, 0.0, bal)
             if cert is not None and (best is None or cert.bound < best.bound):
                 best = cert
-            if best is not None and best.margin <= 1e-6:
+            if best is not None and (best.margin <= 1e-6 or _past(deadline)):
                 return best
     anchor = lmi.anchor()
     theta = 1e-6

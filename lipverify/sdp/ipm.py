@@ -152,7 +152,8 @@ class IPMResult:
 
 def _factor(s: np.ndarray) -> tuple[np.ndarray, float] | None:
     """``(Cholesky factor, log det S)`` (in place), or None when S is not positive definite."""
-    c, info = lapack.dpotrf(s, lower=1, clean=0, overwrite_a=1)
+    # S is symmetric: its transpose is the same matrix in Fortran order (no copy for LAPACK)
+    c, info = lapack.dpotrf(s.T, lower=1, clean=0, overwrite_a=1)
     if info != 0:
         return None
     return c, 2.0 * float(np.sum(np.log(np.diag(c))))

@@ -1,0 +1,411 @@
+"""Primal-dual interior point for slope-QC LipSDP: HKM direction, Mehrotra predictor-corrector
+(FORMULATIONS.md §1.2, §2; the same rank-two structure as :mod:`lipverify.sdp.ipm`).
+
+The pair of problems, with ``S(y) = sum_j y_j F_j - C^T C``, ``y = (rho, t)``, ``F_0 = E_0``,
+``F_i = -U_i Q_i U_i^T``::
+
+    (D) minimise rho  s.t.  S(y) >= 0          (P) maximise <C^T C, X>  s.t.  A(X) = e_0, X >= 0
+
+Every dual iterate is ``S(y)`` assembled from ``y`` (exactly feasible, so a time limit still
+returns certifiable multipliers); the primal ``X`` starts at ``mu S^-1`` and becomes feasible
+as the steps lengthen. The HKM Schur matrix ``M_jl = tr(F_j X F_l S^-1)`` needs only the 2x2
+blocks ``U_i^T X U_j`` and ``U_i^T S^-1 U_j`` (``Q_i`` sandwiches them), never an n^2 x n^2
+system. A primal-dual method needs 20-40 iterations where dual scaling needs 75-150.
+
+Nets whose first layer narrows (``n_0 > n_1``, e.g. 784 -> 256) are solved on an exactly
+equivalent smaller LMI: rotating the input by ``W_1^T = Q R`` splits ``rho I_{n_0 - n_1}`` off
+as its own block, a scalar cone of multiplicity ``n_0 - n_1`` (:func:`rotate`).
+
+The optimality gap is measured: the primal ``X`` is projected onto ``A(X) = e_0`` exactly
+(``X + sum c_j F_j`` with the Gram system ``<F_j, F_l> c = e_0 - A(X)``) and, if the projection
+is positive definite, ``<C^T C, X>`` is a lower bound on the SDP optimum (weak duality).
+
+>>> import numpy as np
+>>> from lipverify import Network
+>>> from lipverify.activations import SlopeRestricted
+>>> from lipverify.sdp.chain import ChainLMI
+>>> net = Network.sequential([2 * np.eye(2), np.eye(2)], [SlopeRestricted.named("relu")])
+>>> res = solve_chain_pd(ChainLMI.from_network(net))
+>>> round(res.rho, 6), bool(res.gap < 1e-6)   # L = 2 exactly
+(4.0, True)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
+
+from .chain import ChainLMI, balance
+from .ipm import (
+    IPMResult,
+    NeuronForm,
+    _accurate,
+    _factor,
+    _inverse,
+    _root,
+    _solve,
+    _strict_start,
+    _unit,
+    neuron_form,
+)
+
+_log = logging.getLogger(__name__)
+
+#: Fraction of the distance to the boundary a step may take (grows to 0.99 near the end).
+STEP_FRACTION = 0.9
+#: Above this order, step lengths come from Lanczos instead of a dense eigensolver.
+LANCZOS_ORDER = 400
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """The pieces of a symmetric ``Z`` the Schur matrix reads: ``V Z V^T``, ``V Z E^T``,
+    ``E Z E^T`` (n x n), the input rows ``Z_0. V^T``, ``Z_0. E^T`` (n_0 x n) and ``Z_00``."""
+
+    vv: np.ndarray
+    ve: np.ndarray
+    ev: np.ndarray  # ve transposed, contiguous
+    ee: np.ndarray
+    zv: np.ndarray
+    ze: np.ndarray
+    z00: np.ndarray
+
+    @classmethod
+    def of(cls, form: NeuronForm, z: np.ndarray) -> Blocks:
+        n0, n = form.n_in, form.n
+        zvt = np.empty((form.order, n))
+        cols = [_span(nd.cols) for nd in form.nodes]
+        for nd, c in zip(form.nodes, cols):  # Z V^T, node by node (V is block sparse)
+            zvt[:, nd.start:nd.start + nd.v.shape[0]] = z[:, c] @ nd.v.T
+        vv = np.empty((n, n))
+        for nd, c in zip(form.nodes, cols):
+            vv[nd.start:nd.start + nd.v.shape[0]] = nd.v @ zvt[c]
+        return cls(vv, np.ascontiguousarray(zvt[n0:].T), zvt[n0:], z[n0:, n0:], zvt[:n0],
+                   z[:n0, n0:], z[:n0, :n0])
+
+    def trace(self, form: NeuronForm) -> np.ndarray:
+        """``A(Z) = (tr F_j Z)_j`` in (rho, neuron) coordinates."""
+        return _trace(form, np.trace(self.z00), np.diag(self.vv), np.diag(self.ve),
+                      np.diag(self.ee))
+
+
+def _span(cols: np.ndarray):
+    """A slice for a contiguous run of columns (views instead of fancy-index copies)."""
+    if len(cols) and cols[-1] - cols[0] == len(cols) - 1:
+        return slice(int(cols[0]), int(cols[-1]) + 1)
+    return cols
+
+
+def _trace(form: NeuronForm, t00, vv, ve, ee) -> np.ndarray:
+    a, b, c = form.q
+    return np.concatenate([[t00], -(a * vv + 2.0 * b * ve + c * ee)])
+
+
+def trace_of(form: NeuronForm, z: np.ndarray) -> np.ndarray:
+    """``A(Z)`` for a symmetric ``Z`` from its diagonal blocks only (no n x n products)."""
+    vv, ve = np.empty(form.n), np.empty(form.n)
+    for nd in form.nodes:
+        blk = slice(nd.start, nd.start + nd.v.shape[0])
+        own = form.n_in + np.arange(blk.start, blk.stop)
+        vv[blk] = np.einsum("ij,ij->i", nd.v @ z[np.ix_(nd.cols, nd.cols)], nd.v)
+        ve[blk] = np.einsum("ij,ji->i", nd.v, z[np.ix_(nd.cols, own)])
+    ee = np.diag(z)[form.n_in:]
+    return _trace(form, np.trace(z[:form.n_in, :form.n_in]), vv, ve, ee)
+
+
+def schur(form: NeuronForm, bx: Blocks, by: Blocks, chunk: int = 1024) -> np.ndarray:
+    """``M_jl = tr(F_j X F_l Y)`` in (rho, neuron) coordinates (before grouping).
+
+    Per neuron pair, ``tr(Q_i A Q_j B^T)`` with ``A = U_i^T X U_j``, ``B = U_i^T Y U_j``."""
+    n = form.n
+    a, b, c = form.q
+    m = np.empty((n + 1, n + 1))
+    for r0 in range(0, n, chunk):
+        r = slice(r0, min(r0 + chunk, n))
+        ar, br, cr = a[r, None], b[r, None], c[r, None]
+        avv, ave, aev, aee = bx.vv[r], bx.ve[r], bx.ev[r], bx.ee[r]
+        bvv, bve, bev, bee = by.vv[r], by.ve[r], by.ev[r], by.ee[r]
+        # sum over a, c in {v, e} of (Q_i A)[a, c] (Q_j B^T)[c, a]
+        pvv, pve = br * aev, br * aee
+        pev, pee = br * avv + cr * aev, br * ave + cr * aee
+        rvv, rve = b * bve, b * bee
+        rev, ree = b * bvv + c * bve, b * bev + c * bee
+        if np.any(a):  # the alpha beta terms (zero for ReLU)
+            pvv += ar * avv
+            pve += ar * ave
+            rvv += a * bvv
+            rve += a * bev
+        h = pvv * rvv + pve * rev + pev * rve + pee * ree
+        m[1 + r0:1 + r.stop, 1:] = h
+    # the rho row: tr(E_0 X F_j Y) = -(q11 zy_v.zx_v + q12 (zy_v.zx_e + zy_e.zx_v) + q22 zy_e.zx_e)
+    dot = np.einsum
+    m[0, 1:] = -(a * dot("ij,ij->j", by.zv, bx.zv)
+                 + b * (dot("ij,ij->j", by.zv, bx.ze) + dot("ij,ij->j", by.ze, bx.zv))
+                 + c * dot("ij,ij->j", by.ze, bx.ze))
+    m[1:, 0] = m[0, 1:]
+    m[0, 0] = float(np.sum(bx.z00 * by.z00))
+    return m
+
+
+def _grouped(form: NeuronForm):
+    """Sum neuron coordinates into parameter coordinates (layer / channel multipliers)."""
+    if form.n_params == form.n:
+        return lambda v: v, lambda m: m
+    idx = np.concatenate([[0], 1 + form.group])
+
+    def vec(v):
+        return np.bincount(idx, weights=v, minlength=form.n_params + 1)
+
+    def mat(m):
+        starts = np.flatnonzero(np.r_[True, np.diff(idx) != 0])
+        return np.add.reduceat(np.add.reduceat(m, starts, axis=0), starts, axis=1)
+
+    return vec, mat
+
+
+def rotate(lmi: ChainLMI) -> tuple[ChainLMI, int]:
+    """``(smaller chain, k)``: for ``n_0 > n_1``, ``W_1^T = Q R`` and the input rotated by
+    ``[Q, Q_perp]`` leaves ``rho I_k`` (``k = n_0 - n_1``) decoupled from the rest, so
+    ``S >= 0  <=>  S_small >= 0 and rho >= 0`` with the same multipliers. (Only the solver
+    uses it; the certificate is always on the original weights.)"""
+    w1 = lmi.weights[0]
+    n1, n0 = w1.shape
+    if n0 <= n1:
+        return lmi, 0
+    r = np.linalg.qr(w1.T, mode="r")  # W_1 Q = R^T
+    return replace(lmi, weights=(np.ascontiguousarray(r.T), *lmi.weights[1:]),
+                   radii=(None,) * len(lmi.weights)), n0 - n1
+
+
+class _Cholesky:
+    """Jacobi-equilibrated Cholesky of the Schur matrix, reused for both right-hand sides."""
+
+    def __init__(self, m: np.ndarray):
+        self.scale = np.sqrt(np.maximum(np.diag(m), 1e-300))
+        ms = m / self.scale[:, None] / self.scale[None, :]
+        self.c = scipy.linalg.cho_factor(ms, lower=True, check_finite=False, overwrite_a=True)
+
+    def solve(self, rhs: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """``M^-1 rhs`` with one step of iterative refinement (M is ill-conditioned late)."""
+        x = self._solve(rhs)
+        return x + self._solve(rhs - m @ x)
+
+    def _solve(self, rhs: np.ndarray) -> np.ndarray:
+        return scipy.linalg.cho_solve(self.c, rhs / self.scale, check_finite=False) / self.scale
+
+
+def _max_step(chol: np.ndarray, d: np.ndarray) -> float:
+    """Largest ``alpha`` with ``Z + alpha D >= 0`` (``chol`` = lower Cholesky factor of Z)."""
+    n = d.shape[0]
+    if n <= LANCZOS_ORDER:
+        w = scipy.linalg.solve_triangular(chol, d, lower=True, check_finite=False)
+        w = scipy.linalg.solve_triangular(chol, w.T, lower=True, check_finite=False)
+        lam = float(scipy.linalg.eigvalsh((w + w.T) / 2.0, subset_by_index=[0, 0],
+                                          check_finite=False)[0])
+    else:
+        def mv(v):
+            u = scipy.linalg.solve_triangular(chol, v, lower=True, trans="T", check_finite=False)
+            return scipy.linalg.solve_triangular(chol, d @ u, lower=True, check_finite=False)
+        op = scipy.sparse.linalg.LinearOperator((n, n), matvec=mv, dtype=np.float64)
+        try:
+            lam = float(scipy.sparse.linalg.eigsh(op, k=1, which="SA", tol=1e-2,
+                                                  return_eigenvectors=False)[0])
+        except scipy.sparse.linalg.ArpackNoConvergence:
+            lam = -1e300  # no estimate: the caller's Cholesky check backtracks
+        lam *= 1.01  # Lanczos converges from inside: stay on the safe side
+    return math.inf if lam >= 0 else -1.0 / lam
+
+
+def _times(lmi):
+    """``(Z, dS) -> Z dS``, by blocks when ``dS`` is block tridiagonal (a chain's LMI)."""
+    if not isinstance(lmi, ChainLMI) or len(lmi.sizes) < 3:
+        return lambda z, ds: z @ ds
+    offs = np.concatenate([[0], np.cumsum(lmi.sizes)])
+    spans = [slice(int(a), int(b)) for a, b in zip(offs[:-1], offs[1:])]
+
+    def times(z, ds):
+        out = np.empty_like(z)
+        for j, cj in enumerate(spans):
+            rows = slice(spans[max(j - 1, 0)].start, spans[min(j + 1, len(spans) - 1)].stop)
+            out[:, cj] = z[:, rows] @ ds[rows, cj]
+        return out
+
+    return times
+
+
+def _sym(z: np.ndarray) -> np.ndarray:
+    z += z.T
+    z *= 0.5
+    return z
+
+
+def solve_pd(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = None,
+             max_iter: int = 100, scalar_cone: int = 0) -> IPMResult:
+    """Minimise rho over the slope-QC LMI ``lmi`` (module docstring).
+
+    ``scalar_cone``: multiplicity ``k`` of an extra block ``rho I_k`` (from :func:`rotate`).
+    ``tol``: stop when the measured gap ``(rho - lower) / rho <= tol``.
+    """
+    t0 = time.perf_counter()
+    form = neuron_form(lmi)
+    vec, mat = _grouped(form)
+    k = scalar_cone
+    nu = form.order + k
+    p, rho = _strict_start(lmi, start)
+    times = _times(lmi)
+    zero = np.zeros(form.n_params)
+    c0 = lmi.assemble(zero, 0.0)  # -C^T C: S(y) = c0 + sum y_j F_j
+
+    n0 = np.arange(form.n_in)
+
+    def slack_step(dy):  # sum_j dy_j F_j (assemble takes |rho|: F_0 = E_0 added here)
+        ds = lmi.assemble(dy[1:], 0.0) - c0
+        ds[n0, n0] += dy[0]
+        return ds
+
+    def factor_s(p, rho):
+        if not rho > 0:
+            return None
+        fac = _factor(lmi.assemble(p, rho))
+        return None if fac is None else fac[0]
+
+    e0 = np.zeros(form.n_params + 1)
+    e0[0] = 1.0
+    ls = factor_s(p, rho)
+    y_inv = _inverse(ls.copy())
+    s = lmi.assemble(p, rho)
+    mu0 = 1.0 / (np.trace(y_inv[:form.n_in, :form.n_in]) + k / rho)
+    x, xk = mu0 * y_inv, mu0 / rho  # centred start, tr(E_0 X) = 1
+    lx = np.linalg.cholesky(x)
+    lower, it, status, stalls = None, 0, "iteration limit", 0
+    while it < max_iter:
+        if time_limit is not None and time.perf_counter() - t0 > time_limit:
+            status = "time limit"
+            break
+        bx, by = Blocks.of(form, x), Blocks.of(form, y_inv)
+        ax = vec(bx.trace(form))
+        ax[0] += k * xk
+        ay = vec(by.trace(form))
+        ay[0] += k / rho
+        mu = (float(np.sum(x * s)) + k * xk * rho) / nu
+        rp = e0 - ax
+        infeas = float(np.linalg.norm(rp))
+        primal = -float(np.sum(c0 * x))
+        if infeas < 1e-3 and rho - primal <= 1e3 * tol * rho:
+            low = _dual_bound(form, mat, by, ay, rho, nu, k)
+            if low is not None:
+                lower = low if lower is None else max(lower, low)
+        _log.debug("it %d rho %.9e primal %.9e infeas %.2e mu %.2e lower %s at %.2f s",
+                   it, rho, primal, infeas, mu, lower, time.perf_counter() - t0)
+        if lower is not None and rho - lower <= tol * rho:
+            status = "optimal"
+            break
+        if stalls >= 3:  # float64 precision reached: nothing left to gain
+            status = "stalled"
+            break
+        mm = mat(schur(form, bx, by))
+        mm[0, 0] += k * xk / rho
+        del bx, by
+        try:
+            fac = _Cholesky(_sym(mm).copy())
+        except (scipy.linalg.LinAlgError, ValueError):
+            status = "singular Schur matrix"
+            break
+        it += 1
+        # predictor (sigma = 0)
+        dy = fac.solve(-e0, mm)
+        ds = slack_step(dy)
+        dx = -x - _sym(times(x, ds) @ y_inv)
+        dxk = -xk - xk * dy[0] / rho
+        ap, ad = _steps(lx, dx, xk, dxk, ls, ds, rho, dy[0])
+        mu_a = (float(np.sum((x + ap * dx) * (s + ad * ds)))
+                + k * (xk + ap * dxk) * (rho + ad * dy[0])) / nu
+        sigma = min(1.0, (mu_a / mu) ** 3)
+        # corrector: centring sigma mu and the second-order term dX_a dS_a S^-1
+        corr = _sym(times(dx, ds) @ y_inv)
+        corr_k = dxk * dy[0] / rho
+        rhs = sigma * mu * ay - e0
+        rhs -= vec(trace_of(form, corr))
+        rhs[0] -= k * corr_k
+        dy = fac.solve(rhs, mm)
+        ds = slack_step(dy)
+        dx = sigma * mu * y_inv - x - _sym(times(x, ds) @ y_inv) - corr
+        dxk = sigma * mu / rho - xk - xk * dy[0] / rho - corr_k
+        ap, ad = _steps(lx, dx, xk, dxk, ls, ds, rho, dy[0])
+        gamma = max(STEP_FRACTION, min(0.99, 1.0 - 10.0 * sigma))
+        ap, ad = min(1.0, gamma * ap), min(1.0, gamma * ad)
+        # take the steps; the Cholesky factors double as the feasibility checks
+        for _ in range(30):
+            xn = x + ap * dx
+            try:
+                lxn = np.linalg.cholesky(xn)
+                break
+            except np.linalg.LinAlgError:
+                ap *= 0.8
+        else:
+            status = "lost primal feasibility"
+            break
+        for _ in range(30):
+            lsn = factor_s(p + ad * dy[1:], rho + ad * dy[0])
+            if lsn is not None:
+                break
+            ad *= 0.8
+        else:
+            status = "lost dual feasibility"
+            break
+        stalls = stalls + 1 if max(ap, ad) < 0.2 else 0
+        x, lx, xk = xn, lxn, xk + ap * dxk
+        p, rho, ls = p + ad * dy[1:], rho + ad * dy[0], lsn
+        s = lmi.assemble(p, rho)
+        y_inv = _inverse(ls.copy())
+    return IPMResult(p, float(rho), lower, it, time.perf_counter() - t0, status)
+
+
+def _steps(lx, dx, xk, dxk, ls, ds, rho, drho) -> tuple[float, float]:
+    """Largest primal and dual steps to the boundary (the scalar cone included)."""
+    ap = _max_step(lx, dx)
+    ad = _max_step(ls, ds)
+    if dxk < 0:
+        ap = min(ap, -xk / dxk)
+    if drho < 0:
+        ad = min(ad, -rho / drho)
+    return ap, ad
+
+
+def _dual_bound(form: NeuronForm, mat, by: Blocks, ay: np.ndarray, rho: float, nu: int,
+                k: int) -> float | None:
+    """The dual-scaling bound of :mod:`lipverify.sdp.ipm` at the current dual point: from
+    the Newton step of ``rho / mu - log det S`` (the scalar cone's ``-k log rho`` included),
+    ``Z = mu (S^-1 - S^-1 dS S^-1)`` is exactly primal feasible, and PSD when the Newton
+    decrement is below 1; then ``rho_opt >= <Z, C^T C> = rho - mu (nu - sum_j d_j s_j)``."""
+    hess = mat(schur(form, by, by))
+    hess[0, 0] += k / rho**2
+    e0 = _unit(hess.shape[0])
+    sol = _solve(hess, np.column_stack([-e0, ay]))
+    if sol is None:
+        return None
+    d1, d2 = sol[:, 0], sol[:, 1]
+    q11, q12, q22 = -float(d1[0]), -float(d2[0]), float(d2 @ ay)
+    kappa = _root(q11, q12, q22, 0.98)
+    if kappa is None or kappa <= 0 or not _accurate(hess, kappa * d1 + d2, kappa * e0 - ay):
+        return None
+    return rho - ((nu - q22) / kappa - q12)
+
+
+def solve_chain_pd(lmi, start=None, **options) -> IPMResult:
+    """:func:`solve_pd` on the balanced (and, when the first layer narrows, rotated) chain,
+    mapped back to the original multipliers."""
+    if not isinstance(lmi, ChainLMI):
+        return solve_pd(lmi, start, **options)
+    scaled, factors, out = balance(lmi)
+    small, k = rotate(scaled)
+    res = solve_pd(small, None if start is None else np.asarray(start) / factors,
+                   scalar_cone=k, **options)
+    return replace(res, params=res.params * factors, rho=res.rho * out,
+                   lower=None if res.lower is None else res.lower * out)

@@ -1,0 +1,98 @@
+"""The primal-dual interior point (lipverify.sdp.pdipm): the exact HKM Schur matrix, the
+rotation that splits off rho I, agreement with the dual-scaling solver and the conic optimum,
+a gap that is a true lower bound, and deep nets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_ipm import RELU, mlp
+
+import lipverify
+from lipverify.activations import SlopeRestricted
+from lipverify.sdp import ipm, pdipm
+from lipverify.sdp.certificate import certify_chain
+from lipverify.sdp.chain import ChainLMI
+
+SLOPE = SlopeRestricted("slope", -0.3, 1.2)
+
+
+def _basis(lmi):
+    """``F_j`` of ``S(y) = sum_j y_j F_j - C^T C`` in (rho, params) coordinates."""
+    m = sum(lmi.param_sizes) + 1
+    c0 = lmi.assemble(np.zeros(m - 1), 0.0)
+    out = []
+    for e in np.eye(m):
+        f = lmi.assemble(e[1:], 0.0) - c0
+        f[np.arange(lmi.sizes[0]), np.arange(lmi.sizes[0])] += e[0]
+        out.append(f)
+    return out
+
+
+@pytest.mark.parametrize("act", [RELU, SLOPE])
+@pytest.mark.parametrize("per_neuron", [True, False])
+def test_schur_matrix_is_tr_f_x_f_y(act, per_neuron):
+    rng = np.random.default_rng(2)
+    lmi = ChainLMI.from_network(mlp([5, 4, 3, 2], act=act), per_neuron)
+    form = ipm.neuron_form(lmi)
+    a, b = rng.normal(size=(2, lmi.order, lmi.order))
+    x, y = a @ a.T, b @ b.T
+    vec, mat = pdipm._grouped(form)
+    m = mat(pdipm.schur(form, pdipm.Blocks.of(form, x), pdipm.Blocks.of(form, y)))
+    fs = _basis(lmi)
+    ref = np.array([[np.trace(f @ x @ g @ y) for g in fs] for f in fs])
+    assert np.allclose(m, ref, rtol=1e-11, atol=1e-12 * np.abs(ref).max())
+    tr = [np.trace(f @ x) for f in fs]
+    assert np.allclose(vec(pdipm.Blocks.of(form, x).trace(form)), tr, rtol=1e-11, atol=1e-11)
+    assert np.allclose(vec(pdipm.trace_of(form, x)), tr, rtol=1e-11, atol=1e-11)
+
+
+def test_rotation_keeps_rho_star():
+    lmi = ChainLMI.from_network(mlp([30, 7, 6, 3], seed=4))
+    small, k = pdipm.rotate(lmi)
+    assert k == 23 and small.order == lmi.order - 23
+    p = ipm._strict_start(lmi, None)[0]
+    assert small.rho_star(p) == pytest.approx(lmi.rho_star(p), rel=1e-10)
+    same, k0 = pdipm.rotate(ChainLMI.from_network(mlp([5, 7, 3])))
+    assert k0 == 0 and same.order == 12
+
+
+@pytest.mark.parametrize("widths", [[8, 10, 10, 3], [40, 12, 12, 12, 4]])
+@pytest.mark.parametrize("act", [RELU, SLOPE])
+def test_agrees_with_dual_scaling_and_the_conic_optimum(widths, act):
+    net = mlp(widths, seed=len(widths), act=act)
+    lmi = ChainLMI.from_network(net)
+    pd, ds = pdipm.solve_chain_pd(lmi), ipm.solve_chain_ipm(lmi)
+    assert pd.status == "optimal" and pd.gap <= 1e-8
+    assert pd.rho == pytest.approx(ds.rho, rel=1e-7)
+    assert pd.lower <= ds.rho * (1 + 1e-9)  # a true lower bound (weak duality)
+    assert pd.iterations < ds.iterations
+    conic = lipverify.bound(net, method="lipsdp-neuron", solver="clarabel").bound
+    cert = certify_chain(lmi, pd.params)
+    assert cert.ok and cert.bound == pytest.approx(conic, rel=1e-6)
+
+
+def test_layer_multipliers():
+    lmi = ChainLMI.from_network(mlp([10, 8, 8, 8, 3], seed=1), per_neuron=False)
+    pd, ds = pdipm.solve_chain_pd(lmi), ipm.solve_chain_ipm(lmi)
+    assert pd.status == "optimal" and pd.rho == pytest.approx(ds.rho, rel=1e-7)
+
+
+def test_deep_net_certifies_below_ldlt_fast_with_a_gap():
+    net = mlp([12] * 17 + [3], seed=3, scale=2.0)  # 16 hidden layers, norm product ~1e5
+    lmi = ChainLMI.from_network(net)
+    res = pdipm.solve_chain_pd(lmi, time_limit=120)
+    assert res.status == "optimal" and res.gap <= 1e-7
+    cert = certify_chain(lmi, res.params)
+    lower = lipverify.bound(net, method="lower", restarts=4).bound
+    fast = lipverify.bound(net, method="ldlt-fast").bound
+    assert cert.ok and lower <= cert.bound < fast
+    assert cert.bound ** 2 == pytest.approx(res.rho, rel=1e-6)
+    assert res.lower <= cert.rho
+
+
+def test_time_limit_returns_a_strictly_feasible_point():
+    lmi = ChainLMI.from_network(mlp([20, 16, 16, 16, 4], seed=2))
+    res = pdipm.solve_chain_pd(lmi, time_limit=0.0)
+    assert res.status == "time limit" and res.iterations == 0
+    assert np.isfinite(res.rho) and res.rho >= lmi.rho_star(res.params)
