@@ -19,7 +19,7 @@ from ..network import Network
 from ..results import MethodOutput
 from ..sdp import linf
 from ..sdp.backends import BACKENDS, choose_backend, estimate_cone
-from ..sdp.certificate import Certificate, certify_chain
+from ..sdp.certificate import Certificate, certify_chain, certify_if_better
 from ..sdp.chain import ChainLMI
 from ..sdp.dag import DagLMI, certify_dag, solve_dag
 from ..sdp.sequential import ldlt_fast_params, ldlt_params
@@ -163,9 +163,10 @@ def _lipsdp(
         layer = _chain(network, False)
         lp, _, _ = minimize_rho(layer, certify_chain(layer, ldlt_fast_params(layer)).params,
                                 time_limit=clock.left(2.0 * reserve, share=1 / 3))
-        warm = certify_chain(lmi, np.concatenate(
-            [qc.from_layer(p) for qc, p in zip(lmi.qcs, layer.split(lp))]), clock.deadline)
-        if warm.bound < start_cert.bound:
+        warm = certify_if_better(lmi, np.concatenate(
+            [qc.from_layer(p) for qc, p in zip(lmi.qcs, layer.split(lp))]), start_cert,
+            clock.deadline)
+        if warm is not start_cert:
             start_cert = warm
             details["warm_start"] = "lipsdp-layer"
     info = {"timed_out": True}
@@ -179,8 +180,7 @@ def _lipsdp(
     # report the best certificate: never worse than the start it polished
     cert = start_cert
     if params is not None:
-        cert = min(certify_chain(lmi, params, clock.deadline), start_cert,
-                   key=lambda c: c.bound)
+        cert = certify_if_better(lmi, params, start_cert, clock.deadline)
     status = _with_gap(lmi, cert.params, cert.rho, status, details, clock)
     if cert.theta > 0:
         status += f"; repaired (theta={cert.theta:.3g})"
@@ -244,7 +244,7 @@ def _lipsdp_ipm(lmi, details: dict, clock: Clock) -> MethodOutput:
         reserve = 2.0 * clock.elapsed()
     res = solve_chain_ipm(lmi, start, time_limit=clock.left(reserve))
     details.update(ipm_iterations=res.iterations, solve_seconds=res.seconds,
-                   ipm_status=res.status)
+                   ipm_status=res.status, ipm_algorithm=res.algorithm)
     cert = _certify(lmi, res.params, clock.deadline)
     status = "optimal" if res.status == "optimal" else f"interior point: {res.status}"
     if res.status != "optimal":  # stopped early: never worse than its certified start

@@ -124,7 +124,7 @@ def smallest_margin(check, rho_star: float, steps: int = 3, first: float | None 
 #: LMIs up to this order try the dense check first (cheap, and the tightest when it passes).
 SMALL_ORDER = 500
 #: A certified margin this small (relative, in rho) ends the search.
-GOOD_MARGIN = 1e-8
+GOOD_MARGIN = 1e-7
 
 
 def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certificate | None:
@@ -132,10 +132,10 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
     clique-wise checks (backward, then forward; §3/§8) on the exactly balanced chain
     (``bal = balance(lmi)``), then dense again up to order ``LARGE_ORDER`` if nothing
     tight passed."""
-    found = []
+    found, local = [], [math.inf]  # local: margins relative to each check's own rho*
 
     def best() -> float:
-        return min(found)[1] if found else math.inf
+        return min(min(found)[1] if found else math.inf, local[0])
 
     def dense(steps: int) -> None:
         hit = smallest_margin(lambda r: _verify_dense(lmi, params, r), rho_star, steps=steps)
@@ -145,6 +145,7 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
     def add(hit, out):
         if hit is not None and math.isfinite(hit[0] * out) and (hit[0] * out) / out == hit[0]:
             found.append((hit[0] * out, hit[0] * out / max(rho_star, 1e-300) - 1.0))
+            local[0] = min(local[0], hit[1])
 
     small = lmi.order <= SMALL_ORDER
     if small:
@@ -177,6 +178,25 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
 SCALE_REPAIRS = (2.0**-30, 2.0**-17, 2.0**-7, 2.0**-3)
 
 
+def _rho_star(lmi: ChainLMI, q, bal) -> float:
+    """rho*(q) by the backward recursion; on the exactly balanced chain if it overflows."""
+    r = lmi.rho_star(q)
+    scaled, factors, out = bal
+    if not math.isfinite(r) and is_exact_balance(lmi, scaled, factors, out):
+        r = scaled.rho_star(q / factors) * out  # deep nets: the balanced recursion
+    return r
+
+
+def certify_if_better(lmi: ChainLMI, params, incumbent: Certificate,
+                      deadline: float | None = None) -> Certificate:
+    """The better of ``incumbent`` and the certificate of ``params``, skipping the
+    certification when ``rho*(params)`` (a lower bound on anything it could certify) is
+    already no better than the incumbent's certified rho."""
+    if incumbent.ok and not _rho_star(lmi, lmi.project(params), balance(lmi)) < incumbent.rho:
+        return incumbent
+    return min(certify_chain(lmi, params, deadline), incumbent, key=lambda c: c.bound)
+
+
 def _past(deadline: float | None) -> bool:
     return deadline is not None and time.perf_counter() > deadline
 
@@ -187,13 +207,9 @@ def certify_chain(lmi: ChainLMI, params, deadline: float | None = None) -> Certi
     ``time.perf_counter()`` value) no further repair is tried once one has certified."""
     p = lmi.project(params)
     bal = balance(lmi)
-    scaled, factors, out = bal
 
     def rho_star(q):
-        r = lmi.rho_star(q)
-        if not math.isfinite(r) and is_exact_balance(lmi, scaled, factors, out):
-            r = scaled.rho_star(q / factors) * out  # deep nets: the balanced recursion
-        return r
+        return _rho_star(lmi, q, bal)
 
     best = None
     for e in (0.0, *SCALE_REPAIRS):

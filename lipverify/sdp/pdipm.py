@@ -364,7 +364,7 @@ def solve_pd(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = N
         p, rho, ls = p + ad * dy[1:], rho + ad * dy[0], lsn
         s = lmi.assemble(p, rho)
         y_inv = _inverse(ls.copy())
-    return IPMResult(p, float(rho), lower, it, time.perf_counter() - t0, status)
+    return IPMResult(p, float(rho), lower, it, time.perf_counter() - t0, status, "primal-dual")
 
 
 def _steps(lx, dx, xk, dxk, ls, ds, rho, drho) -> tuple[float, float]:
