@@ -174,7 +174,7 @@ def _reduce(h: np.ndarray, starts: np.ndarray | None, axis: int) -> np.ndarray:
     return h if starts is None else np.add.reduceat(h, starts, axis=axis)
 
 
-def newton_system(form: NeuronForm, x: np.ndarray, chunk: int = 1024):
+def newton_system(form: NeuronForm, x: np.ndarray, chunk: int = 128):
     """Gradient pieces ``s_j = tr(X F_j)`` and the Hessian ``H_jl = tr(X F_j X F_l)`` of
     ``-log det S`` in ``(rho, params)``, from ``X = S^-1``."""
     n0, n = form.n_in, form.n
@@ -193,7 +193,7 @@ def newton_system(form: NeuronForm, x: np.ndarray, chunk: int = 1024):
     return _assemble_newton(form, gvv, gve, x[n0:, n0:], input_parts, chunk)
 
 
-def _assemble_newton(form: NeuronForm, gvv, gve, gee, input_parts, chunk: int = 1024):
+def _assemble_newton(form: NeuronForm, gvv, gve, gee, input_parts, chunk: int = 128):
     """The Newton system from the 2x2 blocks ``U_i^T X U_j`` (``gvv = V X V^T``, ``gve = V X
     E^T``, ``gee = E X E^T``) and the input-block terms ``(tr X_00, ||X_00||_F^2, |z^v_i|^2,
     z^v_i . z^e_i, |z^e_i|^2)`` with ``z^v_i = X_0. v_i``, ``z^e_i = X_0. e_i``."""

@@ -119,7 +119,7 @@ def trace_of(form: NeuronForm, z: np.ndarray) -> np.ndarray:
     return _trace(form, np.trace(z[:form.n_in, :form.n_in]), vv, ve, ee)
 
 
-def schur(form: NeuronForm, bx: Blocks, by: Blocks, chunk: int = 1024) -> np.ndarray:
+def schur(form: NeuronForm, bx: Blocks, by: Blocks, chunk: int = 128) -> np.ndarray:
     """``M_jl = tr(F_j X F_l Y)`` in (rho, neuron) coordinates (before grouping).
 
     Per neuron pair, ``tr(Q_i A Q_j B^T)`` with ``A = U_i^T X U_j``, ``B = U_i^T Y U_j``."""
