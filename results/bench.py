@@ -40,19 +40,22 @@ CASES = os.environ.get("LIPVERIFY_BENCH_CASES", "")
 
 def cases(suite: str) -> list[dict]:
     out = [{"name": "mlp 64-64x4-10", "widths": [64, 64, 64, 64, 64, 10], "seed": 0}]
-    out += [{"name": f"depth sweep 64x{d}", "widths": [64] * (d + 1) + [10], "seed": d}
-            for d in (2, 8, 16, 32, 64)]
+    out += [{"name": f"depth sweep 64x{d}", "widths": [64] * (d + 1) + [10], "seed": d,
+             **({"limit": 300.0} if d == 32 else {})} for d in (2, 8, 16, 32, 64)]
     out += [{"name": f"784-{n}-{n}-10", "widths": [784, n, n, 10], "seed": n}
             for n in (100, 200, 300, 400)]
     out += [{"name": f"width {w} x2", "widths": [w, w, w, 10], "seed": w} for w in (32, 128, 512)]
     for f in ("mnist-net_256x2.onnx", "mnist-net_256x6.onnx", "mnist_relu_9_200.onnx"):
         if (SHARED / "onnx" / f).exists():
-            out.append({"name": f, "path": str(SHARED / "onnx" / f)})
+            out.append({"name": f, "path": str(SHARED / "onnx" / f),
+                        **({} if f == "mnist-net_256x2.onnx" else {"limit": 300.0})})
     if suite == "full":
         out.append({"name": "784-1024x8-10", "widths": [784] + [1024] * 8 + [10], "seed": 8,
                     "runners": ("lipverify", "naive"), "limit": 600.0})
         out.append({"name": "depth sweep 64x64 (ours)", "widths": [64] * 65 + [10], "seed": 64,
                     "runners": ("lipverify",)})
+        out.append({"name": "depth sweep 64x64 exact (--solver ipm)", "widths": [64] * 65 + [10],
+                    "seed": 64, "runners": ("lipverify",), "solver": "ipm", "limit": 1800.0})
     return out
 
 
@@ -90,7 +93,7 @@ def _child(case, runner) -> dict:
     start = time.perf_counter()
     res = {"bound": None, "certified": False, "gap": None, "status": "ok"}
     if runner == "lipverify":
-        r = lipverify.bound(net, method="lipsdp-neuron",
+        r = lipverify.bound(net, method="lipsdp-neuron", solver=case.get("solver", "auto"),
                             time_limit=case.get("limit", OURS_LIMIT))
         res.update(bound=r.bound, certified=r.certified, gap=r.details.get("gap"),
                    status=r.status)

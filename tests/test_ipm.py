@@ -141,3 +141,15 @@ def test_reduced_barrier_equals_the_full_one(act, per_neuron):
     assert np.allclose(h2, h1, rtol=1e-11, atol=1e-13 * np.abs(h1).max())
     other = ChainLMI.from_network(mlp([9, 5, 3], act=SlopeRestricted("s", -0.3, 1.2)))
     assert not ipm._ReducedBarrier.applies(other, ipm.neuron_form(other))  # alpha beta != 0
+
+
+def test_time_limit_covers_the_certification_on_the_smooth_path():
+    """The limit bounds everything: past it, no solver stage, no gap, only the certified
+    start (never worse than ldlt-fast)."""
+    net = mlp([40] * 6 + [5], seed=7)
+    out = lipverify.bound(net, method="lipsdp-neuron", solver="smooth", time_limit=1e-9)
+    fast = lipverify.bound(net, method="ldlt-fast")
+    assert out.certified and "time limit" in out.status
+    assert "optimality gap not computed: time limit" in out.status
+    assert out.bound <= fast.bound * (1 + 1e-12)
+    assert out.details["seconds_total"] > 0

@@ -319,11 +319,15 @@ class _ReducedBarrier:
         return _assemble_newton(form, gvv, gve, pm, parts)
 
 
-def _strict_start(lmi, params: np.ndarray | None) -> tuple[np.ndarray, float]:
+#: Blends ``(1 - theta) start + theta anchor`` tried for the first iterate, in order.
+STARTS = (0.01, 0.1, 0.5)
+
+
+def _strict_start(lmi, params: np.ndarray | None, starts=STARTS) -> tuple[np.ndarray, float]:
     anchor = lmi.anchor()
     best = None
     for cand in ([] if params is None else [lmi.project(params)]):
-        for theta in (0.01, 0.1, 0.5):
+        for theta in starts:
             q = (1.0 - theta) * cand + theta * anchor  # strictly inside (theta > 0)
             r = lmi.rho_star(q)
             if math.isfinite(r) and np.all(q > 0):
@@ -448,21 +452,32 @@ def _solve(h: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
 
 
 #: Chains with at least this many hidden layers use the primal-dual method
-#: (:mod:`lipverify.sdp.pdipm`): 16-36 iterations where dual scaling needs 75-300 (measured
+#: (:mod:`lipverify.sdp.pdipm`): 16-42 iterations where dual scaling needs 75-300 (measured
 #: on the bench's deep nets); on two hidden layers dual scaling's cheaper iterations win.
 PRIMAL_DUAL_DEPTH = 3
+#: Above this order, the primal-dual method keeps its primal on the block-tridiagonal pattern
+#: (:mod:`lipverify.sdp.pdchordal`): no N^3 products (64x64: about 8 s per iteration
+#: instead of about 25 s), at the price of more iterations (no second-order correction).
+CHORDAL_ORDER = 3000
 
 
 def solve_chain_ipm(lmi, start=None, *, algorithm: str = "auto", **options) -> IPMResult:
     """The interior-point solve of a slope-QC LMI: ``algorithm`` "primal-dual"
-    (:func:`lipverify.sdp.pdipm.solve_chain_pd`), "dual-scaling" (:func:`solve_ipm` on the
-    balanced chain, or directly on a DAG), or "auto" (primal-dual on chains with at least
-    ``PRIMAL_DUAL_DEPTH`` hidden layers)."""
-    if algorithm not in ("auto", "primal-dual", "dual-scaling"):
+    (:func:`lipverify.sdp.pdipm.solve_chain_pd`), "primal-dual chordal"
+    (:func:`lipverify.sdp.pdchordal.solve_chain_pd_chordal`, chains only), "dual-scaling"
+    (:func:`solve_ipm` on the balanced chain, or directly on a DAG), or "auto" (primal-dual
+    on chains with at least ``PRIMAL_DUAL_DEPTH`` hidden layers, chordal above
+    ``CHORDAL_ORDER``)."""
+    if algorithm not in ("auto", "primal-dual", "primal-dual chordal", "dual-scaling"):
         raise ValueError(f"unknown interior-point algorithm {algorithm!r}")
     chain = isinstance(lmi, ChainLMI)
-    if algorithm == "primal-dual" or \
-            (algorithm == "auto" and chain and len(lmi.qcs) >= PRIMAL_DUAL_DEPTH):
+    if algorithm == "auto" and chain and len(lmi.qcs) >= PRIMAL_DUAL_DEPTH:
+        algorithm = "primal-dual chordal" if lmi.order > CHORDAL_ORDER else "primal-dual"
+    if algorithm == "primal-dual chordal":
+        from .pdchordal import solve_chain_pd_chordal
+
+        return solve_chain_pd_chordal(lmi, start, **options)
+    if algorithm == "primal-dual":
         from .pdipm import solve_chain_pd
 
         return solve_chain_pd(lmi, start, **options)

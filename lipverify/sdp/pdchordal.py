@@ -35,6 +35,7 @@ from . import blocktri
 from .chain import ChainLMI, assemble_tridiagonal, balance
 from .ipm import IPMResult, _factor, _strict_start, neuron_form
 from .pdipm import (
+    PD_STARTS,
     STEP_FRACTION,
     Blocks,
     _Cholesky,
@@ -103,7 +104,7 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
     nu = form.order + k
     offs = np.concatenate([[0], np.cumsum(lmi.sizes)])
     times = _times(lmi)
-    p, rho = _strict_start(lmi, start)
+    p, rho = _strict_start(lmi, start, PD_STARTS)
     c0 = lmi.blocks(np.zeros(form.n_params), 0.0)  # -C^T C on the pattern
     n0 = np.arange(form.n_in)
 
