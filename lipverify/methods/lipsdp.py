@@ -101,6 +101,13 @@ def _with_gap(lmi, params, rho: float, status: str, details: dict,
     return f"{status}; {gap_text}"
 
 
+def _feasible(lmi: ChainLMI, params) -> np.ndarray:
+    """``params`` projected, if strictly feasible (finite rho*); else their certified repair.
+    A solver start needs no certificate."""
+    p = lmi.project(params)
+    return p if math.isfinite(lmi.rho_star(p)) else certify_chain(lmi, p).params
+
+
 def _kind(per_neuron: bool | str) -> str:
     return per_neuron if isinstance(per_neuron, str) else ("neuron" if per_neuron else "layer")
 
@@ -161,7 +168,7 @@ def _lipsdp(
     if per_neuron and stages is SMOOTH_STAGES and not clock.expired(2.0 * reserve):
         # cold start: solve the few-variable layer problem first, expand it per neuron
         layer = _chain(network, False)
-        lp, _, _ = minimize_rho(layer, certify_chain(layer, ldlt_fast_params(layer)).params,
+        lp, _, _ = minimize_rho(layer, _feasible(layer, ldlt_fast_params(layer)),
                                 time_limit=clock.left(2.0 * reserve, share=1 / 3))
         warm = certify_if_better(lmi, np.concatenate(
             [qc.from_layer(p) for qc, p in zip(lmi.qcs, layer.split(lp))]), start_cert,

@@ -455,6 +455,9 @@ def _solve(h: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
 #: (:mod:`lipverify.sdp.pdipm`): 16-42 iterations where dual scaling needs 75-300 (measured
 #: on the bench's deep nets); on two hidden layers dual scaling's cheaper iterations win.
 PRIMAL_DUAL_DEPTH = 3
+#: ... and order above this: below it dual scaling's iterations are so cheap that it wins
+#: (64-64x4-10, order 320: 0.6 s against 1.6 s; order 576: even).
+PRIMAL_DUAL_ORDER = 600
 #: Above this order, the primal-dual method keeps its primal on the block-tridiagonal pattern
 #: (:mod:`lipverify.sdp.pdchordal`): no N^3 products (64x64: about 8 s per iteration
 #: instead of about 25 s), at the price of more iterations (no second-order correction).
@@ -466,12 +469,13 @@ def solve_chain_ipm(lmi, start=None, *, algorithm: str = "auto", **options) -> I
     (:func:`lipverify.sdp.pdipm.solve_chain_pd`), "primal-dual chordal"
     (:func:`lipverify.sdp.pdchordal.solve_chain_pd_chordal`, chains only), "dual-scaling"
     (:func:`solve_ipm` on the balanced chain, or directly on a DAG), or "auto" (primal-dual
-    on chains with at least ``PRIMAL_DUAL_DEPTH`` hidden layers, chordal above
-    ``CHORDAL_ORDER``)."""
+    on chains with at least ``PRIMAL_DUAL_DEPTH`` hidden layers and order above
+    ``PRIMAL_DUAL_ORDER``, chordal above ``CHORDAL_ORDER``)."""
     if algorithm not in ("auto", "primal-dual", "primal-dual chordal", "dual-scaling"):
         raise ValueError(f"unknown interior-point algorithm {algorithm!r}")
     chain = isinstance(lmi, ChainLMI)
-    if algorithm == "auto" and chain and len(lmi.qcs) >= PRIMAL_DUAL_DEPTH:
+    if algorithm == "auto" and chain and len(lmi.qcs) >= PRIMAL_DUAL_DEPTH and \
+            lmi.order > PRIMAL_DUAL_ORDER:
         algorithm = "primal-dual chordal" if lmi.order > CHORDAL_ORDER else "primal-dual"
     if algorithm == "primal-dual chordal":
         from .pdchordal import solve_chain_pd_chordal
