@@ -97,8 +97,10 @@ def ipm_reason(lmi) -> str | None:
 
 
 def ipm_bytes(order: int, neurons: int) -> int:
-    """Working memory of one iteration: S, its inverse, a trial S, X V^T, two n x n."""
-    return 8 * (3 * order * order + order * neurons + 2 * neurons * neurons)
+    """Working memory of one iteration, for the largest of the three methods (the
+    primal-dual ones hold X, S^-1, S, a direction and two products of order N, the 2x2
+    blocks of U^T X U and U^T S^-1 U and the Schur matrix with its factor, n x n each)."""
+    return 8 * (10 * order * order + 8 * neurons * neurons)
 
 
 def neuron_form(lmi) -> NeuronForm:

@@ -25,27 +25,24 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import replace
 
 import numpy as np
-import scipy.linalg
-import scipy.sparse.linalg
 
 from . import blocktri
-from .chain import ChainLMI, assemble_tridiagonal, balance
+from .chain import ChainLMI, assemble_tridiagonal
 from .ipm import IPMResult, _factor, _strict_start, neuron_form
 from .pdipm import (
     PD_STARTS,
-    STEP_FRACTION,
     Blocks,
-    _Cholesky,
-    _dual_bound,
+    _Context,
+    _fraction,
     _grouped,
     _max_step,
-    _sym,
+    _measure,
+    _newton_matrix,
     _times,
-    rotate,
-    schur,
+    backtrack,
+    on_balanced,
     trace_of,
 )
 
@@ -124,37 +121,25 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
     xk = mu0 / rho
     chols = blocktri.clique_factors(*x)
     lower, it, status, stalls = None, 0, "iteration limit", 0
+    ctx = _Context(form, vec, mat, k, nu, tol)
     while it < max_iter:
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
             status = "time limit"
             break
         xhat = blocktri.completion(*x)
         bx, by = Blocks.of(form, xhat), Blocks.of(form, y_inv)
-        ax = vec(trace_of(form, assemble_tridiagonal(*x)))  # A(X_P), exactly on the pattern
-        ax[0] += k * xk
-        ay = vec(by.trace(form))
-        ay[0] += k / rho
-        mu = (_dot(x, s) + k * xk * rho) / nu
-        infeas = float(np.linalg.norm(e0 - ax))
-        primal = -float(np.sum(c0[0][-1] * x[0][-1]))
-        if infeas < 1e-3 and rho - primal <= 1e3 * tol * rho:
-            low = _dual_bound(form, mat, by, ay, rho, nu, k)
-            if low is not None:
-                lower = low if lower is None else max(lower, low)
-        _log.debug("it %d rho %.9e primal %.9e infeas %.2e mu %.2e lower %s at %.2f s",
-                   it, rho, primal, infeas, mu, lower, time.perf_counter() - t0)
+        # A(X_P) and <C^T C, X_P> exactly on the pattern
+        ay, mu, lower = _measure(ctx, by, trace_of(form, assemble_tridiagonal(*x)), _dot(x, s),
+                                 -float(np.sum(c0[0][-1] * x[0][-1])), xk, rho, lower, (it, t0))
         if lower is not None and rho - lower <= tol * rho:
             status = "optimal"
             break
         if stalls >= 3:
             status = "stalled"
             break
-        mm = mat(schur(form, bx, by))
-        mm[0, 0] += k * xk / rho
+        mm, fac = _newton_matrix(ctx, bx, by, xk, rho)
         del bx, by
-        try:
-            fac = _Cholesky(_sym(mm).copy())
-        except (scipy.linalg.LinAlgError, ValueError):
+        if fac is None:
             status = "singular Schur matrix"
             break
         it += 1
@@ -170,27 +155,20 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
         centre_k = sigma * mu / rho
         dy, ds, dx, dxk = _direction(state, rhs, centre, centre_k, slack_step, times, offs)
         ap, ad = _steps(chols, dx, xk, dxk, s, ds, rho, dy[0])
-        gamma = max(STEP_FRACTION, min(0.99, 1.0 - 10.0 * sigma))
-        ap, ad = min(1.0, gamma * ap), min(1.0, gamma * ad)
-        for _ in range(30):
-            xn = _axpy(x, ap, dx)
-            cn = blocktri.clique_factors(*xn)
-            if cn is not None:
-                break
-            ap *= 0.8
-        else:
-            status = "lost primal feasibility"
+        ap, ad = _fraction(ap, ad, sigma)
+        ap, cn = backtrack(lambda a, x=x, dx=dx: blocktri.clique_factors(*_axpy(x, a, dx)), ap)
+
+        def dual_trial(a, p=p, rho=rho, dy=dy):
+            sn = lmi.blocks(p + a * dy[1:], rho + a * dy[0])
+            fn = blocktri.factor(*sn) if rho + a * dy[0] > 0 else None
+            return None if fn is None else (sn, fn)
+
+        ad, dual = backtrack(dual_trial, ad)
+        if cn is None or dual is None:
+            status = f"lost {'primal' if cn is None else 'dual'} feasibility"
             break
-        for _ in range(30):
-            pn, rn = p + ad * dy[1:], rho + ad * dy[0]
-            sn = lmi.blocks(pn, rn)
-            fn = blocktri.factor(*sn) if rn > 0 else None
-            if fn is not None:
-                break
-            ad *= 0.8
-        else:
-            status = "lost dual feasibility"
-            break
+        xn, (sn, fn) = _axpy(x, ap, dx), dual
+        pn, rn = p + ad * dy[1:], rho + ad * dy[0]
         _log.debug("steps %.3f %.3f sigma %.3g", ap, ad, sigma)
         stalls = stalls + 1 if max(ap, ad) < 0.2 else 0
         x, chols, xk = xn, cn, xk + ap * dxk
@@ -224,9 +202,4 @@ def _steps(chols, dx, xk, dxk, s, ds, rho, drho) -> tuple[float, float]:
 
 def solve_chain_pd_chordal(lmi: ChainLMI, start=None, **options) -> IPMResult:
     """:func:`solve_pd_chordal` on the balanced (and rotated) chain, mapped back."""
-    scaled, factors, out = balance(lmi)
-    small, k = rotate(scaled)
-    res = solve_pd_chordal(small, None if start is None else np.asarray(start) / factors,
-                           scalar_cone=k, **options)
-    return replace(res, params=res.params * factors, rho=res.rho * out,
-                   lower=None if res.lower is None else res.lower * out)
+    return on_balanced(solve_pd_chordal, lmi, start, **options)

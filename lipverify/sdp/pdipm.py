@@ -287,37 +287,23 @@ def solve_pd(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = N
     x, xk = mu0 * y_inv, mu0 / rho  # centred start, tr(E_0 X) = 1
     lx = np.linalg.cholesky(x)
     lower, it, status, stalls = None, 0, "iteration limit", 0
+    ctx = _Context(form, vec, mat, k, nu, tol)
     while it < max_iter:
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
             status = "time limit"
             break
         bx, by = Blocks.of(form, x), Blocks.of(form, y_inv)
-        ax = vec(bx.trace(form))
-        ax[0] += k * xk
-        ay = vec(by.trace(form))
-        ay[0] += k / rho
-        mu = (float(np.sum(x * s)) + k * xk * rho) / nu
-        rp = e0 - ax
-        infeas = float(np.linalg.norm(rp))
-        primal = -float(np.sum(c0 * x))
-        if infeas < 1e-3 and rho - primal <= 1e3 * tol * rho:
-            low = _dual_bound(form, mat, by, ay, rho, nu, k)
-            if low is not None:
-                lower = low if lower is None else max(lower, low)
-        _log.debug("it %d rho %.9e primal %.9e infeas %.2e mu %.2e lower %s at %.2f s",
-                   it, rho, primal, infeas, mu, lower, time.perf_counter() - t0)
+        ay, mu, lower = _measure(ctx, by, bx.trace(form), float(np.sum(x * s)),
+                                 -float(np.sum(c0 * x)), xk, rho, lower, (it, t0))
         if lower is not None and rho - lower <= tol * rho:
             status = "optimal"
             break
         if stalls >= 3:  # float64 precision reached: nothing left to gain
             status = "stalled"
             break
-        mm = mat(schur(form, bx, by))
-        mm[0, 0] += k * xk / rho
+        mm, fac = _newton_matrix(ctx, bx, by, xk, rho)
         del bx, by
-        try:
-            fac = _Cholesky(_sym(mm).copy())
-        except (scipy.linalg.LinAlgError, ValueError):
+        if fac is None:
             status = "singular Schur matrix"
             break
         it += 1
@@ -341,33 +327,104 @@ def solve_pd(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = N
         dx = sigma * mu * y_inv - x - _sym(times(x, ds) @ y_inv) - corr
         dxk = sigma * mu / rho - xk - xk * dy[0] / rho - corr_k
         ap, ad = _steps(lx, dx, xk, dxk, ls, ds, rho, dy[0])
-        gamma = max(STEP_FRACTION, min(0.99, 1.0 - 10.0 * sigma))
-        ap, ad = min(1.0, gamma * ap), min(1.0, gamma * ad)
         # take the steps; the Cholesky factors double as the feasibility checks
-        for _ in range(30):
-            xn = x + ap * dx
-            try:
-                lxn = np.linalg.cholesky(xn)
-                break
-            except np.linalg.LinAlgError:
-                ap *= 0.8
-        else:
-            status = "lost primal feasibility"
+        ap, ad = _fraction(ap, ad, sigma)
+        ap, lxn = backtrack(lambda a, x=x, dx=dx: _cholesky_or_none(x + a * dx), ap)
+        ad, lsn = backtrack(lambda a, p=p, r=rho, d=dy: factor_s(p + a * d[1:], r + a * d[0]),
+                            ad)
+        if lxn is None or lsn is None:
+            status = f"lost {'primal' if lxn is None else 'dual'} feasibility"
             break
-        for _ in range(30):
-            lsn = factor_s(p + ad * dy[1:], rho + ad * dy[0])
-            if lsn is not None:
-                break
-            ad *= 0.8
-        else:
-            status = "lost dual feasibility"
-            break
+        xn = x + ap * dx
         stalls = stalls + 1 if max(ap, ad) < 0.2 else 0
         x, lx, xk = xn, lxn, xk + ap * dxk
         p, rho, ls = p + ad * dy[1:], rho + ad * dy[0], lsn
         s = lmi.assemble(p, rho)
         y_inv = _inverse(ls.copy())
     return IPMResult(p, float(rho), lower, it, time.perf_counter() - t0, status, "primal-dual")
+
+
+def _fraction(ap: float, ad: float, sigma: float) -> tuple[float, float]:
+    """The fraction of the way to the boundary each step takes (longer as sigma -> 0)."""
+    gamma = max(STEP_FRACTION, min(0.99, 1.0 - 10.0 * sigma))
+    return min(1.0, gamma * ap), min(1.0, gamma * ad)
+
+
+def backtrack(trial, step: float, shrink: float = 0.8, tries: int = 30):
+    """``(step, trial(step))`` for the first step (shrinking) whose trial is not None."""
+    for _ in range(tries):
+        out = trial(step)
+        if out is not None:
+            return step, out
+        step *= shrink
+    return step, None
+
+
+def _cholesky_or_none(z: np.ndarray) -> np.ndarray | None:
+    try:
+        return np.linalg.cholesky(z)
+    except np.linalg.LinAlgError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every iteration of the primal-dual methods shares."""
+
+    form: NeuronForm
+    vec: object  # neuron -> parameter coordinates (vectors)
+    mat: object  # ... (matrices)
+    k: int  # multiplicity of the scalar cone rho >= 0
+    nu: int  # barrier parameter, order + k
+    tol: float
+
+    @property
+    def e0(self) -> np.ndarray:
+        return _unit(self.form.n_params + 1)
+
+
+def _measure(ctx: _Context, by: Blocks, ax_neurons, xs: float, primal: float, xk: float,
+             rho: float, lower, where) -> tuple[np.ndarray, float, float | None]:
+    """``(A(S^-1), mu, best dual bound)`` at an iterate (``ax_neurons = A(X)`` per neuron,
+    ``xs = <X, S>``, ``primal = <C^T C, X>``); the bound is tried once the primal is nearly
+    feasible and close."""
+    form, k = ctx.form, ctx.k
+    ax = ctx.vec(ax_neurons)
+    ax[0] += k * xk
+    ay = ctx.vec(by.trace(form))
+    ay[0] += k / rho
+    mu = (xs + k * xk * rho) / ctx.nu
+    infeas = float(np.linalg.norm(ctx.e0 - ax))
+    if infeas < 1e-3 and rho - primal <= 1e3 * ctx.tol * rho:
+        low = _dual_bound(form, ctx.mat, by, ay, rho, ctx.nu, k)
+        if low is not None:
+            lower = low if lower is None else max(lower, low)
+    _log.debug("it %d rho %.9e primal %.9e infeas %.2e mu %.2e lower %s at %.2f s",
+               where[0], rho, primal, infeas, mu, lower, time.perf_counter() - where[1])
+    return ay, mu, lower
+
+
+def _newton_matrix(ctx: _Context, bx: Blocks, by: Blocks, xk: float, rho: float):
+    """``(M, its factor)``, the factor None if M is numerically singular."""
+    mm = ctx.mat(schur(ctx.form, bx, by))
+    mm[0, 0] += ctx.k * xk / rho
+    try:
+        return mm, _Cholesky(_sym(mm).copy())
+    except (scipy.linalg.LinAlgError, ValueError):
+        return mm, None
+
+
+def on_balanced(solver, lmi, start=None, **options) -> IPMResult:
+    """``solver`` on the balanced (and, when the first layer narrows, rotated) chain, the
+    result mapped back to the original multipliers; a DAG is solved as it is."""
+    if not isinstance(lmi, ChainLMI):
+        return solver(lmi, start, **options)
+    scaled, factors, out = balance(lmi)
+    small, k = rotate(scaled)
+    res = solver(small, None if start is None else np.asarray(start) / factors,
+                 scalar_cone=k, **options)
+    return replace(res, params=res.params * factors, rho=res.rho * out,
+                   lower=None if res.lower is None else res.lower * out)
 
 
 def _steps(lx, dx, xk, dxk, ls, ds, rho, drho) -> tuple[float, float]:
@@ -404,11 +461,4 @@ def _dual_bound(form: NeuronForm, mat, by: Blocks, ay: np.ndarray, rho: float, n
 def solve_chain_pd(lmi, start=None, **options) -> IPMResult:
     """:func:`solve_pd` on the balanced (and, when the first layer narrows, rotated) chain,
     mapped back to the original multipliers."""
-    if not isinstance(lmi, ChainLMI):
-        return solve_pd(lmi, start, **options)
-    scaled, factors, out = balance(lmi)
-    small, k = rotate(scaled)
-    res = solve_pd(small, None if start is None else np.asarray(start) / factors,
-                   scalar_cone=k, **options)
-    return replace(res, params=res.params * factors, rho=res.rho * out,
-                   lower=None if res.lower is None else res.lower * out)
+    return on_balanced(solve_pd, lmi, start, **options)
