@@ -163,3 +163,17 @@ def test_chordal_primal_dual_reaches_the_same_optimum(act):
     assert ch.lower <= pd.rho * (1 + 1e-9)
     cert = certify_chain(lmi, ch.params)
     assert cert.ok and cert.bound ** 2 == pytest.approx(ch.rho, rel=1e-6)
+
+
+def test_an_lmi_too_large_for_the_interior_point_is_refused_up_front(monkeypatch):
+    """The memory estimate covers the primal-dual working set; a forced --solver ipm that does
+    not fit is not attempted (the reason says how much it needs) and the bound still comes
+    certified from the structured solver."""
+    net = mlp([20, 16, 16, 16, 4], seed=9)
+    lmi = ChainLMI.from_network(net)
+    need = ipm.ipm_bytes(lmi.order, 48)
+    assert need >= 8 * 10 * lmi.order ** 2
+    monkeypatch.setattr(ipm, "IPM_MAX_BYTES", need - 1)
+    assert "GiB" in ipm.ipm_reason(lmi)
+    out = lipverify.bound(net, method="lipsdp-neuron", solver="ipm")
+    assert out.certified and out.solver != "ipm" and "not used" in out.details["ipm"]
