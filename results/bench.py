@@ -87,7 +87,11 @@ def _child(case, runner) -> dict:
 
     net = _network(case)
     import cvxpy  # noqa: F401  (imports are not part of any runner's time)
+    import threadpoolctl  # noqa: F401
     import torch  # noqa: F401
+
+    import lipverify.sdp.dual  # noqa: F401  (lipverify's solvers import lazily)
+    import lipverify.sdp.pdchordal  # noqa: F401
 
     lipverify.methods.list_methods()
     start = time.perf_counter()

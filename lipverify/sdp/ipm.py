@@ -167,8 +167,10 @@ def _inverse(c: np.ndarray) -> np.ndarray:
     x, info = lapack.dpotri(c, lower=1, overwrite_c=1)
     if info != 0:  # pragma: no cover - the factor is nonsingular
         raise np.linalg.LinAlgError("dpotri failed")
-    x = np.tril(x)
-    x += np.tril(x, -1).T
+    x = np.tril(x)  # dpotri fills the lower triangle only
+    d = x.diagonal().copy()
+    x += x.T
+    np.fill_diagonal(x, d)
     return x
 
 
