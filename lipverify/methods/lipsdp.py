@@ -255,7 +255,8 @@ def _lipsdp_ipm(lmi, details: dict, clock: Clock) -> MethodOutput:
     cert = _certify(lmi, res.params, clock.deadline)
     status = "optimal" if res.status == "optimal" else f"interior point: {res.status}"
     if res.status != "optimal":  # stopped early: never worse than its certified start
-        first = first or _certify(lmi, start, clock.deadline)
+        if first is None:
+            first = _certify(lmi, start, clock.deadline)
         if first.bound < cert.bound:
             cert, details["ipm_start_better"] = first, True
             status += f"; its start ({'anchor' if dag else 'ldlt-fast'}) certified lower"

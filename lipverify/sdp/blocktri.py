@@ -80,32 +80,17 @@ def inverse(fac: Factor) -> np.ndarray:
     return x
 
 
-def lower_solve(fac: Factor, v: np.ndarray) -> np.ndarray:
-    """``L^-1 v``."""
-    offs, z = fac.offsets, np.empty_like(v)
-    prev = None
+def lower(fac: Factor) -> np.ndarray:
+    """The dense lower Cholesky factor ``L`` (``A = L L^T``), assembled from the blocks."""
+    offs = fac.offsets
+    out = np.zeros((offs[-1], offs[-1]))
     for k, r in enumerate(fac.r):
-        rhs = v[offs[k]:offs[k + 1]]
-        if prev is not None:  # L_{k,k-1} z_{k-1} = b_{k-1}^T R_{k-1}^-T z_{k-1}
-            rhs = rhs - fac.b[k - 1].T @ scipy.linalg.solve_triangular(
-                fac.r[k - 1], prev, lower=True, trans="T", check_finite=False)
-        prev = z[offs[k]:offs[k + 1]] = scipy.linalg.solve_triangular(
-            r, rhs, lower=True, check_finite=False)
-    return z
-
-
-def upper_solve(fac: Factor, z: np.ndarray) -> np.ndarray:
-    """``L^-T z``."""
-    offs, u = fac.offsets, np.empty_like(z)
-    nxt = None
-    for k in range(len(fac.r) - 1, -1, -1):
-        rhs = z[offs[k]:offs[k + 1]]
-        if nxt is not None:  # L_{k+1,k}^T u_{k+1} = R_k^-1 b_k u_{k+1}
-            rhs = rhs - scipy.linalg.solve_triangular(fac.r[k], fac.b[k] @ nxt, lower=True,
-                                                      check_finite=False)
-        nxt = u[offs[k]:offs[k + 1]] = scipy.linalg.solve_triangular(
-            fac.r[k], rhs, lower=True, trans="T", check_finite=False)
-    return u
+        blk = slice(offs[k], offs[k + 1])
+        out[blk, blk] = r
+        if k + 1 < len(fac.r):  # L_{k+1,k} = b_k^T R_k^-T
+            out[offs[k + 1]:offs[k + 2], blk] = scipy.linalg.solve_triangular(
+                r, fac.b[k], lower=True, check_finite=False).T
+    return out
 
 
 def clique_factors(d, b) -> list | None:
@@ -120,14 +105,16 @@ def clique_factors(d, b) -> list | None:
     return out
 
 
-def completion(d, b) -> np.ndarray:
+def completion(d, b, chols) -> np.ndarray:
     """The dense maximum-determinant completion of ``(d, b)``: given the separators, the
     blocks are a Markov chain, ``X_{i, j+1} = X_{i, j} X_jj^-1 X_{j, j+1}`` for ``i < j``
-    (its inverse is block tridiagonal). The pattern blocks are copied exactly."""
+    (its inverse is block tridiagonal). The pattern blocks are copied exactly. ``chols``:
+    :func:`clique_factors` (the leading block of clique ``j``'s factor is ``X_jj``'s)."""
     x = assemble_tridiagonal(d, b)
     offs = np.concatenate([[0], np.cumsum([v.shape[0] for v in d])])
     for j in range(1, len(d) - 1):
-        g = scipy.linalg.cho_solve((_chol(d[j]), True), b[j], check_finite=False)
+        r = chols[j][:d[j].shape[0], :d[j].shape[0]]
+        g = scipy.linalg.cho_solve((r, True), b[j], check_finite=False)
         above, nxt = slice(0, offs[j]), slice(offs[j + 1], offs[j + 2])
         x[above, nxt] = x[above, offs[j]:offs[j + 1]] @ g
         x[nxt, above] = x[above, nxt].T

@@ -132,10 +132,11 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
     clique-wise checks (backward, then forward; §3/§8) on the exactly balanced chain
     (``bal = balance(lmi)``), then dense again up to order ``LARGE_ORDER`` if nothing
     tight passed."""
-    found, local = [], [math.inf]  # local: margins relative to each check's own rho*
+    found = []
+    local = math.inf  # the smallest margin relative to a check's own rho* (balanced chains)
 
     def best() -> float:
-        return min(min(found)[1] if found else math.inf, local[0])
+        return min(min(found)[1] if found else math.inf, local)
 
     def dense(steps: int) -> None:
         hit = smallest_margin(lambda r: _verify_dense(lmi, params, r), rho_star, steps=steps)
@@ -143,9 +144,10 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
             found.append(hit)
 
     def add(hit, out):
+        nonlocal local
         if hit is not None and math.isfinite(hit[0] * out) and (hit[0] * out) / out == hit[0]:
             found.append((hit[0] * out, hit[0] * out / max(rho_star, 1e-300) - 1.0))
-            local[0] = min(local[0], hit[1])
+            local = min(local, hit[1])
 
     small = lmi.order <= SMALL_ORDER
     if small:
@@ -189,24 +191,28 @@ def _rho_star(lmi: ChainLMI, q, bal) -> float:
 
 def certify_if_better(lmi: ChainLMI, params, incumbent: Certificate,
                       deadline: float | None = None) -> Certificate:
-    """The better of ``incumbent`` and the certificate of ``params``, skipping the
-    certification when ``rho*(params)`` (a lower bound on anything it could certify) is
-    already no better than the incumbent's certified rho."""
-    if incumbent.ok and not _rho_star(lmi, lmi.project(params), balance(lmi)) < incumbent.rho:
+    """The better of ``incumbent`` and the certificate of ``params``. The certification is
+    skipped when ``rho*(params)`` (no certificate of these multipliers goes below it) is
+    already no better than the incumbent's certified rho: a candidate that only a repair
+    could improve is not worth its cost. Never changes what is certified, only what is tried."""
+    bal = balance(lmi)
+    if incumbent.ok and not _rho_star(lmi, lmi.project(params), bal) < incumbent.rho:
         return incumbent
-    return min(certify_chain(lmi, params, deadline), incumbent, key=lambda c: c.bound)
+    return min(certify_chain(lmi, params, deadline, bal), incumbent, key=lambda c: c.bound)
 
 
 def _past(deadline: float | None) -> bool:
     return deadline is not None and time.perf_counter() > deadline
 
 
-def certify_chain(lmi: ChainLMI, params, deadline: float | None = None) -> Certificate:
+def certify_chain(lmi: ChainLMI, params, deadline: float | None = None,
+                  bal=None) -> Certificate:
     """Certify ``sqrt(rho)`` for the multipliers ``params`` (repaired if infeasible: first
     scaled up slightly, then blended toward the anchor, §8 step 4). Past ``deadline`` (a
-    ``time.perf_counter()`` value) no further repair is tried once one has certified."""
+    ``time.perf_counter()`` value) no further repair is tried once one has certified.
+    ``bal``: :func:`balance` of ``lmi`` if the caller has it."""
     p = lmi.project(params)
-    bal = balance(lmi)
+    bal = balance(lmi) if bal is None else bal
 
     def rho_star(q):
         return _rho_star(lmi, q, bal)

@@ -5,9 +5,10 @@ Every ``F_j`` and ``C^T C`` live on the pattern, so only ``X_P`` matters; ``X_P`
 when each clique ``[[X_kk, X_k,k+1], [., X_k+1,k+1]]`` is positive definite, and the method
 works with its maximum-determinant completion ``X^``, whose inverse is block tridiagonal
 (the completion approach of SDPA-C). Nothing costs ``N^3``: ``S^-1`` and ``X^`` come from
-block recursions (``N^2 w``), the direction is needed only on the pattern (``6 N^2 w``), step
-lengths are per clique. The Schur matrix is the same as the dense method's. The second-order
-(Mehrotra) term would need the dense direction, so the corrector only re-centres.
+block recursions (``N^2 w``), the direction is needed only on the pattern (``6 N^2 w``), the
+primal step length is per clique and the dual one uses the block Cholesky factor of ``S``.
+The Schur matrix is the same as the dense method's. The second-order (Mehrotra) term would
+need the dense direction, so the corrector only re-centres (about 40% more iterations).
 
 >>> import numpy as np
 >>> from lipverify import Network
@@ -30,9 +31,9 @@ import numpy as np
 
 from . import blocktri
 from .chain import ChainLMI, assemble_tridiagonal
-from .ipm import IPMResult, _factor, _strict_start, neuron_form
+from .ipm import IPMResult, _strict_start, neuron_form, on_balanced
 from .pdipm import (
-    PD_STARTS,
+    SIGMA_POWER,
     Blocks,
     _Context,
     _fraction,
@@ -42,12 +43,11 @@ from .pdipm import (
     _newton_matrix,
     _times,
     backtrack,
-    on_balanced,
+    cone_limits,
     trace_of,
 )
 
 _log = logging.getLogger(__name__)
-SIGMA_POWER = 3.0
 
 
 def _dot(a, b) -> float:
@@ -83,12 +83,6 @@ def _primal_step(chols, dx) -> float:
     return math.inf if lam >= 0 else -1.0 / lam
 
 
-def _dual_step(s, ds: np.ndarray) -> float:
-    """Largest ``alpha`` with ``S + alpha dS >= 0`` (a dense Cholesky of ``S``: N^3 / 3, a
-    sixth of one product, and Lanczos on ``L^-1 dS L^-T``)."""
-    return _max_step(_factor(assemble_tridiagonal(*s))[0], ds)
-
-
 def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
                      time_limit: float | None = None, max_iter: int = 150,
                      scalar_cone: int = 0) -> IPMResult:
@@ -101,7 +95,7 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
     nu = form.order + k
     offs = np.concatenate([[0], np.cumsum(lmi.sizes)])
     times = _times(lmi)
-    p, rho = _strict_start(lmi, start, PD_STARTS)
+    p, rho = _strict_start(lmi, start)
     c0 = lmi.blocks(np.zeros(form.n_params), 0.0)  # -C^T C on the pattern
     n0 = np.arange(form.n_in)
 
@@ -126,7 +120,8 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
             status = "time limit"
             break
-        xhat = blocktri.completion(*x)
+        xhat = blocktri.completion(*x, chols)
+        ls = blocktri.lower(fs)
         bx, by = Blocks.of(form, xhat), Blocks.of(form, y_inv)
         # A(X_P) and <C^T C, X_P> exactly on the pattern
         ay, mu, lower = _measure(ctx, by, trace_of(form, assemble_tridiagonal(*x)), _dot(x, s),
@@ -146,7 +141,7 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
 
         state = (fac, mm, xhat, y_inv, x, xk, rho)
         dy, ds, dx, dxk = _direction(state, -e0, None, 0.0, slack_step, times, offs)
-        ap, ad = _steps(chols, dx, xk, dxk, s, ds, rho, dy[0])
+        ap, ad = _steps(chols, dx, xk, dxk, ls, ds, rho, dy[0])
         mu_a = (_dot(_axpy(x, ap, dx), _axpy(s, ad, ds))
                 + k * (xk + ap * dxk) * (rho + ad * dy[0])) / nu
         sigma = min(1.0, (mu_a / mu) ** SIGMA_POWER)
@@ -154,7 +149,7 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
         rhs = sigma * mu * ay - e0
         centre_k = sigma * mu / rho
         dy, ds, dx, dxk = _direction(state, rhs, centre, centre_k, slack_step, times, offs)
-        ap, ad = _steps(chols, dx, xk, dxk, s, ds, rho, dy[0])
+        ap, ad = _steps(chols, dx, xk, dxk, ls, ds, rho, dy[0])
         ap, ad = _fraction(ap, ad, sigma)
         ap, cn = backtrack(lambda a, x=x, dx=dx: blocktri.clique_factors(*_axpy(x, a, dx)), ap)
 
@@ -190,14 +185,11 @@ def _direction(state, rhs, centre, centre_k: float, slack_step, times, offs):
     return dy, ds, dx, centre_k - xk - xk * dy[0] / rho
 
 
-def _steps(chols, dx, xk, dxk, s, ds, rho, drho) -> tuple[float, float]:
-    ap = _primal_step(chols, dx)
-    ad = _dual_step(s, assemble_tridiagonal(*ds))
-    if dxk < 0:
-        ap = min(ap, -xk / dxk)
-    if drho < 0:
-        ad = min(ad, -rho / drho)
-    return ap, ad
+def _steps(chols, dx, xk, dxk, ls, ds, rho, drho) -> tuple[float, float]:
+    """Largest steps to the boundary: per clique for ``X_P``; for ``S`` by Lanczos on
+    ``L^-1 dS L^-T`` with ``L`` the (dense) block Cholesky factor ``ls``."""
+    return cone_limits(_primal_step(chols, dx), _max_step(ls, assemble_tridiagonal(*ds)),
+                       xk, dxk, rho, drho)
 
 
 def solve_chain_pd_chordal(lmi: ChainLMI, start=None, **options) -> IPMResult:

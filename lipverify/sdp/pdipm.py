@@ -10,15 +10,16 @@ Every dual iterate is ``S(y)`` assembled from ``y`` (exactly feasible, so a time
 returns certifiable multipliers); the primal ``X`` starts at ``mu S^-1`` and becomes feasible
 as the steps lengthen. The HKM Schur matrix ``M_jl = tr(F_j X F_l S^-1)`` needs only the 2x2
 blocks ``U_i^T X U_j`` and ``U_i^T S^-1 U_j`` (``Q_i`` sandwiches them), never an n^2 x n^2
-system. A primal-dual method needs 20-40 iterations where dual scaling needs 75-150.
+system. Measured: 16-42 iterations where dual scaling needs 75-300 on deep nets.
 
 Nets whose first layer narrows (``n_0 > n_1``, e.g. 784 -> 256) are solved on an exactly
 equivalent smaller LMI: rotating the input by ``W_1^T = Q R`` splits ``rho I_{n_0 - n_1}`` off
-as its own block, a scalar cone of multiplicity ``n_0 - n_1`` (:func:`rotate`).
+as its own block, a scalar cone of multiplicity ``n_0 - n_1``
+(:func:`lipverify.sdp.ipm.rotate`).
 
-The optimality gap is measured: the primal ``X`` is projected onto ``A(X) = e_0`` exactly
-(``X + sum c_j F_j`` with the Gram system ``<F_j, F_l> c = e_0 - A(X)``) and, if the projection
-is positive definite, ``<C^T C, X>`` is a lower bound on the SDP optimum (weak duality).
+The optimality gap is measured, not the primal iterate's (it is only nearly feasible): once
+``<C^T C, X>`` is close to rho, the dual-scaling bound of :func:`lipverify.sdp.ipm.dual_bound`
+is taken at the current dual point, whose primal matrix is exactly feasible.
 
 >>> import numpy as np
 >>> from lipverify import Network
@@ -35,79 +36,36 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
-from .chain import ChainLMI, balance
+from .chain import ChainLMI
 from .ipm import (
+    Blocks,
     IPMResult,
     NeuronForm,
-    _accurate,
     _factor,
     _inverse,
-    _root,
     _solve,
     _strict_start,
     _unit,
+    dual_bound,
     neuron_form,
+    neuron_traces,
+    on_balanced,
 )
 
 _log = logging.getLogger(__name__)
 
 #: Fraction of the distance to the boundary a step may take (grows to 0.99 near the end).
 STEP_FRACTION = 0.9
-#: Starting blends toward the anchor (measured on the 64x16 bench net: the ldlt-fast point
-#: itself, theta = 0, is too close to the boundary: 37 iterations instead of 27).
-PD_STARTS = (0.01, 0.1, 0.5)
+#: Mehrotra's centring exponent: sigma = (mu_affine / mu)^SIGMA_POWER.
+SIGMA_POWER = 3.0
 #: Above this order, step lengths come from Lanczos instead of a dense eigensolver.
 LANCZOS_ORDER = 400
-
-
-@dataclass(frozen=True)
-class Blocks:
-    """The pieces of a symmetric ``Z`` the Schur matrix reads: ``V Z V^T``, ``V Z E^T``,
-    ``E Z E^T`` (n x n), the input rows ``Z_0. V^T``, ``Z_0. E^T`` (n_0 x n) and ``Z_00``."""
-
-    vv: np.ndarray
-    ve: np.ndarray
-    ev: np.ndarray  # ve transposed, contiguous
-    ee: np.ndarray
-    zv: np.ndarray
-    ze: np.ndarray
-    z00: np.ndarray
-
-    @classmethod
-    def of(cls, form: NeuronForm, z: np.ndarray) -> Blocks:
-        n0, n = form.n_in, form.n
-        zvt = np.empty((form.order, n))
-        cols = [_span(nd.cols) for nd in form.nodes]
-        for nd, c in zip(form.nodes, cols):  # Z V^T, node by node (V is block sparse)
-            zvt[:, nd.start:nd.start + nd.v.shape[0]] = z[:, c] @ nd.v.T
-        vv = np.empty((n, n))
-        for nd, c in zip(form.nodes, cols):
-            vv[nd.start:nd.start + nd.v.shape[0]] = nd.v @ zvt[c]
-        return cls(vv, np.ascontiguousarray(zvt[n0:].T), zvt[n0:], z[n0:, n0:], zvt[:n0],
-                   z[:n0, n0:], z[:n0, :n0])
-
-    def trace(self, form: NeuronForm) -> np.ndarray:
-        """``A(Z) = (tr F_j Z)_j`` in (rho, neuron) coordinates."""
-        return _trace(form, np.trace(self.z00), np.diag(self.vv), np.diag(self.ve),
-                      np.diag(self.ee))
-
-
-def _span(cols: np.ndarray):
-    """A slice for a contiguous run of columns (views instead of fancy-index copies)."""
-    if len(cols) and cols[-1] - cols[0] == len(cols) - 1:
-        return slice(int(cols[0]), int(cols[-1]) + 1)
-    return cols
-
-
-def _trace(form: NeuronForm, t00, vv, ve, ee) -> np.ndarray:
-    a, b, c = form.q
-    return np.concatenate([[t00], -(a * vv + 2.0 * b * ve + c * ee)])
 
 
 def trace_of(form: NeuronForm, z: np.ndarray) -> np.ndarray:
@@ -119,7 +77,7 @@ def trace_of(form: NeuronForm, z: np.ndarray) -> np.ndarray:
         vv[blk] = np.einsum("ij,ij->i", nd.v @ z[np.ix_(nd.cols, nd.cols)], nd.v)
         ve[blk] = np.einsum("ij,ji->i", nd.v, z[np.ix_(nd.cols, own)])
     ee = np.diag(z)[form.n_in:]
-    return _trace(form, np.trace(z[:form.n_in, :form.n_in]), vv, ve, ee)
+    return neuron_traces(form, np.trace(z[:form.n_in, :form.n_in]), vv, ve, ee)
 
 
 def schur(form: NeuronForm, bx: Blocks, by: Blocks, chunk: int = 128) -> np.ndarray:
@@ -170,20 +128,6 @@ def _grouped(form: NeuronForm):
         return np.add.reduceat(np.add.reduceat(m, starts, axis=0), starts, axis=1)
 
     return vec, mat
-
-
-def rotate(lmi: ChainLMI) -> tuple[ChainLMI, int]:
-    """``(smaller chain, k)``: for ``n_0 > n_1``, ``W_1^T = Q R`` and the input rotated by
-    ``[Q, Q_perp]`` leaves ``rho I_k`` (``k = n_0 - n_1``) decoupled from the rest, so
-    ``S >= 0  <=>  S_small >= 0 and rho >= 0`` with the same multipliers. (Only the solver
-    uses it; the certificate is always on the original weights.)"""
-    w1 = lmi.weights[0]
-    n1, n0 = w1.shape
-    if n0 <= n1:
-        return lmi, 0
-    r = np.linalg.qr(w1.T, mode="r")  # W_1 Q = R^T
-    return replace(lmi, weights=(np.ascontiguousarray(r.T), *lmi.weights[1:]),
-                   radii=(None,) * len(lmi.weights)), n0 - n1
 
 
 class _Cholesky:
@@ -260,7 +204,7 @@ def solve_pd(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = N
     vec, mat = _grouped(form)
     k = scalar_cone
     nu = form.order + k
-    p, rho = _strict_start(lmi, start, PD_STARTS)
+    p, rho = _strict_start(lmi, start)
     times = _times(lmi)
     zero = np.zeros(form.n_params)
     c0 = lmi.assemble(zero, 0.0)  # -C^T C: S(y) = c0 + sum y_j F_j
@@ -315,7 +259,7 @@ def solve_pd(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = N
         ap, ad = _steps(lx, dx, xk, dxk, ls, ds, rho, dy[0])
         mu_a = (float(np.sum((x + ap * dx) * (s + ad * ds)))
                 + k * (xk + ap * dxk) * (rho + ad * dy[0])) / nu
-        sigma = min(1.0, (mu_a / mu) ** 3)
+        sigma = min(1.0, (mu_a / mu) ** SIGMA_POWER)
         # corrector: centring sigma mu and the second-order term dX_a dS_a S^-1
         corr = _sym(times(dx, ds) @ y_inv)
         corr_k = dxk * dy[0] / rho
@@ -414,23 +358,14 @@ def _newton_matrix(ctx: _Context, bx: Blocks, by: Blocks, xk: float, rho: float)
         return mm, None
 
 
-def on_balanced(solver, lmi, start=None, **options) -> IPMResult:
-    """``solver`` on the balanced (and, when the first layer narrows, rotated) chain, the
-    result mapped back to the original multipliers; a DAG is solved as it is."""
-    if not isinstance(lmi, ChainLMI):
-        return solver(lmi, start, **options)
-    scaled, factors, out = balance(lmi)
-    small, k = rotate(scaled)
-    res = solver(small, None if start is None else np.asarray(start) / factors,
-                 scalar_cone=k, **options)
-    return replace(res, params=res.params * factors, rho=res.rho * out,
-                   lower=None if res.lower is None else res.lower * out)
-
-
 def _steps(lx, dx, xk, dxk, ls, ds, rho, drho) -> tuple[float, float]:
     """Largest primal and dual steps to the boundary (the scalar cone included)."""
-    ap = _max_step(lx, dx)
-    ad = _max_step(ls, ds)
+    return cone_limits(_max_step(lx, dx), _max_step(ls, ds), xk, dxk, rho, drho)
+
+
+def cone_limits(ap: float, ad: float, xk: float, dxk: float, rho: float,
+                drho: float) -> tuple[float, float]:
+    """The steps ``(ap, ad)`` cut where the scalar cone ``x_k >= 0``, ``rho >= 0`` ends."""
     if dxk < 0:
         ap = min(ap, -xk / dxk)
     if drho < 0:
@@ -440,22 +375,12 @@ def _steps(lx, dx, xk, dxk, ls, ds, rho, drho) -> tuple[float, float]:
 
 def _dual_bound(form: NeuronForm, mat, by: Blocks, ay: np.ndarray, rho: float, nu: int,
                 k: int) -> float | None:
-    """The dual-scaling bound of :mod:`lipverify.sdp.ipm` at the current dual point: from
-    the Newton step of ``rho / mu - log det S`` (the scalar cone's ``-k log rho`` included),
-    ``Z = mu (S^-1 - S^-1 dS S^-1)`` is exactly primal feasible, and PSD when the Newton
-    decrement is below 1; then ``rho_opt >= <Z, C^T C> = rho - mu (nu - sum_j d_j s_j)``."""
+    """:func:`lipverify.sdp.ipm.dual_bound` at the current dual point: the Hessian of
+    ``-log det S - k log rho`` (the scalar cone included) is ``schur(S^-1, S^-1)``."""
     hess = mat(schur(form, by, by))
     hess[0, 0] += k / rho**2
-    e0 = _unit(hess.shape[0])
-    sol = _solve(hess, np.column_stack([-e0, ay]))
-    if sol is None:
-        return None
-    d1, d2 = sol[:, 0], sol[:, 1]
-    q11, q12, q22 = -float(d1[0]), -float(d2[0]), float(d2 @ ay)
-    kappa = _root(q11, q12, q22, 0.98)
-    if kappa is None or kappa <= 0 or not _accurate(hess, kappa * d1 + d2, kappa * e0 - ay):
-        return None
-    return rho - ((nu - q22) / kappa - q12)
+    sol = _solve(hess, np.column_stack([-_unit(hess.shape[0]), ay]))
+    return None if sol is None else dual_bound(hess, sol[:, 0], sol[:, 1], ay, rho, nu)
 
 
 def solve_chain_pd(lmi, start=None, **options) -> IPMResult:
