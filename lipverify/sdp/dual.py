@@ -11,8 +11,10 @@ multipliers are bounded by the 2x2 minors of ``M >= 0``: for a slope QC with ``a
 ``beta^2 t_i^2 V_ij^2 <= m_jj m_ii <= d_j 2 t_i``, so ``t_i <= 2 d_j / (beta V_ij)^2`` with
 ``d_j = rho_up`` on input coordinates and ``2 t_j`` on hidden ones (``rho* <= rho_up``, the
 certified value). ``Z`` comes from the soft maximum at the final multipliers, whose weights
-make ``g`` (nearly) satisfy the KKT signs; the bound is an estimate of quality (the gap),
-never part of a certificate. Free multipliers (GroupSort) and ``alpha != 0`` are not covered:
+make ``g`` (nearly) satisfy the KKT signs. Instead of paying for the residual violations
+with the (loose) multiplier bounds, :func:`repaired_bound` rescales neuron rows of ``Z``
+until every ``g_i >= 0`` exactly; the better of the two values is reported. The bound is an
+estimate of quality (the gap), never part of a certificate. Free multipliers (GroupSort) and ``alpha != 0`` are not covered:
 the gap is then reported as unknown.
 """
 
@@ -73,9 +75,12 @@ def _bilinear(lmi, z: np.ndarray) -> np.ndarray:
 
 
 def lower_bound(lmi, params, rho_up: float, parts, rank: int = 24) -> float | None:
-    """``rho* >=`` this, for the LMI's SDP optimum (None when not covered). ``Z`` is the best
-    one supported on the top eigenvectors at ``params``: a small SDP in ``W`` (``Z = U W U^T``,
-    ``tr W = 1``) maximising ``D(Z) - sum_i B_i max(0, -g_i(Z))``."""
+    """``rho* >=`` this, for the LMI's SDP optimum (None when not covered). ``Z`` comes from
+    a small SDP in ``W`` over the top eigenvectors ``U`` at ``params`` (``Z = U W U^T``,
+    ``tr W = 1``) maximising ``D(Z) - sum_i c_i max(0, -g_i(Z))`` with ``c_i = min(B_i,
+    rho_up)`` (the multiplier bounds capped: well-scaled for the solver). The candidate is
+    then valued both ways and the better is returned: with the true bounds ``B_i`` (the
+    formula above) and made exactly feasible by :func:`repaired_bound`."""
     import cvxpy as cp
 
     bounds = multiplier_bounds(lmi, rho_up)
@@ -96,8 +101,8 @@ def lower_bound(lmi, params, rho_up: float, parts, rank: int = 24) -> float | No
     cons = [w >> 0, cp.trace(w) == 1]
     if not finite.all():
         cons.append(g[~finite] >= 0)
-    obj = cp.trace((cz.T @ cz) @ w) - bounds[finite] @ cp.pos(-g[finite])
-    prob = cp.Problem(cp.Maximize(obj), cons)
+    cap = np.minimum(bounds[finite], rho_up)
+    prob = cp.Problem(cp.Maximize(cp.trace((cz.T @ cz) @ w) - cap @ cp.pos(-g[finite])), cons)
     try:
         with warnings.catch_warnings():  # "inaccurate" is fine: the value is re-evaluated
             warnings.simplefilter("ignore")
@@ -108,12 +113,67 @@ def lower_bound(lmi, params, rho_up: float, parts, rank: int = 24) -> float | No
         return None
     # re-evaluate the bound exactly at the (PSD-projected, trace-normalised) solution
     evals, evecs = np.linalg.eigh((w.value + w.value.T) / 2)
-    wm = (evecs * np.maximum(evals, 0)) @ evecs.T
+    evals = np.maximum(evals, 0)
+    wm = (evecs * evals) @ evecs.T
     wm /= np.trace(wm)
     gv = q @ wm.ravel()
-    if (gv[~finite] < 0).any():
+    low = None
+    if not (gv[~finite] < 0).any():
+        low = float(np.sum(cz.T @ cz * wm)
+                    - np.sum(bounds[finite] * np.maximum(-gv[finite], 0)))
+    fixed = repaired_bound(lmi, z @ (evecs * np.sqrt(evals)))
+    return low if fixed is None else (fixed if low is None else max(low, fixed))
+
+
+#: Repaired scales stay this far (relative) inside the interval where a QC value is >= 0,
+#: so rounding cannot turn a repaired value negative.
+_INSIDE = 1e-9
+
+
+def repaired_bound(lmi, z: np.ndarray) -> float | None:
+    """``rho* >= ||C Y||^2`` for ``Y = repair(lmi, z)`` (None if it has none)."""
+    y = repair(lmi, z)
+    return None if y is None else _energy(lmi, y)
+
+
+def repair(lmi, z: np.ndarray) -> np.ndarray | None:
+    """``z`` (columns stacked over the blocks, ``Z = z z^T``) made exactly dual feasible, as
+    a new array ``Y``, by rescaling neuron rows, node by node: neuron ``i``'s row
+    ``w_i`` becomes ``s_i w_i`` with ``s_i`` the scale nearest 1 at which its QC value
+    ``-2ab|v_i|^2 + 2(a+b) s v_i.w_i - 2 s^2 |w_i|^2`` is >= 0 (``v_i``, its pre-activation
+    row, read from the already repaired nodes). Row scaling keeps ``Z >= 0`` and the input
+    block, so ``tr Z_00 = 1`` after normalising and weak duality applies with no bound on the
+    multipliers: ``rho* >= ||C Y||^2``. Shared multipliers need only their group's sum >= 0: making
+    every neuron's value >= 0 is stricter, still valid. None when a value cannot be made
+    >= 0 (``alpha > 0`` and no real scale), for QCs other than slope QCs, or if the final
+    check finds a negative value.
+    """
+    if not all(isinstance(qc, SlopeQC) for qc in lmi.qcs):
         return None
-    return float(np.sum(cz.T @ cz * wm) - np.sum(bounds[finite] * np.maximum(-gv[finite], 0)))
+    y = z / np.linalg.norm(z[: lmi.sizes[0]])  # tr Z_00 = 1
+    offs = np.concatenate([[0], np.cumsum(lmi.sizes)])
+    for k, (qc, (v_map, cols)) in enumerate(zip(lmi.qcs, _pre_maps(lmi)), start=1):
+        w = y[offs[k]:offs[k + 1]]  # a view: scaled in place
+        vv, vw, ww = _grams(v_map @ y[cols], w)
+        a, b = qc.alpha, qc.beta
+        bad = -2 * a * b * vv + 2 * (a + b) * vw - 2 * ww < 0
+        if not bad.any():
+            continue
+        disc = ((a + b) * vw[bad]) ** 2 - 4 * a * b * vv[bad] * ww[bad]
+        if (disc < 0).any() or (ww[bad] <= 0).any():
+            return None
+        root, mid = np.sqrt(disc) / (2 * ww[bad]), (a + b) * vw[bad] / (2 * ww[bad])
+        lo, hi = mid - root * (1 - _INSIDE), mid + root * (1 - _INSIDE)
+        w[bad] *= np.clip(1.0, lo, hi)[:, None]  # the value is < 0 at 1: 1 is outside
+    for k, (qc, (v_map, cols)) in enumerate(zip(lmi.qcs, _pre_maps(lmi)), start=1):
+        if (qc.value_grad(v_map @ y[cols], y[offs[k]:offs[k + 1]]) < 0).any():
+            return None  # a pre-activation read a later node: not repaired in order
+    return y
+
+
+def _grams(v: np.ndarray, w: np.ndarray):
+    """Per row: ``|v_i|^2, v_i.w_i, |w_i|^2``."""
+    return np.einsum("ij,ij->i", v, v), np.einsum("ij,ij->i", v, w), np.einsum("ij,ij->i", w, w)
 
 
 def gap(lmi, params, rho_up: float) -> dict:
@@ -129,5 +189,5 @@ def gap(lmi, params, rho_up: float) -> dict:
     if low is None or low <= 0:
         return {"lower": None, "gap": None}
     up = math.sqrt(rho_up)
-    lo = math.sqrt(max(low, 0.0))
+    lo = math.sqrt(min(low, rho_up))
     return {"lower": lo, "gap": (up - lo) / up if up > 0 else 0.0}

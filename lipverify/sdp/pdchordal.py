@@ -33,6 +33,7 @@ from . import blocktri
 from .chain import ChainLMI, assemble_tridiagonal
 from .ipm import IPMResult, _strict_start, neuron_form, on_balanced
 from .pdipm import (
+    LANCZOS_ORDER,
     SIGMA_POWER,
     Blocks,
     _Context,
@@ -68,19 +69,23 @@ def _pattern(z: np.ndarray, offs) -> tuple[list, list]:
 
 
 def _primal_step(chols, dx) -> float:
-    """Largest step keeping every clique positive definite (cliques of one shape batched)."""
+    """Largest step keeping every clique positive definite: small cliques batched (dense
+    eigenvalues), large ones by Lanczos on ``C^-1 dX C^-T`` (:func:`_max_step`)."""
     d, b = dx
     groups: dict[tuple, list] = {}
     for k, c in enumerate(chols):
         groups.setdefault(c.shape, []).append(k)
-    lam = 0.0
-    for ks in groups.values():
-        c = np.stack([chols[k] for k in ks])
-        dc = np.stack([np.block([[d[k], b[k]], [b[k].T, d[k + 1]]]) for k in ks])
+    lam, step = 0.0, math.inf
+    for shape, ks in groups.items():
+        cliques = [np.block([[d[k], b[k]], [b[k].T, d[k + 1]]]) for k in ks]
+        if shape[0] > LANCZOS_ORDER:
+            step = min([step] + [_max_step(chols[k], dc) for k, dc in zip(ks, cliques)])
+            continue
+        c, dc = np.stack([chols[k] for k in ks]), np.stack(cliques)
         c_inv = np.linalg.inv(c)  # triangular, well within a clique's conditioning
         w = c_inv @ dc @ np.swapaxes(c_inv, 1, 2)
         lam = min(lam, float(np.linalg.eigvalsh((w + np.swapaxes(w, 1, 2)) / 2.0)[:, 0].min()))
-    return math.inf if lam >= 0 else -1.0 / lam
+    return min(step, math.inf if lam >= 0 else -1.0 / lam)
 
 
 def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,

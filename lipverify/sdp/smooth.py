@@ -19,7 +19,7 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 
-from .chain import ChainLMI
+from .chain import ChainLMI, balance
 
 
 def _schur(lmi: ChainLMI, params):
@@ -90,15 +90,26 @@ def soft_parts(lmi: ChainLMI, params, mu: float):
 SMALL_BLOCK = 600
 
 
-def minimize_rho(*args, **kwargs):
-    """Minimise ``rho*`` (see :func:`_minimize_rho`), single-threaded BLAS on small blocks."""
+def minimize_rho(lmi, start, *, balanced: bool = True, **kwargs):
+    """Minimise ``rho*`` (see :func:`_minimize_rho`), single-threaded BLAS on small blocks.
+
+    A chain is solved balanced (:func:`lipverify.sdp.chain.balance`, §2): every weight of unit
+    norm, so the multipliers of all layers are of one scale for L-BFGS-B (measured at 60 s:
+    mnist-net_256x2 339.8 instead of 438.9; 64x16 282.0 instead of 648.1). The result is
+    mapped back; its ``rho`` is the balanced LMI's, a congruence of the original up to the
+    rounding of the scales (the caller certifies the multipliers on the original weights).
+    """
     from threadpoolctl import threadpool_limits
 
-    lmi = args[0] if args else kwargs["lmi"]
+    if balanced and isinstance(lmi, ChainLMI) and len(lmi.qcs) > 1:
+        scaled, factors, out = balance(lmi)
+        params, rho, info = minimize_rho(scaled, np.asarray(start) / factors, balanced=False,
+                                         **kwargs)
+        return params * factors, rho * out, info
     if max(lmi.sizes) <= SMALL_BLOCK:
         with threadpool_limits(limits=1, user_api="blas"):
-            return _minimize_rho(*args, **kwargs)
-    return _minimize_rho(*args, **kwargs)
+            return _minimize_rho(lmi, start, **kwargs)
+    return _minimize_rho(lmi, start, **kwargs)
 
 
 def _minimize_rho(
