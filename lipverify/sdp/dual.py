@@ -14,8 +14,8 @@ certified value). ``Z`` comes from the soft maximum at the final multipliers, wh
 make ``g`` (nearly) satisfy the KKT signs. Instead of paying for the residual violations
 with the (loose) multiplier bounds, :func:`repaired_bound` rescales neuron rows of ``Z``
 until every ``g_i >= 0`` exactly; the better of the two values is reported. The bound is an
-estimate of quality (the gap), never part of a certificate. Free multipliers (GroupSort) and ``alpha != 0`` are not covered:
-the gap is then reported as unknown.
+estimate of quality (the gap), never part of a certificate. Free multipliers (GroupSort) and
+``alpha != 0`` (no multiplier bounds) are not covered: the gap is then reported as unknown.
 """
 
 from __future__ import annotations
