@@ -14,8 +14,8 @@ certified value). ``Z`` comes from the soft maximum at the final multipliers, wh
 make ``g`` (nearly) satisfy the KKT signs. Instead of paying for the residual violations
 with the (loose) multiplier bounds, :func:`repaired_bound` rescales neuron rows of ``Z``
 until every ``g_i >= 0`` exactly; the better of the two values is reported. The bound is an
-estimate of quality (the gap), never part of a certificate. Free multipliers (GroupSort) and
-``alpha != 0`` (no multiplier bounds) are not covered: the gap is then reported as unknown.
+estimate of quality (the gap), never part of a certificate. Free multipliers (GroupSort) are
+not covered: the gap is then reported as unknown.
 """
 
 from __future__ import annotations
@@ -78,14 +78,17 @@ def lower_bound(lmi, params, rho_up: float, parts, rank: int = 24) -> float | No
     """``rho* >=`` this, for the LMI's SDP optimum (None when not covered). ``Z`` comes from
     a small SDP in ``W`` over the top eigenvectors ``U`` at ``params`` (``Z = U W U^T``,
     ``tr W = 1``) maximising ``D(Z) - sum_i c_i max(0, -g_i(Z))`` with ``c_i = min(B_i,
-    rho_up)`` (the multiplier bounds capped: well-scaled for the solver). The candidate is
-    then valued both ways and the better is returned: with the true bounds ``B_i`` (the
-    formula above) and made exactly feasible by :func:`repaired_bound`."""
+    rho_up)`` (the multiplier bounds capped: well-scaled for the solver; ``rho_up`` where
+    none is known, ``alpha != 0``). The candidate is then valued both ways and the better is
+    returned: with the true bounds ``B_i`` (the formula above; only when known) and made
+    exactly feasible by :func:`repaired_bound`."""
     import cvxpy as cp
 
-    bounds = multiplier_bounds(lmi, rho_up)
-    if bounds is None:
+    if not all(isinstance(qc, SlopeQC) for qc in lmi.qcs):
         return None
+    bounds = multiplier_bounds(lmi, rho_up)  # None for alpha != 0: the repair alone values
+    if bounds is None:
+        bounds = np.full(sum(qc.num_params() for qc in lmi.qcs), np.nan)
     out = parts(params, 1e-4 * rho_up)
     if out is None:
         return None
@@ -97,11 +100,11 @@ def lower_bound(lmi, params, rho_up: float, parts, rank: int = 24) -> float | No
     cz = (lmi.out @ z) if hasattr(lmi, "out") else lmi.weights[-1] @ z[-lmi.sizes[-1]:]
     w = cp.Variable((r, r), symmetric=True)
     g = q @ cp.vec(w, order="C")
-    finite = np.isfinite(bounds)
+    finite = ~np.isposinf(bounds)
     cons = [w >> 0, cp.trace(w) == 1]
     if not finite.all():
         cons.append(g[~finite] >= 0)
-    cap = np.minimum(bounds[finite], rho_up)
+    cap = np.fmin(bounds[finite], rho_up)
     prob = cp.Problem(cp.Maximize(cp.trace((cz.T @ cz) @ w) - cap @ cp.pos(-g[finite])), cons)
     try:
         with warnings.catch_warnings():  # "inaccurate" is fine: the value is re-evaluated
@@ -118,7 +121,7 @@ def lower_bound(lmi, params, rho_up: float, parts, rank: int = 24) -> float | No
     wm /= np.trace(wm)
     gv = q @ wm.ravel()
     low = None
-    if not (gv[~finite] < 0).any():
+    if not (gv[~finite] < 0).any() and not np.isnan(bounds).any():
         low = float(np.sum(cz.T @ cz * wm)
                     - np.sum(bounds[finite] * np.maximum(-gv[finite], 0)))
     fixed = repaired_bound(lmi, z @ (evecs * np.sqrt(evals)))
@@ -138,37 +141,67 @@ def repaired_bound(lmi, z: np.ndarray) -> float | None:
 
 def repair(lmi, z: np.ndarray) -> np.ndarray | None:
     """``z`` (columns stacked over the blocks, ``Z = z z^T``) made exactly dual feasible, as
-    a new array ``Y``, by rescaling neuron rows, node by node: neuron ``i``'s row
-    ``w_i`` becomes ``s_i w_i`` with ``s_i`` the scale nearest 1 at which its QC value
-    ``-2ab|v_i|^2 + 2(a+b) s v_i.w_i - 2 s^2 |w_i|^2`` is >= 0 (``v_i``, its pre-activation
-    row, read from the already repaired nodes). Row scaling keeps ``Z >= 0`` and the input
-    block, so ``tr Z_00 = 1`` after normalising and weak duality applies with no bound on the
-    multipliers: ``rho* >= ||C Y||^2``. Shared multipliers need only their group's sum >= 0: making
-    every neuron's value >= 0 is stricter, still valid. None when a value cannot be made
-    >= 0 (``alpha > 0`` and no real scale), for QCs other than slope QCs, or if the final
-    check finds a negative value.
+    a new array ``Y``: any ``Y`` gives ``Z = Y Y^T >= 0``, so only the input block (kept,
+    normalised to ``tr Z_00 = 1``) and the signs of the QC values
+    ``g_i = -2ab|v_i|^2 + 2(a+b) v_i.w_i - 2|w_i|^2`` matter. Node by node (``v_i``, the
+    pre-activation row, read from the already repaired nodes), each neuron row ``w_i`` with
+    ``g_i < 0`` takes the smaller of two moves that end at ``g_i >= 0``: scaling ``s w_i``
+    (when a real scale exists) or blending toward ``c v_i``, ``c`` in ``(alpha, beta)``,
+    whose value ``-2(c - a)(c - b)|v_i|^2`` is >= 0. Weak duality then gives
+    ``rho* >= ||C Y||^2`` with no bound on the multipliers. Shared multipliers need only
+    their group's sum >= 0: every neuron's value >= 0 is stricter, still valid. None for
+    QCs other than slope QCs, or if the final check finds a negative value.
     """
     if not all(isinstance(qc, SlopeQC) for qc in lmi.qcs):
         return None
     y = z / np.linalg.norm(z[: lmi.sizes[0]])  # tr Z_00 = 1
     offs = np.concatenate([[0], np.cumsum(lmi.sizes)])
     for k, (qc, (v_map, cols)) in enumerate(zip(lmi.qcs, _pre_maps(lmi)), start=1):
-        w = y[offs[k]:offs[k + 1]]  # a view: scaled in place
-        vv, vw, ww = _grams(v_map @ y[cols], w)
+        w = y[offs[k]:offs[k + 1]]  # a view: repaired in place
+        v = v_map @ y[cols]
+        vv, vw, ww = _grams(v, w)
         a, b = qc.alpha, qc.beta
-        bad = -2 * a * b * vv + 2 * (a + b) * vw - 2 * ww < 0
-        if not bad.any():
-            continue
-        disc = ((a + b) * vw[bad]) ** 2 - 4 * a * b * vv[bad] * ww[bad]
-        if (disc < 0).any() or (ww[bad] <= 0).any():
-            return None
-        root, mid = np.sqrt(disc) / (2 * ww[bad]), (a + b) * vw[bad] / (2 * ww[bad])
-        lo, hi = mid - root * (1 - _INSIDE), mid + root * (1 - _INSIDE)
-        w[bad] *= np.clip(1.0, lo, hi)[:, None]  # the value is < 0 at 1: 1 is outside
+        bad = np.flatnonzero(-2 * a * b * vv + 2 * (a + b) * vw - 2 * ww < 0)
+        if bad.size:
+            w[bad] = _closer(_scaled(w[bad], vv[bad], vw[bad], ww[bad], a, b),
+                             _blended(v[bad], w[bad], vv[bad], vw[bad], a, b), w[bad])
     for k, (qc, (v_map, cols)) in enumerate(zip(lmi.qcs, _pre_maps(lmi)), start=1):
         if (qc.value_grad(v_map @ y[cols], y[offs[k]:offs[k + 1]]) < 0).any():
             return None  # a pre-activation read a later node: not repaired in order
     return y
+
+
+def _scaled(w, vv, vw, ww, a: float, b: float) -> np.ndarray:
+    """``s w`` with ``s`` the scale nearest 1 where the value is >= 0 (NaN rows: none)."""
+    disc = ((a + b) * vw) ** 2 - 4 * a * b * vv * ww
+    with np.errstate(divide="ignore", invalid="ignore"):
+        root, mid = np.sqrt(disc) / (2 * ww), (a + b) * vw / (2 * ww)
+    s = np.clip(1.0, mid - root * (1 - _INSIDE), mid + root * (1 - _INSIDE))
+    return w * s[:, None]  # NaN where disc < 0 or w = 0
+
+
+def _blended(v, w, vv, vw, a: float, b: float) -> np.ndarray:
+    """``w + lam (c v - w)`` at the first ``lam`` in (0, 1] where the value is >= 0, ``c``
+    the least-squares slope ``v.w / |v|^2`` kept strictly inside ``(alpha, beta)``."""
+    inner = _INSIDE ** 0.5 * (b - a)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.clip(np.where(vv > 0, vw / vv, (a + b) / 2), a + inner, b - inner)
+    d = c[:, None] * v - w
+    dd, vd, wd = _grams(d, d)[0], _grams(v, d)[1], _grams(w, d)[1]
+    g0 = -2 * a * b * vv + 2 * (a + b) * vw - 2 * _grams(w, w)[0]  # < 0
+    slope = (a + b) * vd - 2 * wd  # g(lam) = g0 + 2 slope lam - 2 dd lam^2, g(1) >= 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = (slope - np.sqrt(np.maximum(slope * slope + 2 * dd * g0, 0))) / (2 * dd)
+    lam = np.minimum(lam + _INSIDE * (1 - lam), 1.0)
+    return w + lam[:, None] * d
+
+
+def _closer(first, second, w) -> np.ndarray:
+    """Per row, whichever of two candidate rows (NaN: unavailable) is closer to ``w``."""
+    d1 = np.linalg.norm(first - w, axis=1)
+    d2 = np.linalg.norm(second - w, axis=1)
+    take = ~(d1 <= d2)  # NaN distances lose
+    return np.where(take[:, None], second, first)
 
 
 def _grams(v: np.ndarray, w: np.ndarray):
