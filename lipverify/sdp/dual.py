@@ -128,9 +128,9 @@ def lower_bound(lmi, params, rho_up: float, parts, rank: int = 24) -> float | No
     return low if fixed is None else (fixed if low is None else max(low, fixed))
 
 
-#: Repaired scales stay this far (relative) inside the interval where a QC value is >= 0,
-#: so rounding cannot turn a repaired value negative.
-_INSIDE = 1e-9
+#: Repaired rows stop this fraction short of the boundary where their QC value is 0 (toward
+#: the maximum of the concave value), so rounding cannot turn a repaired value negative.
+_INSIDE = 1e-6
 
 
 def repaired_bound(lmi, z: np.ndarray) -> float | None:
@@ -165,6 +165,8 @@ def repair(lmi, z: np.ndarray) -> np.ndarray | None:
         if bad.size:
             w[bad] = _closer(_scaled(w[bad], vv[bad], vw[bad], ww[bad], a, b),
                              _blended(v[bad], w[bad], vv[bad], vw[bad], a, b), w[bad])
+    if not np.isfinite(y).all():
+        return None
     for k, (qc, (v_map, cols)) in enumerate(zip(lmi.qcs, _pre_maps(lmi)), start=1):
         if (qc.value_grad(v_map @ y[cols], y[offs[k]:offs[k + 1]]) < 0).any():
             return None  # a pre-activation read a later node: not repaired in order
@@ -172,35 +174,47 @@ def repair(lmi, z: np.ndarray) -> np.ndarray | None:
 
 
 def _scaled(w, vv, vw, ww, a: float, b: float) -> np.ndarray:
-    """``s w`` with ``s`` the scale nearest 1 where the value is >= 0 (NaN rows: none)."""
-    disc = ((a + b) * vw) ** 2 - 4 * a * b * vv * ww
+    """``s w``, ``s`` the scale nearest 1 where the (concave) value ``-2ab vv + 2(a+b) vw s
+    - 2 ww s^2`` is >= 0, moved the fraction :data:`_INSIDE` toward its maximum (then the
+    value is >= _INSIDE times that maximum). NaN rows where no real scale exists."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        root, mid = np.sqrt(disc) / (2 * ww), (a + b) * vw / (2 * ww)
-    s = np.clip(1.0, mid - root * (1 - _INSIDE), mid + root * (1 - _INSIDE))
-    return w * s[:, None]  # NaN where disc < 0 or w = 0
+        mid = (a + b) * vw / (2 * ww)
+        root = np.sqrt(mid * mid - a * b * vv / ww)  # NaN: no real scale
+        far = mid + np.copysign(root, mid)  # the root away from zero (no cancellation)
+        near = np.where(far != 0, (a * b * vv / ww) / far, 0.0)  # product of the roots
+        lo, hi = np.minimum(near, far), np.maximum(near, far)
+        s = np.clip(1.0, lo, hi)
+        s = s + _INSIDE * (mid - s)
+    return w * s[:, None]
 
 
 def _blended(v, w, vv, vw, a: float, b: float) -> np.ndarray:
-    """``w + lam (c v - w)`` at the first ``lam`` in (0, 1] where the value is >= 0, ``c``
-    the least-squares slope ``v.w / |v|^2`` kept strictly inside ``(alpha, beta)``."""
-    inner = _INSIDE ** 0.5 * (b - a)
+    """``c v + m (w - c v)`` at the largest ``m`` in [0, 1) where the value is >= 0, shrunk
+    by the fraction :data:`_INSIDE` (concave in ``m``: the value stays >= _INSIDE times its
+    value at ``m = 0``, ``-2 (c - a)(c - b)|v|^2 > 0``); ``c`` the least-squares slope
+    ``v.w / |v|^2`` kept inside ``(alpha, beta)``. Solved in ``m``, not ``1 - m``: rows far
+    larger than their pre-activation keep their precision."""
+    inner = 1e-3 * (b - a)
     with np.errstate(divide="ignore", invalid="ignore"):
         c = np.clip(np.where(vv > 0, vw / vv, (a + b) / 2), a + inner, b - inner)
-    d = c[:, None] * v - w
-    dd, vd, wd = _grams(d, d)[0], _grams(v, d)[1], _grams(w, d)[1]
-    g0 = -2 * a * b * vv + 2 * (a + b) * vw - 2 * _grams(w, w)[0]  # < 0
-    slope = (a + b) * vd - 2 * wd  # g(lam) = g0 + 2 slope lam - 2 dd lam^2, g(1) >= 0
+    u = c[:, None] * v
+    e = w - u
+    ee = np.einsum("ij,ij->i", e, e)
+    g_u = -2 * (c - a) * (c - b) * vv  # value at m = 0, >= 0
+    half = (a + b) * np.einsum("ij,ij->i", v, e) - 2 * np.einsum("ij,ij->i", u, e)
+    # g(m) = g_u + 2 half m - 2 ee m^2: its positive root, in the form without cancellation
+    disc = np.sqrt(half * half + 2 * ee * g_u)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lam = (slope - np.sqrt(np.maximum(slope * slope + 2 * dd * g0, 0))) / (2 * dd)
-    lam = np.minimum(lam + _INSIDE * (1 - lam), 1.0)
-    return w + lam[:, None] * d
+        m = np.where(half > 0, (half + disc) / (2 * ee), g_u / (disc - half))
+    m = np.where(np.isfinite(m), np.minimum(m, 1.0), 0.0) * (1 - _INSIDE)
+    return u + m[:, None] * e
 
 
 def _closer(first, second, w) -> np.ndarray:
     """Per row, whichever of two candidate rows (NaN: unavailable) is closer to ``w``."""
     d1 = np.linalg.norm(first - w, axis=1)
     d2 = np.linalg.norm(second - w, axis=1)
-    take = ~(d1 <= d2)  # NaN distances lose
+    take = (d2 < d1) | (np.isnan(d1) & ~np.isnan(d2))  # NaN distances lose
     return np.where(take[:, None], second, first)
 
 
