@@ -234,13 +234,14 @@ def newton_system(form: NeuronForm, x: np.ndarray, chunk: int = 128):
     input_parts = (float(np.trace(b.z00)), float(np.sum(b.z00 * b.z00)),
                    dot("ij,ij->j", b.zv, b.zv), dot("ij,ij->j", b.zv, b.ze),
                    dot("ij,ij->j", b.ze, b.ze))
-    return _assemble_newton(form, b.vv, b.ve, b.ee, input_parts, chunk)
+    return _assemble_newton(form, b.vv, b.ve, b.ee, input_parts, chunk, gev=b.ev)
 
 
-def _assemble_newton(form: NeuronForm, gvv, gve, gee, input_parts, chunk: int = 128):
+def _assemble_newton(form: NeuronForm, gvv, gve, gee, input_parts, chunk: int = 128, gev=None):
     """The Newton system from the 2x2 blocks ``U_i^T X U_j`` (``gvv = V X V^T``, ``gve = V X
     E^T``, ``gee = E X E^T``) and the input-block terms ``(tr X_00, ||X_00||_F^2, |z^v_i|^2,
-    z^v_i . z^e_i, |z^e_i|^2)`` with ``z^v_i = X_0. v_i``, ``z^e_i = X_0. e_i``."""
+    z^v_i . z^e_i, |z^e_i|^2)`` with ``z^v_i = X_0. v_i``, ``z^e_i = X_0. e_i``; ``gev``:
+    ``gve`` transposed, if at hand (contiguous rows are faster than a transposed view)."""
     n = form.n
     a, b, c = form.q
     # s_i = tr(X F_i), F_i = -U_i Q_i U_i^T
@@ -253,7 +254,7 @@ def _assemble_newton(form: NeuronForm, gvv, gve, gee, input_parts, chunk: int = 
     for r0 in range(0, n, chunk):  # H = a_i B_vv + 2 b_i B_ve + c_i B_ee, B_* scaled by Q_j
         r = slice(r0, min(r0 + chunk, n))
         vv, ve, ee = gvv[r], gve[r], gee[r]
-        ev = gve[:, r].T
+        ev = gve[:, r].T if gev is None else gev[r]
         b_ee = (2.0 * b) * (ev * ee) + c * (ee * ee)
         b_ve = b * (vv * ee + ve * ev) + c * (ve * ee)
         if relu:
