@@ -36,7 +36,8 @@ def _chain(widths, seed, activation=("relu",)):
     return net, ChainLMI.from_network(net)
 
 
-@pytest.mark.parametrize("activation", [("relu",), ("leaky_relu", 0.1), ("tanh",)])
+@pytest.mark.parametrize(
+    "activation", [("relu",), ("leaky_relu", 0.1), ("tanh",), ("slope", -0.5, 1.0)])
 def test_repaired_bound_is_feasible_and_below_the_optimum_for_any_candidate(activation):
     """Weak duality needs no good candidate: random Z, repaired, stays below the optimum."""
     import numpy as np
