@@ -45,7 +45,6 @@ from .pdipm import (
     _times,
     backtrack,
     cone_limits,
-    trace_of,
 )
 
 _log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ def _primal_step(chols, dx) -> float:
     groups: dict[tuple, list] = {}
     for k, c in enumerate(chols):
         groups.setdefault(c.shape, []).append(k)
-    lam, step = 0.0, math.inf
+    step = math.inf
     for shape, ks in groups.items():
         cliques = [np.block([[d[k], b[k]], [b[k].T, d[k + 1]]]) for k in ks]
         if shape[0] > LANCZOS_ORDER:
@@ -84,8 +83,10 @@ def _primal_step(chols, dx) -> float:
         c, dc = np.stack([chols[k] for k in ks]), np.stack(cliques)
         c_inv = np.linalg.inv(c)  # triangular, well within a clique's conditioning
         w = c_inv @ dc @ np.swapaxes(c_inv, 1, 2)
-        lam = min(lam, float(np.linalg.eigvalsh((w + np.swapaxes(w, 1, 2)) / 2.0)[:, 0].min()))
-    return min(step, math.inf if lam >= 0 else -1.0 / lam)
+        lam = float(np.linalg.eigvalsh((w + np.swapaxes(w, 1, 2)) / 2.0)[:, 0].min())
+        if lam < 0:
+            step = min(step, -1.0 / lam)
+    return step
 
 
 def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
@@ -128,8 +129,8 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
         xhat = blocktri.completion(*x, chols)
         ls = blocktri.lower(fs)
         bx, by = Blocks.of(form, xhat), Blocks.of(form, y_inv)
-        # A(X_P) and <C^T C, X_P> exactly on the pattern
-        ay, mu, lower = _measure(ctx, by, trace_of(form, assemble_tridiagonal(*x)), _dot(x, s),
+        # A(X_P) and <C^T C, X_P>: every F_j lives on the pattern, which X^ copies exactly
+        ay, mu, lower = _measure(ctx, by, bx.trace(form), _dot(x, s),
                                  -float(np.sum(c0[0][-1] * x[0][-1])), xk, rho, lower, (it, t0))
         if lower is not None and rho - lower <= tol * rho:
             status = "optimal"
