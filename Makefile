@@ -4,15 +4,22 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test lint compare batch-compare bench clean models
+LOCK ?= requirements.lock
+# Tests run BLAS and torch on one thread: threaded BLAS on 2 shared cores can slow a test 10x
+# (measured: 23 s against 2 s for one deep-chain test with two busy processes beside it).
+TEST_ENV := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+PYTEST_ARGS ?= --durations=15 --durations-min=0.5
+
+.PHONY: setup demo test test-all test-latest lint compare batch-compare bench clean models lock
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # torch is pinned and installed first: a bare `torch` would pull the multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install --quiet -e ".[test]"
+# Every other package is held at the versions of $(LOCK), known to be green.
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" -c $(LOCK)
+	$(BIN)/pip install --quiet -e ".[test]" -c $(LOCK)
 	touch $@
 
 setup: $(VENV)/.installed
@@ -20,8 +27,30 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/lipverify bound models/digits_mlp_relu.onnx
 
+# The default suite (what .ci/run calls): everything but the tests marked `slow`.
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Everything, the long integration tests included.
+test-all: setup
+	$(TEST_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The default suite on the newest versions pyproject.toml allows (no lock), in its own venv:
+# tells early when an upstream release breaks us.
+LATEST ?= .venv-latest
+test-latest:
+	test -x $(LATEST)/bin/python || $(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet "torch==$(TORCH_VERSION)"
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[test]"
+	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/versions.txt
+	$(TEST_ENV) $(LATEST)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Refresh the lock from a green `make test-latest` venv (see README, "Dependencies").
+lock:
+	{ echo "# Exact versions known to be green (make test, .ci/run): pip constraints for make setup."; \
+	  echo "# make test-latest ignores it. Refresh: make test-latest && make lock (README, Dependencies)."; \
+	  $(LATEST)/bin/pip freeze --exclude-editable | grep -v '^lipverify' \
+	    | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' | sort -f; } > $(LOCK)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -52,4 +81,4 @@ models: setup
 	$(BIN)/python models/make_models.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(LATEST) .pytest_cache build *.egg-info

@@ -57,6 +57,10 @@ def _handle_errors(fn):
             if debug:
                 traceback.print_exc()
             err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            best = getattr(exc, "best", None)
+            if isinstance(best, lipverify.BoundResult) and best.certified:
+                err.print(f"best certified bound found before the failure: {best.bound:.10g} "
+                          f"({best.method}, {best.status})", highlight=False)
             sys.exit(exc.exit_code)
         except MemoryError as exc:
             if debug:

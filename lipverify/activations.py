@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelLoadError
+from .numerics import round_up
 
 
 def _sigmoid(x):
@@ -216,7 +217,7 @@ class MaxPool2d(Activation):
             self.kernel[1] / self.stride[1]
         )
         # rounded upward: an l2 gain must never be underestimated
-        return float(np.nextafter(math.sqrt(overlap), np.inf)) if norm == "l2" else 1.0
+        return round_up(math.sqrt(overlap)) if norm == "l2" else 1.0
 
     def describe(self):
         return f"maxpool {self.kernel[0]}x{self.kernel[1]} s{self.stride[0]}"

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 
-from .errors import NotApplicableError, UsageError
+from .errors import LipverifyError, NotApplicableError, NumericalError, SolverError, UsageError
 from .importers import load
 from .methods import get_method
 from .network import Network
-from .results import BoundResult
+from .numerics import as_numerical_error, blas_threads
+from .results import BoundResult, MethodOutput
 
 NORMS = ("l2", "linf")
 
@@ -36,13 +38,8 @@ SMALL_NETWORK = 2000
 
 
 def _blas_threads(network: Network):
-    from contextlib import nullcontext
-
-    from threadpoolctl import threadpool_limits
-
     order = network.input_dim + sum(n.width for n in network.nodes)
-    return threadpool_limits(limits=1, user_api="blas") if order <= SMALL_NETWORK \
-        else nullcontext()
+    return blas_threads(1 if order <= SMALL_NETWORK else None)
 
 
 def _auto(network: Network, norm: str, options: dict) -> str:
@@ -97,24 +94,72 @@ def bound(
     network = load(model, **options)
     network = network.select_outputs(list(output_rows) if output_rows is not None else None)
     name = method if method != "auto" else _auto(network, norm, options)
-    info = get_method(name)
-    if norm not in info.norms:
-        raise NotApplicableError(
-            f"method {name} does not support norm {norm} (supports: {', '.join(info.norms)})"
-        )
-    start = time.perf_counter()
-    with _blas_threads(network):
-        out = info.fn(network, norm=norm, **options)
+    chain = [name] + (_auto_fallbacks(network, name) if method == "auto" else [])
+    fell_back: list[str] = []
+    for k, name in enumerate(chain):
+        info = get_method(name)
+        if norm not in info.norms:
+            raise NotApplicableError(
+                f"method {name} does not support norm {norm} (supports: {', '.join(info.norms)})"
+            )
+        start = time.perf_counter()
+        try:
+            out = _run(info, network, norm, options)
+        except SolverError as exc:
+            best = exc.best if isinstance(exc, NumericalError) else None
+            if method == "auto" and isinstance(best, MethodOutput) and best.certified:
+                out = replace(best, warnings=(*best.warnings, f"auto: {name} failed ({exc}); "
+                                              "reporting the best certified bound found"))
+            elif k + 1 < len(chain):
+                fell_back.append(f"auto: {name} failed ({exc}); fell back to {chain[k + 1]}")
+                continue
+            else:
+                if isinstance(best, MethodOutput):
+                    exc.best = _result(network, name, info, best, time.perf_counter() - start,
+                                       None, norm, output_rows, method, fell_back)
+                raise
+        break
     elapsed = time.perf_counter() - start
     lower = None
-    warnings = list(out.warnings)
-    status = out.status
-    certified = out.certified and info.kind == "upper"
     if isinstance(lower_bound, (int, float)) and not isinstance(lower_bound, bool):
         lower = float(lower_bound)
     elif lower_bound and info.kind != "lower":
+        try:
+            lower = _run(get_method("lower"), network, norm, {}).bound
+        except SolverError as exc:
+            fell_back.append(f"sampled lower bound not computed ({exc})")
+    return _result(network, name, info, out, elapsed, lower, norm, output_rows, method,
+                   fell_back)
+
+
+def _auto_fallbacks(network: Network, name: str) -> list[str]:
+    """What ``auto`` tries after ``name`` fails: the closed-form LDL^T bound (chains), then
+    the naive product, which needs nothing but certified spectral norms."""
+    order = ["ldlt-fast", "naive"] if network.is_sequential else ["naive"]
+    return order[order.index(name) + 1:] if name in order else order
+
+
+def _run(info, network: Network, norm: str, options: dict) -> MethodOutput:
+    """Run one method; a numerical failure inside it leaves as a ``NumericalError`` (exit 5)
+    that says which method failed and how, never as a raw LinAlgError or ValueError."""
+    try:
         with _blas_threads(network):
-            lower = get_method("lower").fn(network, norm=norm).bound
+            return info.fn(network, norm=norm, **options)
+    except LipverifyError:
+        raise
+    except Exception as exc:
+        err = as_numerical_error(exc, f"method {info.name}")
+        if err is None:
+            raise
+        raise err from exc
+
+
+def _result(network, name, info, out: MethodOutput, elapsed: float, lower, norm, output_rows,
+            method, notes) -> BoundResult:
+    """The frozen record of one method's output; refuses "certified" below a lower bound."""
+    warnings = [*notes, *out.warnings]
+    status = out.status
+    certified = out.certified and info.kind == "upper"
     if lower is not None and info.kind == "upper" and out.bound < lower * (1 - 1e-9):
         certified = False
         status = "unsound"
@@ -122,6 +167,8 @@ def bound(
     details = dict(out.details)
     if method == "auto":
         details["auto_choice"] = name
+        if notes:
+            details["auto_fallbacks"] = list(notes)
     return BoundResult(
         model=network.name,
         method=name,

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import LipverifyError, UsageError
 from .network import Network
+from .numerics import round_up
 from .results import BoundResult
 
 FORMAT = "lipverify-certificate/1"
@@ -92,7 +93,7 @@ def check_certificate(network: Network, cert: dict | str | Path) -> CheckResult:
                 return CheckResult(False, math.inf, "invalid rho")
             verify = verify_dag if dag else verify_chain
             if verify(lmi, np.asarray(body["params"], dtype=np.float64), rho):
-                bound = float(np.nextafter(math.sqrt(rho), np.inf))
+                bound = round_up(math.sqrt(rho))
                 return CheckResult(True, bound, f"valid: L2 <= {bound:.10g}")
             return CheckResult(
                 False,

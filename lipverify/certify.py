@@ -12,8 +12,8 @@ import math
 import numpy as np
 import scipy.linalg
 
-from .linear import UNIT_ROUNDOFF as U
-from .linear import gamma
+from .numerics import UNIT_ROUNDOFF as U
+from .numerics import gamma, lambda_max, round_down, round_up
 
 ETA = 2.0**-1074
 
@@ -67,10 +67,6 @@ def certify_pd(a: np.ndarray, radius: float | np.ndarray = 0.0) -> bool:
     return True
 
 
-def _up(x: float) -> float:
-    return float(np.nextafter(x, np.inf))
-
-
 def certified_spectral_norm(w: np.ndarray, radius: np.ndarray | None = None) -> tuple[float, float]:
     """Certified upper bound on ``||W_exact||_2`` where ``|W_exact - w| <= radius`` entrywise.
 
@@ -85,19 +81,19 @@ def certified_spectral_norm(w: np.ndarray, radius: np.ndarray | None = None) -> 
     w = np.asarray(w, dtype=np.float64)
     if w.size == 0 or not np.any(w):
         extra = float(np.linalg.norm(radius)) if radius is not None else 0.0
-        return _up(extra), 0.0
+        return round_up(extra), 0.0
     if w.shape[0] > w.shape[1]:
         w = w.T
         radius = None if radius is None else radius.T
     g = w @ w.T  # order m = min side; inner dimension n
     inner = w.shape[1]
-    est = math.sqrt(max(float(scipy.linalg.eigvalsh(g)[-1]), 0.0))
+    est = math.sqrt(max(lambda_max(g, "spectral norm (Gram matrix)"), 0.0))
     abs_w = np.abs(w)
     g_abs = abs_w @ abs_w.T
     rel = 1e-12
     for _ in range(40):
-        s = _up(est * (1.0 + rel)) if est > 0 else rel
-        s2 = float(np.nextafter(s * s, -np.inf))
+        s = round_up(est * (1.0 + rel)) if est > 0 else rel
+        s2 = round_down(s * s)
         a = -g
         a[np.diag_indices_from(a)] += s2
         # |fl(s2 I - fl(W W^T)) - (s2 I - W W^T)| <= gamma_{n+2} (|W||W|^T + s2 I), x1.01 (§8)
@@ -108,7 +104,7 @@ def certified_spectral_norm(w: np.ndarray, radius: np.ndarray | None = None) -> 
     else:  # pragma: no cover - would need a pathological matrix
         return math.inf, est
     if radius is not None:
-        s = _up(s + _up(float(np.linalg.norm(radius)) * (1.0 + inner * U)))
+        s = round_up(s + round_up(float(np.linalg.norm(radius)) * (1.0 + inner * U)))
     return s, est
 
 
@@ -118,7 +114,7 @@ def certified_inf_norm(w: np.ndarray, radius: np.ndarray | None = None) -> float
     if radius is not None:
         abs_w = abs_w + radius
     rows = abs_w.sum(axis=1)
-    return _up(float(rows.max()) * (1.0 + gamma(abs_w.shape[1] + 2))) if rows.size else 0.0
+    return round_up(float(rows.max()) * (1.0 + gamma(abs_w.shape[1] + 2))) if rows.size else 0.0
 
 
 def certified_gershgorin_norm(w: np.ndarray, radius: np.ndarray | None = None) -> float:
@@ -133,4 +129,4 @@ def certified_gershgorin_norm(w: np.ndarray, radius: np.ndarray | None = None) -
     small = abs_w if m <= n else abs_w.T
     gram = small @ small.T  # |W^T W|_ij <= (|W|^T |W|)_ij: sum of nonnegative terms
     row = float(gram.sum(axis=1).max()) * (1.0 + gamma(m + n + 4)) ** 2
-    return _up(math.sqrt(_up(min(one * inf, row)) * growth))
+    return round_up(math.sqrt(round_up(min(one * inf, row)) * growth))

@@ -47,14 +47,14 @@ is checked by Rump's shifted Cholesky (§8), batched over frequencies.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 
 from .certify import ETA
-from .linear import UNIT_ROUNDOFF as U
-from .linear import Conv2d, gamma
+from .linear import Conv2d
+from .numerics import UNIT_ROUNDOFF as U
+from .numerics import blas_threads, eigvalsh_batched, gamma, round_up
 
 #: Absolute error allowed for one computed twiddle ``cos``/``sin``. The phase is an exact
 #: integer ``m`` reduced to ``|m| <= L/2``, so ``fl(2 pi m / L)`` is off by at most
@@ -64,10 +64,6 @@ TWIDDLE_ERROR = 32.0 * U
 
 #: Working-memory budget of one frequency chunk (bytes); peak use is a small multiple.
 CHUNK_BYTES = 128 * 2**20
-
-
-def _up(x: float) -> float:
-    return float(np.nextafter(x, np.inf))
 
 
 def _twiddle_table(length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,13 +115,7 @@ def _live_taps(op: Conv2d) -> tuple[list[int], list[int]]:
 
 def _blas_threads(order: int):
     """One BLAS thread for batches of small matrices (threads only add contention there)."""
-    if order > 256:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    return blas_threads(1 if order <= 256 else None)
 
 
 def _certify_chunk(a: np.ndarray, b: np.ndarray) -> float:
@@ -150,7 +140,7 @@ def _certify_chunk(a: np.ndarray, b: np.ndarray) -> float:
 
     # Estimates: eigenvalues of the Hermitian m x m Gram P P^* = G11 + i G21.
     herm = g11 + 1j * g21
-    lam = float(np.linalg.eigvalsh(herm)[:, -1].max())
+    lam = float(eigvalsh_batched(herm, "convolution symbol")[:, -1].max())
     lam = max(lam, 0.0)
     # Row sums of |M| |M|^T for M = [[A, -B], [B, A]]: |M|^T 1 = [w; w] with
     # w = colsum(|A| + |B|), so every row sum is ((|A| + |B|) w)_i (both halves alike).
@@ -187,14 +177,14 @@ def _certify_chunk(a: np.ndarray, b: np.ndarray) -> float:
     need = rad_coef * (rows + lam) + rump_coef * order * lam * trace_growth
     rel = 1e-12
     for _ in range(30):
-        s2 = _up(lam * (1.0 + rel) + 2.0 * need + 1e-300)
+        s2 = round_up(lam * (1.0 + rel) + 2.0 * need + 1e-300)
         if attempt(s2):
-            return _up(math.sqrt(s2))
+            return round_up(math.sqrt(s2))
         rel *= 8.0
         need *= 2.0
     # Fallback (never seen): ||P||_2 <= ||P||_F, rounded upward.
     fro2 = float((a * a + b * b).sum(axis=(1, 2)).max())
-    return _up(math.sqrt(_up(fro2 * (1.0 + gamma(2 * m * n + 4)))))
+    return round_up(math.sqrt(round_up(fro2 * (1.0 + gamma(2 * m * n + 4)))))
 
 
 def certified_conv_norm(op: Conv2d) -> float:
@@ -253,7 +243,7 @@ def certified_conv_norm(op: Conv2d) -> float:
             rad[:, :, ph * cin_g : (ph + 1) * cin_g] = absk[..., sel].sum(axis=-1)
     rad = (coef * rad + kh * kw * ETA) * 1.01
     fro = np.sqrt((rad * rad).sum(axis=(1, 2)) * (1.0 + gamma(og * cr + 4)))
-    err = _up(math.sqrt(2.0) * float(fro.max()) * (1.0 + 4.0 * U))
+    err = round_up(math.sqrt(2.0) * float(fro.max()) * (1.0 + 4.0 * U))
 
     # Half of the frequency grid suffices: P(-w) = conj(P(w)).
     uu, vv = np.meshgrid(np.arange(nh), np.arange(nw // 2 + 1), indexing="ij")
@@ -272,7 +262,7 @@ def certified_conv_norm(op: Conv2d) -> float:
             idx = (shift_a[:, None] * u[None, :] * nw + shift_b[:, None] * v[None, :] * nh) % length
             re, im = _transfer(kflat, phase, cos_t[idx], sin_t[idx])
             best = max(best, _certify_chunk(re, im))
-    return _up(best + err)
+    return round_up(best + err)
 
 
 def _transfer(

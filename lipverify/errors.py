@@ -71,3 +71,15 @@ class SolverError(LipverifyError):
     """A solver is missing, unlicensed, or failed."""
 
     exit_code = 5
+
+
+class NumericalError(SolverError):
+    """A numerical kernel failed (every eigensolver driver, a NaN or Inf mid-solve).
+
+    ``best`` is the best certified result found before the failure, when there is one
+    (a :class:`~lipverify.results.BoundResult` once it leaves :func:`lipverify.bound`).
+    """
+
+    def __init__(self, message: str, best=None):
+        super().__init__(message)
+        self.best = best

@@ -19,17 +19,11 @@ from typing import ClassVar
 import numpy as np
 
 from .errors import ModelLoadError
+from .numerics import gamma
 
 #: Refuse to materialise a dense matrix larger than this many entries (2 GiB of float64).
 MAX_DENSE_ENTRIES = 268_435_456
 
-UNIT_ROUNDOFF = 2.0**-53
-
-
-def gamma(k: int) -> float:
-    """``gamma_k = k u / (1 - k u)`` of FORMULATIONS.md §8."""
-    ku = k * UNIT_ROUNDOFF
-    return ku / (1.0 - ku)
 
 
 def _frozen(a, ndim: int | None = None, name: str = "array") -> np.ndarray:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..numerics import physical_memory
 from .jobs import Job
 from .worker import SINGLE_THREAD_ENV, failed, init_worker, run_job
 
@@ -74,12 +75,8 @@ def list_executors() -> list[ExecutorInfo]:
 
 
 def default_memory_limit_gb(jobs: int) -> float | None:
-    """Physical memory shared by the workers, at least 2 GiB each (None when unknown)."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-    return max(2.0, 0.9 * total / 2**30 / max(jobs, 1))
+    """Physical memory shared by the workers, at least 2 GiB each."""
+    return max(2.0, 0.9 * physical_memory() / 2**30 / max(jobs, 1))
 
 
 # ---------------------------------------------------------------------------------- inline

@@ -6,11 +6,12 @@ worker may be another machine), plus the host name.
 
 from __future__ import annotations
 
-import os
 import platform
 import socket
 from functools import lru_cache
 from pathlib import Path
+
+from ..numerics import cpu_count, physical_memory
 
 
 def _cpu() -> str:
@@ -24,11 +25,7 @@ def _cpu() -> str:
 
 
 def _memory() -> str:
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        return f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        return ""
+    return f", {physical_memory() / 2**30:.0f} GiB RAM"
 
 
 @lru_cache(maxsize=1)
@@ -48,6 +45,6 @@ def describe() -> str:
 
     packages = ", ".join(f"{p} {ver(p)}" for p in ("numpy", "scipy", "cvxpy", "lipverify"))
     return (
-        f"{_cpu()}, {os.cpu_count()} cores{_memory()}; Python {platform.python_version()}, "
+        f"{_cpu()}, {cpu_count()} cores{_memory()}; Python {platform.python_version()}, "
         f"{packages}; host {socket.gethostname()}"
     )

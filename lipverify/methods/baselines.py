@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
-
 from ..certify import certified_gershgorin_norm, certified_inf_norm, certified_spectral_norm
 from ..conv_norm import certified_conv_norm
 from ..linear import Conv2d, LinearOp, power_iteration
 from ..network import Network
+from ..numerics import round_up
 from ..results import MethodOutput
 from . import register_method
 
@@ -28,10 +27,6 @@ from . import register_method
 DENSE_CONV_LIMIT = 4_000_000
 
 
-def _up(x: float) -> float:
-    return float(np.nextafter(x, np.inf))
-
-
 def propagate(network: Network, op_norm: Callable[[LinearOp], float], norm: str) -> float:
     """Lipschitz bound of the whole network from per-term norms (sound for any DAG).
 
@@ -40,11 +35,11 @@ def propagate(network: Network, op_norm: Callable[[LinearOp], float], norm: str)
     """
 
     def combine(terms, lips) -> float:
-        return _up(math.fsum(_up(op_norm(t.op) * lips[t.source]) for t in terms))
+        return round_up(math.fsum(round_up(op_norm(t.op) * lips[t.source]) for t in terms))
 
     lips = [1.0]
     for node in network.nodes:
-        lips.append(_up(combine(node.pre.terms, lips) * node.activation.lipschitz(norm)))
+        lips.append(round_up(combine(node.pre.terms, lips) * node.activation.lipschitz(norm)))
     return combine(network.output.terms, lips)
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 
 import numpy as np
 
 from ..clock import Clock
 from ..errors import NotApplicableError, SolverError
 from ..network import Network
+from ..numerics import as_numerical_error
 from ..results import MethodOutput
 from ..sdp import linf
 from ..sdp.backends import BACKENDS, choose_backend, estimate_cone
@@ -66,6 +69,22 @@ def _fallback(lmi: ChainLMI, exc: Exception, details: dict) -> MethodOutput:
         details=details,
         warnings=(f"SDP not solved ({exc}); reporting the certified ldlt-fast bound",),
     )
+
+
+@contextmanager
+def _keep_best(best: Callable[[], MethodOutput]):
+    """A numerical failure inside the block leaves with the best certified output so far."""
+    try:
+        yield
+    except Exception as exc:
+        err = as_numerical_error(exc, "lipsdp")
+        if err is None:
+            raise
+        if err.best is None:
+            err.best = best()
+        if err is exc:
+            raise
+        raise err from exc
 
 
 def _with_fallback(backend, cone: int) -> list:
@@ -142,61 +161,63 @@ def _lipsdp(
         return _fallback(lmi, exc, details)
     solver_value, status = None, "optimal"
     fast = certify_chain(lmi, ldlt_fast_params(lmi))
-    # what one certification costs: kept in reserve so the last certificate always fits
-    reserve = 2.0 * clock.elapsed()
-    start_cert, stages = fast, SMOOTH_STAGES
-    if backend.structured:
-        status = "converged (structured solver; optimality gap not computed)"
-    else:
-        try:
-            result = solve_chain(lmi, backend, clock.left(reserve), form)
-        except SolverError as exc:
-            result = None
-            status = f"{backend.name} failed ({exc}); structured solver used"
-        if result is None or result.params is None:
-            if result is not None:
-                status = f"{backend.name} status {result.status}; structured solver used"
-        else:
-            solver_value = result.value
-            status = "optimal" if result.status == "optimal" else f"solver {result.status}"
-            details["solve_seconds"] = result.seconds
-            solved = certify_chain(lmi, result.params, clock.deadline)
-            if solved.bound <= fast.bound:
-                start_cert, stages = solved, POLISH_STAGES
-            else:  # a poor (e.g. time-limited) solve
-                status += "; started from ldlt-fast, which was better"
-    if per_neuron and stages is SMOOTH_STAGES and not clock.expired(2.0 * reserve):
-        # cold start: solve the few-variable layer problem first, expand it per neuron
-        layer = _chain(network, False)
-        lp, _, _ = minimize_rho(layer, _feasible(layer, ldlt_fast_params(layer)),
-                                time_limit=clock.left(2.0 * reserve, share=1 / 3))
-        warm = certify_if_better(lmi, np.concatenate(
-            [qc.from_layer(p) for qc, p in zip(lmi.qcs, layer.split(lp))]), start_cert,
-            clock.deadline)
-        if warm is not start_cert:
-            start_cert = warm
-            details["warm_start"] = "lipsdp-layer"
-    info = {"timed_out": True}
-    params = None
-    if not clock.expired(reserve):
-        params, rho, info = minimize_rho(lmi, start_cert.params, rel_mu=stages,
-                                         time_limit=clock.left(reserve))
-        details["smooth"] = info
+    with _keep_best(lambda: _output(fast, status="ldlt-fast (the SDP stage failed)",
+                                    solver=None, solver_value=None, details=details)):
+        # what one certification costs: kept in reserve so the last certificate always fits
+        reserve = 2.0 * clock.elapsed()
+        start_cert, stages = fast, SMOOTH_STAGES
         if backend.structured:
-            solver_value = math.sqrt(rho)
-    # report the best certificate: never worse than the start it polished
-    cert = start_cert
-    if params is not None:
-        cert = certify_if_better(lmi, params, start_cert, clock.deadline)
-    status = _with_gap(lmi, cert.params, cert.rho, status, details, clock)
-    if cert.theta > 0:
-        status += f"; repaired (theta={cert.theta:.3g})"
-    if info.get("timed_out"):
-        status += "; time limit reached, best certified iterate"
-    details["seconds_total"] = clock.elapsed()
-    return _output(
-        cert, status=status, solver=backend.name, solver_value=solver_value, details=details
-    )
+            status = "converged (structured solver; optimality gap not computed)"
+        else:
+            try:
+                result = solve_chain(lmi, backend, clock.left(reserve), form)
+            except SolverError as exc:
+                result = None
+                status = f"{backend.name} failed ({exc}); structured solver used"
+            if result is None or result.params is None:
+                if result is not None:
+                    status = f"{backend.name} status {result.status}; structured solver used"
+            else:
+                solver_value = result.value
+                status = "optimal" if result.status == "optimal" else f"solver {result.status}"
+                details["solve_seconds"] = result.seconds
+                solved = certify_chain(lmi, result.params, clock.deadline)
+                if solved.bound <= fast.bound:
+                    start_cert, stages = solved, POLISH_STAGES
+                else:  # a poor (e.g. time-limited) solve
+                    status += "; started from ldlt-fast, which was better"
+        if per_neuron and stages is SMOOTH_STAGES and not clock.expired(2.0 * reserve):
+            # cold start: solve the few-variable layer problem first, expand it per neuron
+            layer = _chain(network, False)
+            lp, _, _ = minimize_rho(layer, _feasible(layer, ldlt_fast_params(layer)),
+                                    time_limit=clock.left(2.0 * reserve, share=1 / 3))
+            warm = certify_if_better(lmi, np.concatenate(
+                [qc.from_layer(p) for qc, p in zip(lmi.qcs, layer.split(lp))]), start_cert,
+                clock.deadline)
+            if warm is not start_cert:
+                start_cert = warm
+                details["warm_start"] = "lipsdp-layer"
+        info = {"timed_out": True}
+        params = None
+        if not clock.expired(reserve):
+            params, rho, info = minimize_rho(lmi, start_cert.params, rel_mu=stages,
+                                             time_limit=clock.left(reserve))
+            details["smooth"] = info
+            if backend.structured:
+                solver_value = math.sqrt(rho)
+        # report the best certificate: never worse than the start it polished
+        cert = start_cert
+        if params is not None:
+            cert = certify_if_better(lmi, params, start_cert, clock.deadline)
+        status = _with_gap(lmi, cert.params, cert.rho, status, details, clock)
+        if cert.theta > 0:
+            status += f"; repaired (theta={cert.theta:.3g})"
+        if info.get("timed_out"):
+            status += "; time limit reached, best certified iterate"
+        details["seconds_total"] = clock.elapsed()
+        return _output(
+            cert, status=status, solver=backend.name, solver_value=solver_value, details=details
+        )
 
 
 #: ``auto`` runs the interior-point solver on slope-QC LMIs up to this order (its dense

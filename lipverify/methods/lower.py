@@ -25,6 +25,7 @@ import torch
 
 from ..errors import UsageError
 from ..network import Network
+from ..numerics import eigh_all
 from ..results import MethodOutput
 from ..torch_eval import to_torch
 from . import register_method
@@ -85,6 +86,17 @@ class _Jacobian:
         return torch.cat(out)
 
 
+def _eigh(gram: torch.Tensor):
+    """Batched ``torch.linalg.eigh``; matrix by matrix through :mod:`lipverify.numerics`'s
+    driver fallbacks when the batched call fails."""
+    try:
+        return torch.linalg.eigh(gram)
+    except RuntimeError:  # torch.linalg.LinAlgError: a LAPACK driver failed
+        pairs = [eigh_all(g, "sampled lower bound (Jacobian Gram)") for g in gram.numpy()]
+        lam = torch.from_numpy(np.stack([w for w, _ in pairs])).to(gram.dtype)
+        return lam, torch.from_numpy(np.stack([v for _, v in pairs])).to(gram.dtype)
+
+
 def _norms_and_directions(jac: torch.Tensor, norm: str):
     """``||J||`` per point with unit output/input directions ``u, v``: ``u^T J v = ||J||``.
 
@@ -98,11 +110,11 @@ def _norms_and_directions(jac: torch.Tensor, norm: str):
         best = jac[torch.arange(b), rows]
         return vals, u, torch.where(best >= 0, 1.0, -1.0).to(jac.dtype)
     if m <= n:
-        lam, vecs = torch.linalg.eigh(jac @ jac.mT)
+        lam, vecs = _eigh(jac @ jac.mT)
         u = vecs[:, :, -1]
         v = (u[:, None, :] @ jac)[:, 0]
     else:
-        lam, vecs = torch.linalg.eigh(jac.mT @ jac)
+        lam, vecs = _eigh(jac.mT @ jac)
         v = vecs[:, :, -1]
         u = (jac @ v[:, :, None])[..., 0]
     u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp(min=1e-30)

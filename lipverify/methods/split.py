@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import NotApplicableError
 from ..linear import IndexMap
 from ..network import Affine, Network, Node, Term
+from ..numerics import round_up
 from ..results import MethodOutput
 from . import register_method
 
@@ -106,7 +107,7 @@ def lipsdp_split(network: Network, *, norm: str = "l2", time_limit: float | None
         if not out.certified or out.bound > base.bound:
             out = replace(base, status=f"naive (lipsdp {out.bound:.6g}: {out.status})")
         certified = certified and out.certified
-        total = float(np.nextafter(total * out.bound, np.inf))
+        total = round_up(total * out.bound)
         parts.append({"nodes": [a + 1, min(b, len(network.nodes))], "order": sub.input_dim
                       + sum(n.width for n in sub.nodes), "bound": out.bound,
                       "certified": out.certified, "status": out.status})

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..certify import certify_pd
-from ..linear import gamma
+from ..numerics import gamma, round_up
 from .chain import ChainLMI, balance, is_exact_balance
 from .chordal_cert import ChordalCertificate, ForwardChordal, _cliques, verify_chain_chordal
 
@@ -170,7 +170,7 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
     if not found:
         return None
     rho, eps = min(found)
-    bound = float(np.nextafter(math.sqrt(rho), np.inf))
+    bound = round_up(math.sqrt(rho))
     return Certificate(True, bound, rho, params, theta, eps, "certified")
 
 

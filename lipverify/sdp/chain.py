@@ -9,7 +9,6 @@ certificate (:mod:`lipverify.sdp.certificate`) is built on top.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -18,6 +17,7 @@ import scipy.linalg
 from ..errors import NotApplicableError
 from ..linear import Dense, power_iteration
 from ..network import Network
+from ..numerics import lambda_max, physical_memory
 from .qc import QC, Blocks, qc_for
 
 
@@ -145,9 +145,7 @@ class ChainLMI(MultiplierSet):
                 schur = b[0] @ scipy.linalg.cho_solve(chol, b[0].T, check_finite=False)
                 top = schur - d[0]
                 top = (top + top.T) / 2.0
-                n = top.shape[0]
-                return max(float(scipy.linalg.eigvalsh(top, subset_by_index=[n - 1, n - 1])[-1]),
-                           0.0)
+                return max(lambda_max(top, "rho* (top Schur block)"), 0.0)
             y = d[k - 1] - b[k - 1] @ scipy.linalg.cho_solve(chol, b[k - 1].T, check_finite=False)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -196,16 +194,9 @@ def node_qcs(network: Network, multipliers: bool | str = True) -> tuple[QC, ...]
     return tuple(qcs)
 
 
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 16 * 2**30
-
-
 #: Memory allowed for the dense matrices of one §8 certificate: 40% of this machine's RAM,
 #: at least 6 GiB (9.6 GiB on the 24 GiB reference machine).
-MAX_CERTIFICATE_BYTES = max(6 * 2**30, int(0.4 * _physical_memory()))
+MAX_CERTIFICATE_BYTES = max(6 * 2**30, int(0.4 * physical_memory()))
 
 
 def dense_certificate_bytes(order: int) -> int:

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.linalg
 
 from ..certify import certify_pd
-from ..linear import gamma
+from ..numerics import gamma, lambda_max
 from .chain import ChainLMI, _as_matrix, _quad, _rmul
 
 #: First relative margin of each clique's Schur complement, then x8 per failed check.
@@ -193,9 +193,7 @@ class ChordalCertificate:
         s1 = self.segments[0].schur(self.q1)
         if s1 is None or not np.isfinite(s1).all():
             return
-        n0 = s1.shape[0]
-        self.rho_star = max(float(scipy.linalg.eigvalsh(s1, subset_by_index=[n0 - 1, n0 - 1])[0]),
-                            0.0)
+        self.rho_star = max(lambda_max(s1, "rho* (first segment's Schur block)"), 0.0)
         self.ok = True
 
     def check(self, rho: float) -> bool:

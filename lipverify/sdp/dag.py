@@ -22,8 +22,8 @@ import scipy.linalg
 
 from ..certify import certify_pd
 from ..errors import NotApplicableError
-from ..linear import gamma
 from ..network import Network
+from ..numerics import gamma, lambda_max, round_up
 from .chain import MAX_CERTIFICATE_BYTES, MultiplierSet, dense_certificate_bytes, node_qcs
 from .qc import QC
 from .smooth import soft_max_eig
@@ -32,11 +32,6 @@ from .smooth import soft_max_eig
 def _quad(a: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``A^T G B`` for diagonal (1-D) or full ``G``."""
     return (a.T * g) @ b if g.ndim == 1 else a.T @ g @ b
-
-
-def _lambda_max(a: np.ndarray) -> float:
-    n = a.shape[0]
-    return float(scipy.linalg.eigvalsh(a, subset_by_index=[n - 1, n - 1])[-1])
 
 
 def _nonzero_columns(mat: np.ndarray, radius: np.ndarray | None) -> np.ndarray:
@@ -170,7 +165,7 @@ class DagLMI(MultiplierSet):
             return math.inf
         top = m[:n0, n0:] @ scipy.linalg.cho_solve(chol, m[n0:, :n0], check_finite=False)
         top = top - m[:n0, :n0]
-        return max(_lambda_max((top + top.T) / 2.0), 0.0)
+        return max(lambda_max((top + top.T) / 2.0), 0.0)
 
     def soft_rho(self, params, mu: float):
         """``(rho*, F_mu, grad F_mu)`` as :func:`lipverify.sdp.smooth.soft_rho` for chains."""
@@ -276,7 +271,7 @@ def certify_dag(lmi: DagLMI, params):
             found = smallest_margin(lambda r, q=q: verify_dag(lmi, q, r), rho,
                                     steps=3 if lmi.order <= LARGE_ORDER else 1)
             if found is not None:
-                return float(np.nextafter(math.sqrt(found[0]), np.inf)), q, found[0], theta
+                return round_up(math.sqrt(found[0])), q, found[0], theta
         if theta >= 1.0:
             return math.inf, q, math.inf, theta
         if anchor is None:

@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 
+from ..numerics import eigh_all
 from .qc import SlopeQC
 
 
@@ -115,7 +116,7 @@ def lower_bound(lmi, params, rho_up: float, parts, rank: int = 24) -> float | No
     if w.value is None:
         return None
     # re-evaluate the bound exactly at the (PSD-projected, trace-normalised) solution
-    evals, evecs = np.linalg.eigh((w.value + w.value.T) / 2)
+    evals, evecs = eigh_all((w.value + w.value.T) / 2, "dual eigenvector SDP")
     evals = np.maximum(evals, 0)
     wm = (evecs * evals) @ evecs.T
     wm /= np.trace(wm)

@@ -17,7 +17,7 @@ import scipy.linalg
 import scipy.optimize
 
 from ..certify import certify_pd
-from ..linear import gamma
+from ..numerics import gamma, lambda_max, round_up
 from .chain import ChainLMI, assemble_tridiagonal
 
 
@@ -77,7 +77,7 @@ def start_params(lmi: ChainLMI) -> np.ndarray:
     for k in range(len(d) - 1, 0, -1):
         sol = np.linalg.solve(y, b[k - 1].T)
         y = (b[0] @ sol - d[0]) if k == 1 else d[k - 1] - b[k - 1] @ sol
-    tau = np.full(lmi.sizes[0], 2.0 * max(float(np.linalg.eigvalsh((y + y.T) / 2)[-1]), 1e-12))
+    tau = np.full(lmi.sizes[0], 2.0 * max(lambda_max((y + y.T) / 2, "l-inf start"), 1e-12))
     return np.concatenate([tau, t])
 
 
@@ -120,7 +120,7 @@ def certify_linf(lmi: ChainLMI, params) -> LinfCertificate:
     for _ in range(12):
         r = rho * (1.0 + eps) + eps
         if verify_linf(lmi, x, r):
-            return LinfCertificate(True, float(np.nextafter(r, np.inf)), x, eps)
+            return LinfCertificate(True, round_up(r), x, eps)
         eps *= 4.0
     return LinfCertificate(False, math.inf, x, eps)
 

@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from ..numerics import eigvalsh_batched
 from . import blocktri
 from .chain import ChainLMI, assemble_tridiagonal
 from .ipm import IPMResult, _strict_start, neuron_form, on_balanced
@@ -83,7 +84,8 @@ def _primal_step(chols, dx) -> float:
         c, dc = np.stack([chols[k] for k in ks]), np.stack(cliques)
         c_inv = np.linalg.inv(c)  # triangular, well within a clique's conditioning
         w = c_inv @ dc @ np.swapaxes(c_inv, 1, 2)
-        lam = float(np.linalg.eigvalsh((w + np.swapaxes(w, 1, 2)) / 2.0)[:, 0].min())
+        lam = float(eigvalsh_batched((w + np.swapaxes(w, 1, 2)) / 2.0,
+                                     "chordal step length")[:, 0].min())
         if lam < 0:
             step = min(step, -1.0 / lam)
     return step

@@ -42,6 +42,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
+from ..numerics import lambda_min
 from .chain import ChainLMI
 from .ipm import (
     Blocks,
@@ -153,8 +154,7 @@ def _max_step(chol: np.ndarray, d: np.ndarray) -> float:
     if n <= LANCZOS_ORDER:
         w = scipy.linalg.solve_triangular(chol, d, lower=True, check_finite=False)
         w = scipy.linalg.solve_triangular(chol, w.T, lower=True, check_finite=False)
-        lam = float(scipy.linalg.eigvalsh((w + w.T) / 2.0, subset_by_index=[0, 0],
-                                          check_finite=False)[0])
+        lam = lambda_min((w + w.T) / 2.0, "interior-point step length")
     else:
         def mv(v):
             u = scipy.linalg.solve_triangular(chol, v, lower=True, trans="T", check_finite=False)

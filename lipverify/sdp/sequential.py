@@ -9,8 +9,8 @@ unsoundly (the recursion here ignores them; the certificate does not).
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
+from ..numerics import eigh_all, lambda_max, lambda_min
 from .backends import Backend
 from .chain import ChainLMI, balance
 
@@ -22,7 +22,7 @@ def _mid_slope(qc) -> float:
 def _finish(lmi: ChainLMI, lambdas: list[np.ndarray], x_last: np.ndarray) -> np.ndarray:
     """Multipliers T_k = rho * Lambda_k / 2 at the recursion's own rho (§2b)."""
     w = lmi.weights[-1]
-    rho = float(scipy.linalg.eigvalsh(w @ np.linalg.solve(x_last, w.T))[-1])
+    rho = lambda_max(w @ np.linalg.solve(x_last, w.T), "ldlt (last layer)")
     params = []
     for qc, lam in zip(lmi.qcs, lambdas):
         t = rho * lam / 2.0
@@ -67,7 +67,7 @@ def _ldlt_fast(lmi: ChainLMI) -> np.ndarray:
         m = _mid_slope(qc)
         k_mat = m * m * (w @ np.linalg.solve(x, w.T))
         k_mat = (k_mat + k_mat.T) / 2.0
-        top = float(scipy.linalg.eigvalsh(k_mat)[-1])
+        top = lambda_max(k_mat, "ldlt-fast (layer curvature)")
         ell = 1.0 / (2.0 * top) if top > 1e-150 else 1.0  # a zero layer: any ell > 0 works
         lambdas.append(np.full(w.shape[0], ell))
         x = ell * np.eye(w.shape[0]) - ell * ell * k_mat
@@ -94,7 +94,7 @@ def ldlt_params(lmi: ChainLMI, backend: Backend, time_limit: float | None = None
         m = _mid_slope(qc)
         k_mat = m * m * (w @ np.linalg.solve(x, w.T))
         k_mat = (k_mat + k_mat.T) / 2.0
-        evals, evecs = scipy.linalg.eigh(k_mat)
+        evals, evecs = eigh_all(k_mat, "ldlt (layer curvature)")
         half = (evecs * np.sqrt(np.maximum(evals, 0.0))) @ evecs.T
         scale = max(float(evals[-1]), 1e-300)
         nxt = lmi.weights[k + 1]
@@ -125,7 +125,7 @@ def ldlt_params(lmi: ChainLMI, backend: Backend, time_limit: float | None = None
             lam_v = np.maximum(np.asarray(lam_v, dtype=np.float64), 0.0) / scale
         lambdas.append(lam_v)
         x = np.diag(lam_v) - (lam_v[:, None] * k_mat) * lam_v[None, :]
-        if np.linalg.eigvalsh((x + x.T) / 2)[0] <= 0:  # keep the recursion well posed
+        if lambda_min((x + x.T) / 2, "ldlt (pivot)") <= 0:  # keep the recursion well posed
             ell = 1.0 / (2.0 * scale)
             lambdas[-1] = np.full(n, ell)
             x = ell * np.eye(n) - ell * ell * k_mat

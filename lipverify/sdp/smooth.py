@@ -20,6 +20,7 @@ import scipy.linalg
 import scipy.linalg.blas
 import scipy.optimize
 
+from ..numerics import blas_threads, eigh_top
 from .chain import ChainLMI, balance
 
 
@@ -53,7 +54,7 @@ def top_eigh(a: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
     n = a.shape[0]
     k = min(n, 32)
     while True:
-        evals, evecs = scipy.linalg.eigh(a, subset_by_index=[n - k, n - 1])
+        evals, evecs = eigh_top(a, k, "smooth solver (top eigenpairs)")
         if k == n or evals[0] < evals[-1] - 40.0 * mu:
             return evals, evecs
         k = min(n, 4 * k)
@@ -110,15 +111,13 @@ def minimize_rho(lmi, start, *, balanced: bool = True, **kwargs):
     mapped back; its ``rho`` is the balanced LMI's, a congruence of the original up to the
     rounding of the scales (the caller certifies the multipliers on the original weights).
     """
-    from threadpoolctl import threadpool_limits
-
     if balanced and isinstance(lmi, ChainLMI) and len(lmi.qcs) > 1:
         scaled, factors, out = balance(lmi)
         params, rho, info = minimize_rho(scaled, np.asarray(start) / factors, balanced=False,
                                          **kwargs)
         return params * factors, rho * out, info
     if max(lmi.sizes) <= SMALL_BLOCK:
-        with threadpool_limits(limits=1, user_api="blas"):
+        with blas_threads(1):
             return _minimize_rho(lmi, start, **kwargs)
     return _minimize_rho(lmi, start, **kwargs)
 
