@@ -36,12 +36,14 @@ test-all: setup
 	$(TEST_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The default suite on the newest versions pyproject.toml allows (no lock), in its own venv:
-# tells early when an upstream release breaks us.
+# tells early when an upstream release breaks us. torch stays at TORCH_VERSION (the CPU build:
+# an unpinned upgrade pulls the multi-GB CUDA one).
 LATEST ?= .venv-latest
 test-latest:
 	test -x $(LATEST)/bin/python || $(PY) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet "torch==$(TORCH_VERSION)"
-	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[test]"
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[test]" \
+	  "torch==$(TORCH_VERSION)"
 	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/versions.txt
 	$(TEST_ENV) $(LATEST)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 

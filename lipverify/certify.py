@@ -13,7 +13,7 @@ import numpy as np
 import scipy.linalg
 
 from .numerics import UNIT_ROUNDOFF as U
-from .numerics import gamma, lambda_max, round_down, round_up
+from .numerics import gamma, lambda_max, power_of_two_scale, round_down, round_up
 
 ETA = 2.0**-1074
 
@@ -72,13 +72,35 @@ def certified_spectral_norm(w: np.ndarray, radius: np.ndarray | None = None) -> 
 
     Returns ``(upper, estimate)``. The test is ``s^2 I - G > 0`` with ``G`` the Gram matrix
     of the smaller side, certified by :func:`certify_pd` with the assembly radius of §8.
+    ``w`` and ``radius`` are first divided by a power of two ``p`` bringing their largest
+    entry near 1 (exact when no entry falls below the normal range, which is checked), so
+    weights of 1e200 or 1e-200 neither overflow nor underflow in the Gram matrix; the bound
+    is ``p`` times the scaled one (again exact).
 
     >>> import numpy as np
     >>> up, est = certified_spectral_norm(np.array([[3.0, 0.0], [0.0, 4.0]]))
     >>> 4.0 <= up <= 4.0 * (1 + 1e-10)
     True
+    >>> up, _ = certified_spectral_norm(np.array([[3e200, 0.0], [0.0, 4e200]]))
+    >>> 4e200 <= up <= 4e200 * (1 + 1e-10)
+    True
     """
     w = np.asarray(w, dtype=np.float64)
+    both = w if radius is None else np.concatenate([np.abs(w).ravel(), np.ravel(radius)])
+    scale = power_of_two_scale(both) if w.size else 1.0
+    if scale != 1.0 and np.isfinite(both).all():
+        ws = w / scale
+        rs = None if radius is None else np.asarray(radius, dtype=np.float64) / scale
+        tiny = np.finfo(np.float64).tiny
+        lost = ((w != 0) & (np.abs(ws) < tiny)).any() or (
+            rs is not None and ((np.asarray(radius) != 0) & (rs < tiny)).any())
+        if not lost:  # every division exact: ||W|| = scale ||W / scale||
+            up, est = _certified_spectral_norm(ws, rs)
+            return round_up(up * scale), est * scale
+    return _certified_spectral_norm(w, radius)
+
+
+def _certified_spectral_norm(w: np.ndarray, radius: np.ndarray | None) -> tuple[float, float]:
     if w.size == 0 or not np.any(w):
         extra = float(np.linalg.norm(radius)) if radius is not None else 0.0
         return round_up(extra), 0.0

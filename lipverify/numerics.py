@@ -150,7 +150,7 @@ def _symmetric(a, what: str) -> np.ndarray:
     return a
 
 
-def _power_of_two_scale(a: np.ndarray) -> float:
+def power_of_two_scale(a: np.ndarray) -> float:
     """An exact power of two ``s`` with ``max |a / s|`` in [0.5, 1) (1.0 for a zero matrix)."""
     top = float(np.max(np.abs(a))) if a.size else 0.0
     if top == 0.0:
@@ -209,7 +209,7 @@ def eigh_range(
     n = a.shape[0]
     if not 0 <= lo <= hi < n:
         raise NumericalError(f"{what}: eigenvalue range {lo}..{hi} outside 0..{n - 1}")
-    scale = _power_of_two_scale(a)
+    scale = power_of_two_scale(a)
     a_s = a / scale  # exact: a power of two (entries below 2^-1022 * scale may lose bits)
     a_s = np.tril(a_s) + np.tril(a_s, -1).conj().T
     errors = []
@@ -290,3 +290,38 @@ def eigvalsh_batched(stack, what: str = "matrices") -> np.ndarray:
     flat = stack.reshape(-1, n, n)
     out = np.stack([eigh_range(m, 0, n - 1, what=what)[0] for m in flat])
     return out.reshape(stack.shape[:-1])
+
+
+def spectral_norm(w, what: str = "matrix") -> float:
+    """``||w||_2`` (an estimate, not a certificate: see :mod:`lipverify.certify`), from the
+    largest eigenvalue of the smaller Gram matrix of ``w`` scaled by a power of two, so
+    weights of 1e200 do not overflow in the Gram product.
+
+    >>> spectral_norm(np.array([[3.0, 0.0], [0.0, -4.0]]))
+    4.0
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim != 2 or w.size == 0:
+        return 0.0
+    if not np.isfinite(w).all():
+        raise NumericalError(f"{what}: NaN or Inf entries; no norm can be computed")
+    scale = power_of_two_scale(w)
+    ws = w / scale
+    small = ws @ ws.T if ws.shape[0] <= ws.shape[1] else ws.T @ ws
+    return math.sqrt(max(lambda_max(small, what), 0.0)) * scale
+
+
+def row_basis(f, what: str = "matrix") -> np.ndarray:
+    """Orthonormal basis (columns) of the row space of ``f``: SVD, or the eigenvectors of
+    ``f^T f`` when LAPACK's SVD does not converge."""
+    f = np.asarray(f, dtype=np.float64)
+    if f.shape[0] == 0:
+        return np.zeros((f.shape[1], 0))
+    try:
+        _, s, vt = np.linalg.svd(f, full_matrices=False)
+    except np.linalg.LinAlgError as exc:
+        log.debug("%s: SVD failed (%s); using the Gram eigenvectors", what, exc)
+        w, v = eigh_all(f.T @ f, what)
+        s, vt = np.sqrt(np.maximum(w[::-1], 0.0)), v[:, ::-1].T
+    tol = max(f.shape) * np.finfo(float).eps * (s[0] if s.size else 0.0)
+    return vt[s > tol].T

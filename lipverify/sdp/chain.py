@@ -17,7 +17,7 @@ import scipy.linalg
 from ..errors import NotApplicableError
 from ..linear import Dense, power_iteration
 from ..network import Network
-from ..numerics import lambda_max, physical_memory
+from ..numerics import lambda_max, physical_memory, spectral_norm
 from .qc import QC, Blocks, qc_for
 
 
@@ -156,7 +156,7 @@ class ChainLMI(MultiplierSet):
         estimates; the certificate re-checks everything exactly).
         """
         taus = [0.0] * len(self.qcs)
-        norm2 = [float(np.linalg.norm(w, 2)) ** 2 for w in self.weights]
+        norm2 = [spectral_norm(w) ** 2 for w in self.weights]
         taus[-1] = max(norm2[-1], 1e-12)  # Y_{L-1} = 2 tau - W_L^T W_L >= tau I
         for k in range(len(self.qcs) - 2, -1, -1):
             taus[k] = max(self.qcs[k + 1].anchor_factor * taus[k + 1] * norm2[k + 1], 1e-12)

@@ -27,16 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..numerics import row_basis
 from .dag import DagLMI
-
-
-def _row_basis(f: np.ndarray) -> np.ndarray:
-    """Orthonormal basis (columns) of the row space of ``f``."""
-    if f.shape[0] == 0:
-        return np.zeros((f.shape[1], 0))
-    _, s, vt = np.linalg.svd(f, full_matrices=False)
-    tol = max(f.shape) * np.finfo(float).eps * (s[0] if s.size else 0.0)
-    return vt[s > tol].T
 
 
 def state_maps(lmi: DagLMI):
@@ -46,7 +38,7 @@ def state_maps(lmi: DagLMI):
     bases = []
     for k in range(k_last + 1):
         future = [lmi.pres[j][:, : offs[k + 1]] for j in range(k, k_last)]
-        bases.append(_row_basis(np.vstack([*future, lmi.out[:, : offs[k + 1]]])))
+        bases.append(row_basis(np.vstack([*future, lmi.out[:, : offs[k + 1]]])))
     steps = []
     for k in range(1, k_last + 1):
         q_prev, q = bases[k - 1], bases[k]

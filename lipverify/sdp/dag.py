@@ -23,7 +23,7 @@ import scipy.linalg
 from ..certify import certify_pd
 from ..errors import NotApplicableError
 from ..network import Network
-from ..numerics import gamma, lambda_max, round_up
+from ..numerics import gamma, lambda_max, round_up, spectral_norm
 from .chain import MAX_CERTIFICATE_BYTES, MultiplierSet, dense_certificate_bytes, node_qcs
 from .qc import QC
 from .smooth import soft_max_eig
@@ -213,7 +213,7 @@ class DagLMI(MultiplierSet):
 
         def block_norm2(mat, k):
             blk = mat[:, offs[k]:offs[k + 1]]
-            return float(np.linalg.norm(blk, 2)) ** 2 if np.any(blk) else 0.0
+            return spectral_norm(blk) ** 2 if np.any(blk) else 0.0
 
         srcs = [[k for k in range(k_last + 1) if np.any(v[:, offs[k]:offs[k + 1]])]
                 for v in self.pres]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..numerics import eigh_all, lambda_max, lambda_min
+from ..numerics import eigh_all, lambda_max, lambda_min, spectral_norm
 from .backends import Backend
 from .chain import ChainLMI, balance
 
@@ -33,7 +33,7 @@ def _finish(lmi: ChainLMI, lambdas: list[np.ndarray], x_last: np.ndarray) -> np.
 def norm_chain_params(lmi: ChainLMI, slack: float = 1e-9) -> np.ndarray:
     """Multipliers reproducing the norm product (the P = S = tau = 0 chain of §4):
     ``-Gww = lam_k I`` with ``lam_k = lam_{k+1} ||W_{k+1}||^2``, slightly inflated."""
-    norm2 = [float(np.linalg.norm(w, 2)) ** 2 * (1 + slack) for w in lmi.weights]
+    norm2 = [spectral_norm(w) ** 2 * (1 + slack) for w in lmi.weights]
     lam = [0.0] * len(lmi.qcs)
     lam[-1] = norm2[-1]
     for k in range(len(lmi.qcs) - 2, -1, -1):
@@ -99,7 +99,7 @@ def ldlt_params(lmi: ChainLMI, backend: Backend, time_limit: float | None = None
         scale = max(float(evals[-1]), 1e-300)
         nxt = lmi.weights[k + 1]
         gram = nxt.T @ nxt
-        gram /= max(float(np.linalg.norm(gram, 2)), 1e-300)
+        gram /= max(spectral_norm(gram), 1e-300)
         n = w.shape[0]
         lam = cp.Variable(n, nonneg=True)
         s = cp.Variable()
