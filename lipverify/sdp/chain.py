@@ -86,6 +86,16 @@ class ChainLMI(MultiplierSet):
         qcs = node_qcs(network, per_neuron)
         if not qcs:
             raise NotApplicableError(f"{network.name} has no hidden layer: its bound is ||W||")
+        norms = [spectral_norm(w, "layer norm") for w in weights]
+        log2_rho = 2.0 * sum(math.log2(s) for s in norms if s > 0)
+        if log2_rho > RHO_LOG2_MAX:  # rho ~ L^2 and the balancing scales leave float64
+            raise NotApplicableError(
+                f"{network.name}: the product of the layer norms is about "
+                f"1e{log2_rho / 2 * math.log10(2):.0f}; the LMI's rho (its square) and the "
+                "balancing scales overflow float64, so no LipSDP certificate can be computed. "
+                "Rescale the network (divide a layer by a power of two and multiply the bound "
+                "back), or use --method naive."
+            )
         return cls(tuple(weights), tuple(radii), qcs, network.name)
 
     # ----------------------------------------------------------------- sizes
@@ -145,6 +155,8 @@ class ChainLMI(MultiplierSet):
                 schur = b[0] @ scipy.linalg.cho_solve(chol, b[0].T, check_finite=False)
                 top = schur - d[0]
                 top = (top + top.T) / 2.0
+                if not np.isfinite(top).all():  # overflow: no rho representable in float64
+                    return math.inf
                 return max(lambda_max(top, "rho* (top Schur block)"), 0.0)
             y = d[k - 1] - b[k - 1] @ scipy.linalg.cho_solve(chol, b[k - 1].T, check_finite=False)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -197,6 +209,11 @@ def node_qcs(network: Network, multipliers: bool | str = True) -> tuple[QC, ...]
 #: Memory allowed for the dense matrices of one §8 certificate: 40% of this machine's RAM,
 #: at least 6 GiB (9.6 GiB on the 24 GiB reference machine).
 MAX_CERTIFICATE_BYTES = max(6 * 2**30, int(0.4 * physical_memory()))
+
+
+#: Largest log2 of rho that LipSDP handles: rho ~ L^2 and the balancing scales of
+#: :func:`balance` (powers of two up to sigma_L^2) must stay below float64's 2^1024.
+RHO_LOG2_MAX = 1000.0
 
 
 def dense_certificate_bytes(order: int) -> int:

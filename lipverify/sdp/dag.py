@@ -165,7 +165,9 @@ class DagLMI(MultiplierSet):
             return math.inf
         top = m[:n0, n0:] @ scipy.linalg.cho_solve(chol, m[n0:, :n0], check_finite=False)
         top = top - m[:n0, :n0]
-        return max(lambda_max((top + top.T) / 2.0), 0.0)
+        if not np.isfinite(top).all():  # overflow: no rho representable in float64
+            return math.inf
+        return max(lambda_max((top + top.T) / 2.0, "rho* (top Schur block)"), 0.0)
 
     def soft_rho(self, params, mu: float):
         """``(rho*, F_mu, grad F_mu)`` as :func:`lipverify.sdp.smooth.soft_rho` for chains."""

@@ -133,13 +133,15 @@ def _minimize_rho(
     """Minimise ``rho*`` by L-BFGS-B on ``F_mu`` with decreasing ``mu``.
 
     Returns ``(best_params, best_rho, info)``; ``best_rho`` is the exact ``rho*`` of the
-    best iterate seen (not the smoothed value).
+    best iterate seen (not the smoothed value), ``inf`` when ``start`` has no finite ``rho*``
+    (``info["infeasible_start"]``: nothing to descend from).
     """
     soft = lmi.soft_rho if hasattr(lmi, "soft_rho") else (lambda p, mu: soft_rho(lmi, p, mu))
     x = lmi.project(start)
     rho0 = lmi.rho_star(x)
-    if not math.isfinite(rho0):
-        raise ValueError("starting multipliers are infeasible")
+    if not math.isfinite(rho0):  # no descent from outside the domain: the caller keeps its
+        return x, math.inf, {"evaluations": 0, "stages": 0, "timed_out": False,  # certified start
+                             "infeasible_start": True}
     best = {"x": x.copy(), "rho": rho0}
     deadline = None if time_limit is None else time.perf_counter() + time_limit
     bounds = [(lo, None) for qc in lmi.qcs for lo in qc.lower_bounds()]
