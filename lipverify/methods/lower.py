@@ -40,6 +40,8 @@ CHUNK_ENTRIES = 2e7
 #: Screening and search run in float32 (2-3x faster); the final points are re-evaluated in
 #: float64 and the witness uses Network.forward.
 SEARCH_DTYPE = torch.float32
+#: Jacobians this small in float32 may have lost digits to underflow: redone in float64.
+FLOAT32_SAFE = 1e-25
 #: Ascent step (relative to the point's rms), hop radius, and steps between hops.
 LR, HOP, HOP_EVERY = 0.2, 1.0, 4
 
@@ -109,17 +111,22 @@ def _norms_and_directions(jac: torch.Tensor, norm: str):
         u = torch.nn.functional.one_hot(rows, m).to(jac.dtype)
         best = jac[torch.arange(b), rows]
         return vals, u, torch.where(best >= 0, 1.0, -1.0).to(jac.dtype)
+    # each Jacobian divided by a power of two near its largest entry: the Gram matrix of
+    # weights of 1e150 would overflow, and the singular value scales back exactly
+    tiny = torch.finfo(jac.dtype).tiny
+    scale = torch.exp2(torch.ceil(torch.log2(jac.abs().amax(dim=(1, 2)).clamp(min=tiny))))
+    js = jac / scale[:, None, None]
     if m <= n:
-        lam, vecs = _eigh(jac @ jac.mT)
+        lam, vecs = _eigh(js @ js.mT)
         u = vecs[:, :, -1]
-        v = (u[:, None, :] @ jac)[:, 0]
+        v = (u[:, None, :] @ js)[:, 0]
     else:
-        lam, vecs = _eigh(jac.mT @ jac)
+        lam, vecs = _eigh(js.mT @ js)
         v = vecs[:, :, -1]
-        u = (jac @ v[:, :, None])[..., 0]
+        u = (js @ v[:, :, None])[..., 0]
     u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp(min=1e-30)
     v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp(min=1e-30)
-    return lam[:, -1].clamp(min=0.0).sqrt(), u, v
+    return lam[:, -1].clamp(min=0.0).sqrt() * scale, u, v
 
 
 def _ascent_grad(module, x, u, v):
@@ -155,20 +162,21 @@ def _power_step(module, x, v, norm):
     return r.abs().sum(1), u, torch.where(r >= 0, 1.0, -1.0).to(r.dtype)
 
 
-def _improve(network, norm, x, u, v, best_val, steps, rng, deadline, smooth_beta):
+def _improve(network, norm, x, u, v, best_val, steps, rng, deadline, smooth_beta,
+             dtype=SEARCH_DTYPE):
     """Ascend ``u^T J(x) v`` on the surrogate while power-stepping the exact ``J``; every
     HOP_EVERY steps also try a random hop per point, alternately near its best point and a
     fresh sample at its scale. Returns the best points (float64)."""
-    exact = to_torch(network, dtype=SEARCH_DTYPE)
-    smooth = to_torch(network, dtype=SEARCH_DTYPE, smooth=True, smooth_beta=smooth_beta)
+    exact = to_torch(network, dtype=dtype)
+    smooth = to_torch(network, dtype=dtype, smooth=True, smooth_beta=smooth_beta)
     best_x = x
-    x, u, v, best_val = (a.to(SEARCH_DTYPE) for a in (x, u, v, best_val))
+    x, u, v, best_val = (a.to(dtype) for a in (x, u, v, best_val))
     k = x.shape[0]
     scale = (x.pow(2).mean(1, keepdim=True).sqrt()).clamp(min=1e-2)
     best_v, traj = v, x
 
     def noise():
-        return torch.from_numpy(rng.standard_normal(x.shape)).to(SEARCH_DTYPE)
+        return torch.from_numpy(rng.standard_normal(x.shape)).to(dtype)
 
     for t in range(steps):
         if time.monotonic() > deadline:
@@ -182,7 +190,7 @@ def _improve(network, norm, x, u, v, best_val, steps, rng, deadline, smooth_beta
         cand, cand_v = traj + LR * frac * scale * g, v
         if t % HOP_EVERY == HOP_EVERY - 1:  # alternately a local hop and a fresh sample
             if (t // HOP_EVERY) % 2:
-                hops = best_x.to(SEARCH_DTYPE) + (HOP * frac**2 + 1e-3) * scale * noise()
+                hops = best_x.to(dtype) + (HOP * frac**2 + 1e-3) * scale * noise()
             else:
                 hops = scale * noise()
             cand, cand_v = torch.cat([cand, hops]), torch.cat([v, best_v])
@@ -267,11 +275,16 @@ def _lower_bound(network, norm, samples, steps, seed, time_limit, top, smooth_be
     rng = np.random.default_rng(seed)
     x, group = _sample(network.input_dim, max(samples, 1), rng)
     x = torch.from_numpy(x)
-    screen = _Jacobian(to_torch(network, dtype=SEARCH_DTYPE), network)
-    vals, u, v = _norms_and_directions(screen(x.to(SEARCH_DTYPE), deadline), norm)
+    dtype = SEARCH_DTYPE
+    jac = _Jacobian(to_torch(network, dtype=dtype), network)(x.to(dtype), deadline)
+    if not torch.isfinite(jac).all() or float(jac.abs().max()) < FLOAT32_SAFE:
+        dtype = torch.float64  # float32 over- or underflows: weights like 1e150 or 1e-150
+        jac = _Jacobian(to_torch(network, dtype=dtype), network)(x.to(dtype), deadline)
+    vals, u, v = _norms_and_directions(jac, norm)
     best = torch.from_numpy(_diverse_top(vals.numpy(), group[: len(vals)], top))
     x = _improve(
-        network, norm, x[best], u[best], v[best], vals[best], steps, rng, deadline, smooth_beta
+        network, norm, x[best], u[best], v[best], vals[best], steps, rng, deadline, smooth_beta,
+        dtype,
     )
 
     vals, _, dirs = _norms_and_directions(_Jacobian(to_torch(network), network)(x), norm)
