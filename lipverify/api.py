@@ -91,6 +91,7 @@ def bound(
     """
     if norm not in NORMS:
         raise UsageError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    _check_solver(options.get("solver", "auto"))
     network = load(model, **options)
     network = network.select_outputs(list(output_rows) if output_rows is not None else None)
     name = method if method != "auto" else _auto(network, norm, options)
@@ -130,6 +131,22 @@ def bound(
             fell_back.append(f"sampled lower bound not computed ({exc})")
     return _result(network, name, info, out, elapsed, lower, norm, output_rows, method,
                    fell_back)
+
+
+def _check_solver(solver: str) -> None:
+    """An unknown solver is a usage error (exit 2) and an unusable one (not installed, no
+    licence) a solver error (exit 5), both before any work: never a silent fallback."""
+    from .sdp.backends import BACKENDS
+
+    if solver == "auto":
+        return
+    if solver not in BACKENDS:
+        raise UsageError(f"unknown solver {solver!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    ok, why = BACKENDS[solver].availability()
+    if not ok:
+        usable = [n for n, b in BACKENDS.items() if b.availability()[0]]
+        raise SolverError(f"solver {solver} is not usable here: {why}; usable solvers: auto, "
+                          f"{', '.join(usable)}")
 
 
 def _auto_fallbacks(network: Network, name: str) -> list[str]:

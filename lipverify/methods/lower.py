@@ -25,15 +25,17 @@ import torch
 
 from ..errors import UsageError
 from ..network import Network
-from ..numerics import eigh_all
+from ..numerics import UNIT_ROUNDOFF, eigh_all
 from ..results import MethodOutput
 from ..torch_eval import to_torch
 from . import register_method
 
 #: Standard deviations of the Gaussian sample groups (plus one uniform [0, 1] group).
 SCALES = (0.01, 0.1, 1.0, 10.0, 100.0)
-#: Finite-difference step sizes of the witness (absolute, along a unit direction).
+#: Finite-difference step sizes of the witness, times max(1, ||x||), along a unit direction.
 EPS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+#: Units of roundoff per layer charged to each forward pass of the witness.
+WITNESS_ROUNDING = 4.0
 #: Budget of float64 entries per Jacobian chunk (points x outputs x widest layer); at most
 #: 32 points per chunk, so that a time limit is checked often.
 CHUNK_ENTRIES = 2e7
@@ -206,20 +208,31 @@ def _improve(network, norm, x, u, v, best_val, steps, rng, deadline, smooth_beta
 
 
 def _witness(network: Network, norm: str, x: np.ndarray, v: np.ndarray):
-    """Finite-difference ratios over EPS and +-v at each point; returns (ratio, eps, point index).
+    """Finite-difference ratios over steps ``EPS * max(1, ||x||)`` and +-v at each point;
+    returns (ratio, eps, point index) for the largest.
 
-    Among ratios within 1e-8 of the best, take the largest step: its rounding error is smallest.
+    Each ratio is deflated by an estimate of the rounding error of the two float64 forward
+    passes (``WITNESS_ROUNDING`` units of roundoff per layer, relative to the magnitudes of
+    the outputs and of ``ratio * ||x||``, which stands for the intermediate values), so it
+    stays below the exact ratio of its two points: undeflated, an orthogonal net with points
+    at ||x|| ~ 300 and a step of 1e-5 returned 1 + 2e-9, above its constant 1.
     """
     p = 2 if norm == "l2" else np.inf
+    b, n = x.shape
+    scale = np.maximum(1.0, np.linalg.norm(x, ord=p, axis=1))
     steps = np.array([s * e for e in EPS for s in (1.0, -1.0)])
-    y = (x[:, None, :] + steps[None, :, None] * v[:, None, :]).reshape(-1, x.shape[1])
+    y = x[:, None, :] + (steps[None, :, None] * scale[:, None, None]) * v[:, None, :]
     fx = network.forward(x)
-    fy = network.forward(y).reshape(x.shape[0], len(steps), -1)
-    dx = y.reshape(x.shape[0], len(steps), -1) - x[:, None, :]
-    num, den = np.linalg.norm(fy - fx[:, None, :], ord=p, axis=2), np.linalg.norm(dx, ord=p, axis=2)
-    ratio = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-    near_best = ratio >= ratio.max() * (1 - 1e-8)
-    i, j = np.unravel_index(np.argmax(np.where(near_best, np.abs(steps), -1.0)), ratio.shape)
+    fy = network.forward(y.reshape(-1, n)).reshape(b, len(steps), -1)
+    dx = y - x[:, None, :]
+    num = np.linalg.norm(fy - fx[:, None, :], ord=p, axis=2)
+    den = np.linalg.norm(dx, ord=p, axis=2)
+    raw = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    mag = (np.linalg.norm(fx, ord=p, axis=1)[:, None] + np.linalg.norm(fy, ord=p, axis=2)
+           + raw * (np.linalg.norm(x, ord=p, axis=1)[:, None] + np.linalg.norm(y, ord=p, axis=2)))
+    err = WITNESS_ROUNDING * (len(network.nodes) + 2) * UNIT_ROUNDOFF * mag
+    ratio = np.divide(np.maximum(num - err, 0.0), den, out=np.zeros_like(num), where=den > 0)
+    i, j = np.unravel_index(np.argmax(ratio), ratio.shape)
     return float(ratio[i, j]), EPS[j // 2], int(i)
 
 
