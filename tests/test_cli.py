@@ -183,3 +183,16 @@ def test_naive_has_no_certificate_file(tmp_path: Path):
     res = run("bound", SAMPLE, "-m", "naive", "--save-certificate", str(tmp_path / "c.json"),
               "--no-lower")
     assert res.exit_code == 2 and "no certificate file" in res.output
+
+
+def test_unknown_or_unusable_solver_is_refused_before_any_work():
+    """Never a silent fallback: an unknown solver is a usage error listing the valid ones
+    (exit 2); MOSEK without a licence or package is a solver error saying so (exit 5)."""
+    res = run("bound", SAMPLE, "--solver", "cplex", "--no-lower")
+    assert res.exit_code == 2 and "unknown solver 'cplex'" in res.output
+    assert "clarabel" in res.output and "Traceback" not in res.output
+    from lipverify.doctor import mosek_status
+
+    if not mosek_status().ok:
+        res = run("bound", SAMPLE, "--solver", "mosek", "--no-lower")
+        assert res.exit_code == 5 and "solver mosek is not usable here" in res.output
