@@ -13,6 +13,7 @@ from .importers import load
 from .methods import get_method
 from .network import Network
 from .numerics import as_numerical_error, blas_threads
+from .options import LoadOptions, unknown_option
 from .results import BoundResult, MethodOutput
 
 NORMS = ("l2", "linf")
@@ -91,8 +92,9 @@ def bound(
     """
     if norm not in NORMS:
         raise UsageError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    load_opts, options = split_options(options)
     _check_solver(options.get("solver", "auto"))
-    network = load(model, **options)
+    network = load(model, **load_opts)
     network = network.select_outputs(list(output_rows) if output_rows is not None else None)
     name = method if method != "auto" else _auto(network, norm, options)
     chain = [name] + (_auto_fallbacks(network, name) if method == "auto" else [])
@@ -104,8 +106,13 @@ def bound(
                 f"method {name} does not support norm {norm} (supports: {', '.join(info.norms)})"
             )
         start = time.perf_counter()
+        mine = {k: v for k, v in options.items() if k in info.options.names()}
+        info.options.from_dict(mine)  # checks every value before any work
+        unused = sorted(k for k in set(options) - set(mine) if options[k] not in (None, "auto"))
+        if unused and k == 0:
+            fell_back.append(f"options not used by {name}: {', '.join(unused)}")
         try:
-            out = _run(info, network, norm, options)
+            out = _run(info, network, norm, mine)
         except SolverError as exc:
             best = exc.best if isinstance(exc, NumericalError) else None
             if method == "auto" and isinstance(best, MethodOutput) and best.certified:
@@ -131,6 +138,24 @@ def bound(
             fell_back.append(f"sampled lower bound not computed ({exc})")
     return _result(network, name, info, out, elapsed, lower, norm, output_rows, method,
                    fell_back)
+
+
+def split_options(options: dict) -> tuple[dict, dict]:
+    """``(loader options, method options)``; a key no loader and no method takes is a
+    ``UsageError`` naming the closest known key and listing them all.
+
+    >>> split_options({"layout": "out-in", "time_limit": 5})
+    ({'layout': 'out-in'}, {'time_limit': 5})
+    """
+    from .methods import method_option_names
+
+    known = (*LoadOptions.names(), *method_option_names())
+    for key in options:
+        if key not in known:
+            raise unknown_option(key, known)
+    load_opts = {k: v for k, v in options.items() if k in LoadOptions.names()}
+    LoadOptions.from_dict(load_opts)
+    return load_opts, {k: v for k, v in options.items() if k not in load_opts}
 
 
 def _check_solver(solver: str) -> None:
@@ -220,8 +245,9 @@ def compare(
     installed, else a list of :class:`BoundResult` records.
     """
     results = []
+    load_opts, _ = split_options(options)
     for model in models:
-        network = load(model, **options)
+        network = load(model, **load_opts)
         for name in methods:
             results.append(bound(network, method=name, norm=norm, **options))
     try:

@@ -7,6 +7,8 @@ on purpose, so the fallbacks are exercised whatever LAPACK the machine has.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -179,8 +181,7 @@ def test_auto_falls_back_method_by_method(monkeypatch):
         raise np.linalg.LinAlgError("Internal Error.")
 
     for name in ("lipsdp-neuron", "ldlt-fast"):
-        monkeypatch.setitem(METHODS, name, METHODS[name].__class__(
-            name, broken, METHODS[name].norms, METHODS[name].kind, ""))
+        monkeypatch.setitem(METHODS, name, replace(METHODS[name], fn=broken))
     net = _net()
     r = lipverify.bound(net, method="auto")
     naive = lipverify.bound(net, method="naive")

@@ -29,26 +29,25 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..options import (
+    BOUND_KEYS,
+    FILE_LOAD_KEYS,
+    LowerOptions,
+    LPOptions,
+    SDPOptions,
+    SolverOptions,
+    SplitOptions,
+    float_options,
+)
+
+#: The options records of the built-in methods; plugins' methods add theirs at check time.
+_OPTION_CLASSES = (SDPOptions, SolverOptions, LPOptions, SplitOptions, LowerOptions)
 
 TOP_KEYS = ("models", "methods", "norms", "options", "memory_limit_gb", "plugins")
 #: Per-model keys besides ``path`` and ``optional``: output rows and the loaders' options.
-MODEL_KEYS = ("output_rows", "layout", "activation", "keep_softmax", "trust_pickle", "input_shape")
-#: Bound options a manifest may set, with a check of each value (None = any value).
-OPTION_CHECKS = {
-    "time_limit": lambda v: _is_number(v) and v > 0,
-    "solver": lambda v: isinstance(v, str),
-    "lower_bound": lambda v: isinstance(v, bool) or _is_number(v),
-    "form": lambda v: v in ("chordal", "dense", "full"),
-    "samples": lambda v: isinstance(v, int) and v > 0,
-    "steps": lambda v: isinstance(v, int) and v >= 0,
-    "seed": lambda v: isinstance(v, int),
-    "top": lambda v: isinstance(v, int) and v > 0,
-    "smooth_beta": lambda v: _is_number(v) and v > 0,
-    "max_lps": lambda v: isinstance(v, int) and v > 0,
-    "budget": lambda v: _is_number(v) and v > 0,
-}
+MODEL_KEYS = ("output_rows", *FILE_LOAD_KEYS)
 #: Options in seconds or scales: 60 and 60.0 are the same value (and the same job key).
-FLOAT_OPTIONS = ("time_limit", "smooth_beta", "budget")
+FLOAT_OPTIONS = float_options(_OPTION_CLASSES)
 NORMS = ("l2", "linf")
 
 
@@ -224,6 +223,28 @@ def _norms(value, problems: list[str]) -> list[str]:
     return list(dict.fromkeys(names)) or ["l2"]
 
 
+def _check_option(key: str, value) -> str | None:
+    """What is wrong with one bound option, by the methods' own declarations (None: fine)."""
+    from ..methods import list_methods
+    from ..options import unknown_option
+
+    classes = list(dict.fromkeys([*_OPTION_CLASSES, *(m.options for m in list_methods())]))
+    if key == "lower_bound":
+        ok = isinstance(value, bool) or _is_number(value)
+        return None if ok else f"bad value {value!r} for lower_bound"
+    owners = [c for c in classes if key in c.names()]
+    if not owners:
+        known = [*(n for c in classes for n in c.names()), *BOUND_KEYS]
+        return str(unknown_option(key, known))
+    if value is None:
+        return None
+    try:
+        owners[0].from_dict({key: value})
+    except UsageError as exc:
+        return str(exc)
+    return None
+
+
 def _option_sets(value, problems: list[str]) -> list[dict]:
     sets = value if isinstance(value, list) else [value]
     out = []
@@ -235,15 +256,11 @@ def _option_sets(value, problems: list[str]) -> list[dict]:
             problems.append(f"{where}: expected a mapping of option: value, got {opts!r}")
             continue
         for key, val in opts.items():
-            check = OPTION_CHECKS.get(key)
-            if check is None:
-                problems.append(
-                    f"{where}: unknown option {key!r}; known options: {', '.join(OPTION_CHECKS)}"
-                    + (" (per-model options go under the model entry)" if key in MODEL_KEYS
-                       else "")
-                )
-            elif val is not None and not check(val):
-                problems.append(f"{where}: bad value {val!r} for {key}")
+            problem = _check_option(key, val)
+            if problem:
+                problems.append(f"{where}: {problem}" + (
+                    " (per-model options go under the model entry)" if key in MODEL_KEYS
+                    else ""))
         out.append({k: float(v) if k in FLOAT_OPTIONS and _is_number(v) else v
                     for k, v in opts.items() if v is not None})
     return out or [{}]

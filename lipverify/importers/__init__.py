@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError, UsageError
 from ..network import Network
+from ..options import LoadOptions
 
 Loader = Callable[..., Network]
 IMPORTERS: dict[str, Loader] = {}
@@ -45,6 +46,7 @@ def load(source, **options) -> Network:
     ...
     lipverify.errors.ModelLoadError: does-not-exist.onnx: no such file; check the path
     """
+    LoadOptions.from_dict(options)  # unknown keys and bad values: UsageError, listed
     if isinstance(source, Network):
         return source
     _load_builtin()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..options import NoOptions, Options
 from ..results import MethodOutput
 
 MethodFn = Callable[..., MethodOutput]
@@ -23,14 +24,19 @@ class MethodInfo:
     #: "upper" (a certified bound), "estimate" (neither bound nor lower bound), "lower".
     kind: str
     summary: str
+    #: the frozen options record the method takes (:mod:`lipverify.options`)
+    options: type[Options] = NoOptions
 
 
 METHODS: dict[str, MethodInfo] = {}
 
 
-def register_method(name: str, *, norms=("l2",), kind="upper", summary=""):
+def register_method(name: str, *, norms=("l2",), kind="upper", summary="",
+                    options: type[Options] = NoOptions):
+    """Register ``fn(network, *, norm, **options)``; ``options`` declares what it takes."""
+
     def deco(fn: MethodFn) -> MethodFn:
-        METHODS[name] = MethodInfo(name, fn, tuple(norms), kind, summary)
+        METHODS[name] = MethodInfo(name, fn, tuple(norms), kind, summary, options)
         return fn
 
     return deco
@@ -46,6 +52,11 @@ def get_method(name: str) -> MethodInfo:
 def list_methods() -> list[MethodInfo]:
     _load_builtin()
     return list(METHODS.values())
+
+
+def method_option_names() -> tuple[str, ...]:
+    """Every option some registered method takes (for typo detection across methods)."""
+    return tuple(dict.fromkeys(n for m in list_methods() for n in m.options.names()))
 
 
 def _load_builtin() -> None:

@@ -32,6 +32,7 @@ from scipy.optimize import linprog
 
 from ..errors import NotApplicableError
 from ..network import Network
+from ..options import LPOptions
 from ..results import MethodOutput
 from ..sdp.dag import DagLMI, certify_dag
 from . import register_method
@@ -297,6 +298,7 @@ def gershgorin_search(lmi: DagLMI, depth: np.ndarray, max_lps: int = MAX_LPS,
     norms=("l2",),
     summary="Scaled-Gershgorin LP on the LipSDP/residual LMI (§5), multipliers certified (§8). "
     "Cheap baseline; often infeasible or looser than naive.",
+    options=LPOptions,
 )
 def gershgorin_lmi(network: Network, *, norm: str = "l2", time_limit: float | None = None,
                    max_lps: int = MAX_LPS, **_) -> MethodOutput:

@@ -19,6 +19,7 @@ from ..clock import Clock
 from ..errors import NotApplicableError, SolverError
 from ..network import Network
 from ..numerics import as_numerical_error
+from ..options import SDPOptions, SolverOptions
 from ..results import MethodOutput
 from ..sdp import linf
 from ..sdp.backends import BACKENDS, choose_backend, estimate_cone
@@ -397,6 +398,7 @@ POLISH_STAGES = (1e-6, 1e-7, 1e-8, 1e-9)
     norms=("l2", "linf"),
     summary="LipSDP with one multiplier per neuron (§1.3), "
     "chordal form (§3), certified (§8). Tightest; needs an SDP solver.",
+    options=SDPOptions,
 )
 def lipsdp_neuron(network: Network, *, norm: str = "l2", **options) -> MethodOutput:
     return _lipsdp(network, per_neuron=True, norm=norm, **options)
@@ -406,6 +408,7 @@ def lipsdp_neuron(network: Network, *, norm: str = "l2", **options) -> MethodOut
     "lipsdp-layer",
     norms=("l2", "linf"),
     summary="LipSDP with one multiplier per layer (§1.3): fewer variables, looser; certified.",
+    options=SDPOptions,
 )
 def lipsdp_layer(network: Network, *, norm: str = "l2", **options) -> MethodOutput:
     return _lipsdp(network, per_neuron=False, norm=norm, **options)
@@ -415,6 +418,7 @@ def lipsdp_layer(network: Network, *, norm: str = "l2", **options) -> MethodOutp
     "lipsdp-channel",
     summary="LipSDP with one multiplier per conv output channel (§7), per neuron elsewhere: "
     "between neuron and layer in tightness, far fewer variables on CNNs; certified.",
+    options=SDPOptions,
 )
 def lipsdp_channel(network: Network, *, norm: str = "l2", **options) -> MethodOutput:
     if norm != "l2":
@@ -446,6 +450,7 @@ def ldlt_fast(network: Network, *, norm: str = "l2", **_) -> MethodOutput:
     "ldlt",
     summary="ECLipsE per-layer SDPs of order 2 n_k (§2b); certified. "
     "Between ldlt-fast and lipsdp-neuron in cost and tightness.",
+    options=SolverOptions,
 )
 def ldlt(
     network: Network,

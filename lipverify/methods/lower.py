@@ -26,6 +26,7 @@ import torch
 from ..errors import UsageError
 from ..network import Network
 from ..numerics import UNIT_ROUNDOFF, eigh_all
+from ..options import LowerOptions
 from ..results import MethodOutput
 from ..torch_eval import to_torch
 from . import register_method
@@ -241,6 +242,7 @@ def _witness(network: Network, norm: str, x: np.ndarray, v: np.ndarray):
     norms=("l2", "linf"),
     kind="lower",
     summary="sampled lower bound: exact Jacobians, surrogate ascent, finite-difference witness",
+    options=LowerOptions,
 )
 def lower_bound(
     network: Network,

@@ -21,6 +21,7 @@ from ..errors import NotApplicableError
 from ..linear import IndexMap
 from ..network import Affine, Network, Node, Term
 from ..numerics import round_up
+from ..options import SplitOptions
 from ..results import MethodOutput
 from . import register_method
 
@@ -83,6 +84,7 @@ def plan(network: Network, budget: int = SEGMENT_ORDER) -> list[tuple[int, int]]
     "lipsdp-split",
     summary="Product of certified lipsdp-neuron bounds over segments between cut nodes: for "
     "networks too large for one LMI (residual blocks stay whole). Looser than one LMI.",
+    options=SplitOptions,
 )
 def lipsdp_split(network: Network, *, norm: str = "l2", time_limit: float | None = None,
                  budget: int = SEGMENT_ORDER, **options) -> MethodOutput:
