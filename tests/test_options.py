@@ -94,3 +94,12 @@ def test_load_options_declare_every_loader_keyword():
     names = {p.name for fn in fns for p in inspect.signature(fn).parameters.values()
              if p.kind is p.KEYWORD_ONLY}
     assert names <= set(LoadOptions.names()), names - set(LoadOptions.names())
+
+
+@pytest.mark.parametrize("solver", ["smooth", "ipm"])
+def test_a_solver_that_cannot_take_the_problem_is_a_usage_error(solver):
+    """ldlt's per-layer SDPs need a conic solver: asking for a structured one used to run
+    Clarabel silently."""
+    with pytest.raises(UsageError, match=f"solver {solver} cannot solve this problem: it needs "
+                                         "a conic solver"):
+        lipverify.bound(_net(), method="ldlt", solver=solver)

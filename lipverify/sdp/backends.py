@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from ..errors import SolverError
+from ..errors import SolverError, UsageError
 
 
 @dataclass(frozen=True)
@@ -100,10 +100,14 @@ def get_backend(name: str) -> Backend:
 def choose_backend(max_cone: int, requested: str = "auto", conic_only: bool = False) -> Backend:
     """The first usable backend whose memory limit admits a cone of order ``max_cone``
     (``conic_only``: a cvxpy solver, for problems the structured solver does not take)."""
+    if requested in ("ipm", "smooth") and conic_only:
+        conic = [n for n, b in BACKENDS.items() if not b.structured]
+        raise UsageError(
+            f"solver {requested} cannot solve this problem: it needs a conic solver "
+            f"({', '.join(conic)}, or auto)"
+        )
     if requested == "ipm":  # the methods run the IPM themselves where it applies
         requested = "smooth"
-    if requested == "smooth" and conic_only:
-        requested = "auto"
     if requested != "auto":
         backend = get_backend(requested)
         if max_cone > backend.max_cone:
