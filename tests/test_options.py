@@ -103,3 +103,14 @@ def test_a_solver_that_cannot_take_the_problem_is_a_usage_error(solver):
     with pytest.raises(UsageError, match=f"solver {solver} cannot solve this problem: it needs "
                                          "a conic solver"):
         lipverify.bound(_net(), method="ldlt", solver=solver)
+
+
+def test_listing_the_registries_imports_no_torch():
+    """`lipverify methods` answers fast: torch loads only when a method that needs it runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lipverify, lipverify.methods as m; m.list_methods(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
