@@ -1,15 +1,15 @@
 """Activation kinds with the metadata every bound method reads.
 
 * :class:`SlopeRestricted` - elementwise, slope in ``[alpha, beta]`` (§0):
-  ReLU, LeakyReLU, tanh, sigmoid, softplus, ELU, ...
+  ReLU, LeakyReLU, tanh, sigmoid, softplus, ELU, GELU, SiLU, ...
 * :class:`GroupSort` - sorts consecutive groups (MaxMin = GroupSort(2)) (§4).
 * :class:`Householder` - per pair, reflect when ``u^T v <= 0`` (§4).
 * :class:`MaxPool2d` - windowed max, l2 gain ``sqrt(ceil(kh/sh) ceil(kw/sw))`` (§7).
 * :class:`Lipschitz` - "1-Lipschitz, kind unknown" (or any known constant): a
   kept Softmax, an opaque module.
 
-Elementwise functions are looked up by name in :data:`ELEMENTWISE`, so adding one
-is one entry.
+Elementwise functions are looked up by name in :data:`ELEMENTWISE`, one
+:class:`Elementwise` record each (numpy, torch, slopes), so adding one is one entry.
 """
 
 from __future__ import annotations
@@ -24,6 +24,23 @@ from .errors import ModelLoadError
 from .numerics import round_up
 
 
+@dataclass(frozen=True)
+class Elementwise:
+    """One elementwise activation: its numpy and torch forms and its slope bounds.
+
+    ``numpy(x, *params)``; ``torch(t, x, *params)`` with ``t`` the torch module (passed in,
+    so this module never imports torch); ``slopes(*params) -> (alpha, beta)`` must enclose
+    every difference quotient (FORMULATIONS.md §0); ``smooth(t, x, sharpness, *params)``, for
+    piecewise-linear kinds only, is a softplus surrogate whose Jacobian varies smoothly (the
+    sampled lower bound's ascent, §6.4).
+    """
+
+    numpy: Callable
+    torch: Callable
+    slopes: Callable[..., tuple[float, float]]
+    smooth: Callable | None = None
+
+
 def _sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
@@ -36,23 +53,91 @@ def _elu(x, alpha=1.0):
     return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
 
 
-#: name -> (numpy function(x, *params), slope bounds(*params) -> (alpha, beta))
-ELEMENTWISE: dict[str, tuple[Callable, Callable[..., tuple[float, float]]]] = {
-    "relu": (lambda x: np.maximum(x, 0.0), lambda: (0.0, 1.0)),
-    "leaky_relu": (
-        lambda x, a: np.where(x >= 0, x, a * x),
+def _t_softplus(t, x, beta=1.0):
+    # log(1 + e^z) in a form whose first and second derivatives never overflow
+    z = beta * x
+    return (t.relu(z) + t.log1p(t.exp(-z.abs()))) / beta
+
+
+def _sp(t, x, beta):
+    return t.nn.functional.softplus(x * beta) / beta  # beta: a float or a (B, 1) tensor
+
+
+def _outward(lo: float, hi: float) -> tuple[float, float]:
+    """Slope bounds computed to ~1e-16 relative, widened by 1e-14 so they enclose the exact
+    interval whatever the libm's last bits."""
+    return lo - 1e-14 * max(1.0, abs(lo)), hi + 1e-14 * max(1.0, abs(hi))
+
+
+def _gelu_slopes() -> tuple[float, float]:
+    """GELU ``g(x) = x Phi(x)``: ``g' = Phi(x) + x phi(x)``, ``g'' = phi(x) (2 - x^2)``, so the
+    slope is extreme at ``x = +-sqrt 2``; ``g'(x) + g'(-x) = 1``, hence
+    ``beta = Phi(sqrt 2) + sqrt 2 phi(sqrt 2) = 1.12884...`` and ``alpha = 1 - beta``
+    (``alpha beta < 0``: the QC of §0 with a negative lower slope)."""
+    r = math.sqrt(2.0)
+    beta = 0.5 * (1.0 + math.erf(1.0)) + r * math.exp(-1.0) / math.sqrt(2.0 * math.pi)
+    return _outward(1.0 - beta, beta)
+
+
+def _silu_slopes() -> tuple[float, float]:
+    """SiLU ``g(x) = x s(x)``, ``s`` the logistic function: ``g' = s (1 + x (1 - s))`` and
+    ``g'' = s (1 - s) (2 - x tanh(x / 2))``, so the slope is extreme where
+    ``x tanh(x / 2) = 2`` (``x* = 2.39935...``, by Newton's method); ``g'(x) + g'(-x) = 1``,
+    hence ``beta = g'(x*) = 1.09984...`` and ``alpha = 1 - beta``."""
+    x = 2.4
+    for _ in range(50):
+        th = math.tanh(x / 2.0)
+        step = (x * th - 2.0) / (th + x * (1.0 - th * th) / 2.0)
+        x -= step
+        if abs(step) < 1e-16:
+            break
+    sig = 1.0 / (1.0 + math.exp(-x))
+    beta = sig * (1.0 + x * (1.0 - sig))
+    return _outward(1.0 - beta, beta)
+
+
+def _gelu(x, k=1.0):
+    """``x Phi(k x)`` (``k = 1``: GELU; exporters spell it ``0.5 x (1 + erf(x / c))``, which is
+    ``k = sqrt 2 / c``). Its slopes do not depend on ``k``: ``g'(x) = Phi(u) + u phi(u)``
+    with ``u = k x``."""
+    from scipy.special import erf
+
+    return 0.5 * x * (1.0 + erf(k * x / math.sqrt(2.0)))
+
+
+#: name -> :class:`Elementwise`. Adding an activation is one entry here (and, for ONNX, one
+#: converter line naming it).
+ELEMENTWISE: dict[str, Elementwise] = {
+    "relu": Elementwise(lambda x: np.maximum(x, 0.0), lambda t, x: t.relu(x),
+                        lambda: (0.0, 1.0), smooth=_sp),
+    "leaky_relu": Elementwise(
+        lambda x, a: np.where(x >= 0, x, a * x), lambda t, x, a: t.where(x >= 0, x, a * x),
         lambda a: (min(a, 1.0), max(a, 1.0)),
-    ),
-    "tanh": (np.tanh, lambda: (0.0, 1.0)),
-    "sigmoid": (_sigmoid, lambda: (0.0, 0.25)),
-    "softplus": (_softplus, lambda beta=1.0: (0.0, 1.0)),
-    "elu": (_elu, lambda a=1.0: (0.0, max(1.0, a)) if a >= 0 else (a, 1.0)),
-    "abs": (np.abs, lambda: (-1.0, 1.0)),
-    "hardtanh": (lambda x, lo=-1.0, hi=1.0: np.clip(x, lo, hi), lambda lo=-1.0, hi=1.0: (0.0, 1.0)),
-    "identity": (lambda x: x, lambda: (1.0, 1.0)),
+        smooth=lambda t, x, b, a: a * x + (1.0 - a) * _sp(t, x, b)),
+    "tanh": Elementwise(np.tanh, lambda t, x: t.tanh(x), lambda: (0.0, 1.0)),
+    "sigmoid": Elementwise(_sigmoid, lambda t, x: 0.5 * (1.0 + t.tanh(0.5 * x)),
+                           lambda: (0.0, 0.25)),
+    "softplus": Elementwise(_softplus, _t_softplus, lambda beta=1.0: (0.0, 1.0)),
+    "elu": Elementwise(
+        _elu, lambda t, x, a=1.0: t.where(x > 0, x, a * t.expm1(t.clamp(x, max=0.0))),
+        lambda a=1.0: (0.0, max(1.0, a)) if a >= 0 else (a, 1.0)),
+    "abs": Elementwise(np.abs, lambda t, x: t.abs(x), lambda: (-1.0, 1.0),
+                       smooth=lambda t, x, b: _sp(t, x, b) + _sp(t, -x, b)),
+    "hardtanh": Elementwise(
+        lambda x, lo=-1.0, hi=1.0: np.clip(x, lo, hi),
+        lambda t, x, lo=-1.0, hi=1.0: t.clamp(x, lo, hi), lambda lo=-1.0, hi=1.0: (0.0, 1.0),
+        smooth=lambda t, x, b, lo=-1.0, hi=1.0: lo + _sp(t, x - lo, b) - _sp(t, x - hi, b)),
+    "identity": Elementwise(lambda x: x, lambda t, x: x, lambda: (1.0, 1.0)),
     # Any activation with slopes in [a, b]; the forward pass uses the piecewise-linear
     # member (slope a below 0, b above), bounds hold for the whole class.
-    "slope": (lambda x, a, b: np.where(x >= 0, b * x, a * x), lambda a, b: (a, b)),
+    "slope": Elementwise(
+        lambda x, a, b: np.where(x >= 0, b * x, a * x),
+        lambda t, x, a, b: t.where(x >= 0, b * x, a * x), lambda a, b: (a, b),
+        smooth=lambda t, x, beta, a, b: a * x + (b - a) * _sp(t, x, beta)),
+    "gelu": Elementwise(_gelu, lambda t, x, k=1.0: 0.5 * x * (1.0 + t.erf(k * x / math.sqrt(2.0))),
+                        lambda k=1.0: _gelu_slopes()),
+    "silu": Elementwise(lambda x: x * _sigmoid(x), lambda t, x: t.nn.functional.silu(x),
+                        _silu_slopes),
 }
 
 
@@ -101,7 +186,7 @@ class SlopeRestricted(Activation):
     def named(cls, name: str, *params: float) -> SlopeRestricted:
         if name not in ELEMENTWISE:
             raise ModelLoadError(f"unknown elementwise activation {name!r}")
-        alpha, beta = ELEMENTWISE[name][1](*params)
+        alpha, beta = ELEMENTWISE[name].slopes(*params)
         return cls(name, float(alpha), float(beta), tuple(float(p) for p in params))
 
     @property
@@ -109,7 +194,7 @@ class SlopeRestricted(Activation):
         return True
 
     def apply(self, x):
-        return ELEMENTWISE[self.name][0](x, *self.params)
+        return ELEMENTWISE[self.name].numpy(x, *self.params)
 
     def lipschitz(self, norm="l2"):
         return max(abs(self.alpha), abs(self.beta))

@@ -3,7 +3,8 @@
 :func:`to_torch` builds a ``torch.nn.Module`` whose forward maps ``(B, input_dim)`` to
 ``(B, output_dim)`` exactly as :meth:`Network.forward` does. Linear operators and
 activations are converted through the registries :data:`LINEAR_CONVERTERS`,
-:data:`ACTIVATION_CONVERTERS` and :data:`TORCH_ELEMENTWISE`: a new kind is one entry.
+:data:`ACTIVATION_CONVERTERS`, and elementwise activations through their
+:class:`~lipverify.activations.Elementwise` record: a new kind is one entry.
 
 With ``smooth=True`` the piecewise-linear elementwise activations (relu, leaky_relu, abs,
 hardtanh, slope) become softplus-based surrogates with sharpness ``smooth_beta``, so that the
@@ -26,7 +27,15 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .activations import Activation, GroupSort, Householder, Lipschitz, MaxPool2d, SlopeRestricted
+from .activations import (
+    ELEMENTWISE,
+    Activation,
+    GroupSort,
+    Householder,
+    Lipschitz,
+    MaxPool2d,
+    SlopeRestricted,
+)
 from .errors import NotApplicableError
 from .linear import Compose, Conv2d, Dense, Diagonal, IndexMap, LinearOp, Stack, Sum
 from .network import Affine, Network
@@ -114,53 +123,15 @@ def convert_linear(op: LinearOp, t) -> Fn:
 
 
 # ------------------------------------------------------------------------ activations
-def _softplus(x, beta=1.0):
-    # log(1 + e^z) in a form whose first and second derivatives never overflow
-    z = beta * x
-    return (torch.relu(z) + torch.log1p(torch.exp(-z.abs()))) / beta
-
-
-def _elu(x, a=1.0):
-    return torch.where(x > 0, x, a * torch.expm1(torch.clamp(x, max=0.0)))
-
-
-#: name -> torch function(x, *params), mirroring activations.ELEMENTWISE
-TORCH_ELEMENTWISE: dict[str, Callable[..., torch.Tensor]] = {
-    "relu": torch.relu,
-    "leaky_relu": lambda x, a: torch.where(x >= 0, x, a * x),
-    "tanh": torch.tanh,
-    "sigmoid": lambda x: 0.5 * (1.0 + torch.tanh(0.5 * x)),
-    "softplus": _softplus,
-    "elu": _elu,
-    "abs": torch.abs,
-    "hardtanh": lambda x, lo=-1.0, hi=1.0: torch.clamp(x, lo, hi),
-    "identity": lambda x: x,
-    "slope": lambda x, a, b: torch.where(x >= 0, b * x, a * x),
-}
-
-
-def _sp(x, beta):
-    return F.softplus(x * beta) / beta  # beta: a float or a (B, 1) tensor, one per row
-
-
-#: name -> smooth surrogate(x, beta, *params) of a piecewise-linear activation
-SMOOTH_SURROGATES: dict[str, Callable[..., torch.Tensor]] = {
-    "relu": _sp,
-    "leaky_relu": lambda x, b, a: a * x + (1.0 - a) * _sp(x, b),
-    "abs": lambda x, b: _sp(x, b) + _sp(-x, b),
-    "hardtanh": lambda x, b, lo=-1.0, hi=1.0: lo + _sp(x - lo, b) - _sp(x - hi, b),
-    "slope": lambda x, beta, a, b: a * x + (b - a) * _sp(x, beta),
-}
-
-
 def _slope(act: SlopeRestricted, beta: Callable | None) -> Fn:
-    if beta is not None and act.name in SMOOTH_SURROGATES:
-        fn = SMOOTH_SURROGATES[act.name]
-        return lambda x: fn(x, beta(), *act.params)
-    if act.name not in TORCH_ELEMENTWISE:
+    """The activation's torch form from its :class:`~lipverify.activations.Elementwise`
+    record, or its smooth surrogate (``beta`` given, piecewise-linear kinds)."""
+    rec = ELEMENTWISE.get(act.name)
+    if rec is None:
         raise NotApplicableError(f"no PyTorch version of activation {act.name!r}")
-    fn = TORCH_ELEMENTWISE[act.name]
-    return lambda x: fn(x, *act.params)
+    if beta is not None and rec.smooth is not None:
+        return lambda x: rec.smooth(torch, x, beta(), *act.params)
+    return lambda x: rec.torch(torch, x, *act.params)
 
 
 def _groupsort(act: GroupSort, beta) -> Fn:

@@ -52,6 +52,9 @@ ELEMENTWISE_CASES = [
     ("hardtanh", -0.5, 2.0),
     ("identity",),
     ("slope", -0.5, 2.0),
+    ("gelu",),
+    ("gelu", 0.75),
+    ("silu",),
 ]
 
 

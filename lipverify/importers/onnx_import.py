@@ -22,7 +22,7 @@ from ..linear import Conv2d, Dense, Diagonal, compose
 from ..network import Network, Provenance
 from . import register_importer
 from .onnx_movement import MOVEMENT
-from .onnx_patterns import fuse_patterns
+from .onnx_patterns import FUSED_DOMAIN, fuse_patterns
 from .symbolic import Builder, Sym
 
 #: Ops whose output is not a Lipschitz function of their input, with the reason.
@@ -391,6 +391,18 @@ converter("Softplus")(_elementwise("softplus"))
 converter("Abs")(_elementwise("abs"))
 converter("LeakyRelu")(_elementwise("leaky_relu", lambda a, i: a.get("alpha", 0.01)))
 converter("Elu")(_elementwise("elu", lambda a, i: a.get("alpha", 1.0)))
+converter("lipverify.Silu")(_elementwise("silu"))
+converter("lipverify.Gelu")(_elementwise("gelu", lambda a, i: a.get("k", 1.0)))
+
+
+@converter("Gelu", since=20)
+def _gelu(ctx, node, attrs, ins):
+    approx = attrs.get("approximate", "none")
+    approx = approx.decode() if isinstance(approx, bytes) else approx
+    if approx != "none":
+        raise Unsupported(f"Gelu(approximate={approx!r}): only the exact (erf) GELU has "
+                          "derived slope bounds")
+    return [ctx.builder.activate(ins[0], SlopeRestricted.named("gelu"), name=node.name)]
 
 
 @converter("Clip")
@@ -558,7 +570,7 @@ def _split(ctx, node, attrs, ins):
     ]
 
 
-@converter("GroupSortPair")
+@converter("lipverify.GroupSortPair")
 def _groupsort_pair(ctx, node, attrs, ins):
     """The fused MaxMin pattern: Concat(Unsqueeze(min), Unsqueeze(max)) of a pair axis."""
     x = ins[0]
@@ -712,6 +724,12 @@ def _convert(ctx: Ctx, node, ins: list, problems: list[Problem]) -> list[Value]:
     n_out = len(node.output)
     label = node.name or node.output[0]
     attrs = _attrs(node)
+    if node.domain == FUSED_DOMAIN:  # our own fused ops (onnx_patterns), by their own names
+        try:
+            return CONVERTERS[f"{FUSED_DOMAIN}.{node.op_type}"][-1][1](ctx, node, attrs, ins)
+        except Unsupported as exc:
+            problems.append(Problem(label, node.op_type, str(exc)))
+            return [POISON] * n_out
     if node.domain not in ("", "ai.onnx"):  # never mistake a custom op for a standard one
         problems.append(
             Problem(label, node.op_type, f"custom op of domain {node.domain!r}: not supported")
