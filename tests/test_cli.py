@@ -196,3 +196,17 @@ def test_unknown_or_unusable_solver_is_refused_before_any_work():
     if not mosek_status().ok:
         res = run("bound", SAMPLE, "--solver", "mosek", "--no-lower")
         assert res.exit_code == 5 and "solver mosek is not usable here" in res.output
+
+
+def test_solvers_and_qcs_list_their_registries():
+    from lipverify.activations import ELEMENTWISE
+    from lipverify.sdp.backends import BACKENDS
+    from lipverify.sdp.qc import QC_REGISTRY
+
+    res = run("solvers")
+    assert res.exit_code == 0 and all(name in res.output for name in BACKENDS)
+    res = run("qcs")
+    assert res.exit_code == 0
+    assert all(kind in res.output for kind in QC_REGISTRY)
+    assert all(name in res.output for name in ELEMENTWISE)
+    assert "[-0.128904, 1.1289]" in res.output and "slope interval" in res.output

@@ -337,6 +337,15 @@ QC_REGISTRY: dict[str, Callable[..., QC]] = {
 }
 
 
+#: activation kind -> what its QC says (``lipverify qcs``)
+QC_SUMMARY: dict[str, str] = {
+    "slope": "slope-restricted elementwise maps, slopes in [alpha, beta] (§0)",
+    "groupsort": "GroupSort / MaxMin: sorting permutes, an exact 1-Lipschitz QC (§4)",
+    "householder": "Householder activation: reflect a pair when u^T v <= 0 (§4)",
+    "maxpool": "max pooling: windowed max, overlap-counted incidence QC (§7)",
+}
+
+
 def qc_for(act: Activation, n: int, per_neuron: bool = True, block: int = 1) -> QC:
     if act.kind not in QC_REGISTRY:
         raise NotApplicableError(
