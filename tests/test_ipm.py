@@ -27,7 +27,7 @@ def mlp(widths, seed=0, act=RELU, scale=1.0):
 def test_newton_system_is_the_exact_barrier_hessian(act, per_neuron):
     lmi = ChainLMI.from_network(mlp([3, 4, 5, 2], act=act), per_neuron)
     form = ipm.neuron_form(lmi)
-    p, rho = ipm._strict_start(lmi, None)
+    p, rho = ipm.strict_start(lmi, None)
     y = np.r_[rho, p]
     s_of = lambda v: lmi.assemble(v[1:], v[0])  # noqa: E731
     basis = [s_of(y + e) - s_of(y) for e in np.eye(y.size)]  # S is affine in y
@@ -129,7 +129,7 @@ def test_reduced_barrier_equals_the_full_one(act, per_neuron):
     rng = np.random.default_rng(1)
     lmi = ChainLMI.from_network(mlp([9, 5, 6, 4, 3], seed=1, act=act), per_neuron)
     form = ipm.neuron_form(lmi)
-    p, rho = ipm._strict_start(lmi, None)
+    p, rho = ipm.strict_start(lmi, None)
     p, rho = p * (1 + rng.random(p.size)), 3 * rho
     assert ipm._ReducedBarrier.applies(lmi, form)
     full, red = ipm._FullBarrier(lmi, form), ipm._ReducedBarrier(lmi, form)

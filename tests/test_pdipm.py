@@ -37,7 +37,7 @@ def test_schur_matrix_is_tr_f_x_f_y(act, per_neuron):
     form = ipm.neuron_form(lmi)
     a, b = rng.normal(size=(2, lmi.order, lmi.order))
     x, y = a @ a.T, b @ b.T
-    vec, mat = pdipm._grouped(form)
+    vec, mat = pdipm.grouped_blocks(form)
     m = mat(pdipm.schur(form, pdipm.Blocks.of(form, x), pdipm.Blocks.of(form, y)))
     fs = _basis(lmi)
     ref = np.array([[np.trace(f @ x @ g @ y) for g in fs] for f in fs])
@@ -51,7 +51,7 @@ def test_rotation_keeps_rho_star():
     lmi = ChainLMI.from_network(mlp([30, 7, 6, 3], seed=4))
     small, k = ipm.rotate(lmi)
     assert k == 23 and small.order == lmi.order - 23
-    p = ipm._strict_start(lmi, None)[0]
+    p = ipm.strict_start(lmi, None)[0]
     assert small.rho_star(p) == pytest.approx(lmi.rho_star(p), rel=1e-10)
     same, k0 = ipm.rotate(ChainLMI.from_network(mlp([5, 7, 3])))
     assert k0 == 0 and same.order == 12

@@ -22,7 +22,7 @@ FIELDS = (
 _MODEL_COLUMN = ("output_rows",)
 
 
-def _group(r: JobRecord) -> tuple:
+def group_key(r: JobRecord) -> tuple:
     return r.model_sha256, r.norm, tuple(r.options.get("output_rows") or ())
 
 
@@ -35,7 +35,7 @@ def best_lower_bounds(records: Sequence[JobRecord]) -> dict[tuple, float]:
             continue
         value = res.bound if res.kind == "lower" else res.lower_bound
         if value is not None and value == value:
-            best[_group(r)] = max(best.get(_group(r), 0.0), float(value))
+            best[group_key(r)] = max(best.get(group_key(r), 0.0), float(value))
     return best
 
 
@@ -45,7 +45,7 @@ def table_rows(records: Sequence[JobRecord]) -> list[dict[str, str]]:
     rows = []
     for r in records:
         res = r.result
-        low = lows.get(_group(r))
+        low = lows.get(group_key(r))
         tight = (res.bound / low if res is not None and res.kind == "upper" and low else None)
         rows.append({
             "model": r.model,

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from .export import _group, best_lower_bounds
+from .export import best_lower_bounds, group_key
 from .manifest import MODEL_KEYS
 from .store import JobRecord
 
@@ -134,7 +134,7 @@ def plot_tightness(records, out: Path, norm: str) -> list[Path]:
     table: dict[str, dict[str, float]] = defaultdict(dict)
     hatched = set()
     for r in records:
-        low = lows.get(_group(r))
+        low = lows.get(group_key(r))
         if r.result.kind != "upper" or not low:
             continue
         model = models[r.model_sha256, tuple(r.options.get("output_rows") or ())]

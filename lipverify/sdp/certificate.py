@@ -16,7 +16,7 @@ import numpy as np
 from ..certify import certify_pd
 from ..numerics import gamma, round_up
 from .chain import ChainLMI, balance, is_exact_balance
-from .chordal_cert import ChordalCertificate, ForwardChordal, _cliques, verify_chain_chordal
+from .chordal_cert import ChordalCertificate, ForwardChordal, chain_cliques, verify_chain_chordal
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,7 +155,7 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
     if best() > 1e-12:
         exact = _balanced(lmi, params, bal)
         scaled, p_scaled, out = exact if exact is not None else (lmi, params, 1.0)
-        cliques = _cliques(scaled, p_scaled)  # shared by both splittings
+        cliques = chain_cliques(scaled, p_scaled)  # shared by both splittings
         backward = ChordalCertificate(scaled, p_scaled, cliques=cliques)
         if backward.ok:
             add(smallest_margin(backward.check, backward.rho_star, first=1e-9, unit=1 / out),

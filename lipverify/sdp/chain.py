@@ -21,17 +21,17 @@ from ..numerics import lambda_max, physical_memory, spectral_norm
 from .qc import QC, Blocks, qc_for
 
 
-def _quad(w: np.ndarray, g: np.ndarray) -> np.ndarray:
+def quad(w: np.ndarray, g: np.ndarray) -> np.ndarray:
     """``W^T G W`` for a diagonal (1-D) or full ``G``."""
     return (w.T * g) @ w if g.ndim == 1 else w.T @ g @ w
 
 
-def _rmul(w_t: np.ndarray, g: np.ndarray) -> np.ndarray:
+def rmul(w_t: np.ndarray, g: np.ndarray) -> np.ndarray:
     """``W^T G``."""
     return w_t * g if g.ndim == 1 else w_t @ g
 
 
-def _as_matrix(g: np.ndarray) -> np.ndarray:
+def as_matrix(g: np.ndarray) -> np.ndarray:
     return np.diag(g) if g.ndim == 1 else g
 
 
@@ -124,9 +124,9 @@ class ChainLMI(MultiplierSet):
             w = ws[k - 1]
             sign = 1.0 if absolute else -1.0
             if np.any(g.vv):  # zero for alpha = 0 (ReLU): skip the n^3 product
-                d[k - 1] += sign * _quad(w, g.vv)
-            b.append(sign * _rmul(w.T, g.vw))
-            d[k] += sign * _as_matrix(g.ww)
+                d[k - 1] += sign * quad(w, g.vv)
+            b.append(sign * rmul(w.T, g.vw))
+            d[k] += sign * as_matrix(g.ww)
         d[0][np.diag_indices(sizes[0])] += abs(rho)
         if output:
             d[-1] += (1.0 if absolute else -1.0) * (ws[-1].T @ ws[-1])

@@ -59,7 +59,7 @@ def solve_chained(lmi: DagLMI, backend, time_limit=None):
     """Minimise rho over the chained LMI with a conic backend; returns (multipliers, status)."""
     import cvxpy as cp
 
-    from .solve import _psd, _run
+    from .solve import psd, run_problem
 
     q0, steps, c_out = state_maps(lmi)
     rho = cp.Variable(nonneg=True, name="rho")
@@ -76,9 +76,9 @@ def solve_chained(lmi: DagLMI, backend, time_limit=None):
                                           [(h.T @ gvw).T, gww]])
         first = cp.bmat([[store, np.zeros((d_prev, n_k))],
                          [np.zeros((n_k, d_prev)), np.zeros((n_k, n_k))]])
-        cons.append(_psd(first + r))
+        cons.append(psd(first + r))
         store = nxt
-    _, status = _run(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
+    _, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
     if rho.value is None or any(p.value is None for p in params):
         return None, status
     return np.concatenate([np.asarray(p.value, dtype=np.float64).ravel() for p in params]), status

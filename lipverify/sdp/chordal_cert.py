@@ -31,7 +31,7 @@ import scipy.linalg
 
 from ..certify import certify_pd
 from ..numerics import gamma, lambda_max
-from .chain import ChainLMI, _as_matrix, _quad, _rmul
+from .chain import ChainLMI, as_matrix, quad, rmul
 
 #: First relative margin of each clique's Schur complement, then x8 per failed check.
 FIRST_MARGIN = 2.0**-40
@@ -50,7 +50,7 @@ class _Clique:
         self.weight_rad = weight_rad  # extra radius from weights known up to a radius
 
 
-def _cliques(lmi: ChainLMI, params) -> list[_Clique]:
+def chain_cliques(lmi: ChainLMI, params) -> list[_Clique]:
     out = []
     splits = lmi.split(params)
     last = len(lmi.qcs)
@@ -59,17 +59,17 @@ def _cliques(lmi: ChainLMI, params) -> list[_Clique]:
         w_abs = np.abs(w) + (0 if r is None else r)
         g, g_abs = qc.blocks(p), qc.blocks_abs(p)
         n_prev = w.shape[1]
-        a = -_quad(w, g.vv) if np.any(g.vv) else np.zeros((n_prev, n_prev))
-        a_abs = _quad(w_abs, g_abs.vv) if np.any(g_abs.vv) else np.zeros((n_prev, n_prev))
-        b, b_abs = -_rmul(w.T, g.vw), _rmul(w_abs.T, g_abs.vw)
-        c, c_abs = -_as_matrix(g.ww), _as_matrix(g_abs.ww)
+        a = -quad(w, g.vv) if np.any(g.vv) else np.zeros((n_prev, n_prev))
+        a_abs = quad(w_abs, g_abs.vv) if np.any(g_abs.vv) else np.zeros((n_prev, n_prev))
+        b, b_abs = -rmul(w.T, g.vw), rmul(w_abs.T, g_abs.vw)
+        c, c_abs = -as_matrix(g.ww), as_matrix(g_abs.ww)
         inner = max(w.shape)
         extra = None
         if r is not None:  # |W| + r instead of |W|: the difference is the weights' own radius
             plain = np.abs(w)
-            ea = (_quad(w_abs, g_abs.vv) - _quad(plain, g_abs.vv)) if np.any(g_abs.vv) \
+            ea = (quad(w_abs, g_abs.vv) - quad(plain, g_abs.vv)) if np.any(g_abs.vv) \
                 else np.zeros_like(a)
-            eb = _rmul(w_abs.T, g_abs.vw) - _rmul(plain.T, g_abs.vw)
+            eb = rmul(w_abs.T, g_abs.vw) - rmul(plain.T, g_abs.vw)
             extra = [ea, eb, np.zeros_like(c)]
         if k == last:  # Q_{L-1} = W_L^T W_L is part of this clique's bottom block
             wl, rl = lmi.weights[-1], lmi.radii[-1]
@@ -173,7 +173,7 @@ class ChordalCertificate:
     def __init__(self, lmi: ChainLMI, params, max_order: int = SEGMENT_ORDER, cliques=None):
         self.ok = False
         self.rho_star = math.inf
-        self.segments = _segments(cliques or _cliques(lmi, params), max_order)
+        self.segments = _segments(cliques or chain_cliques(lmi, params), max_order)
         q_next = None
         for seg in self.segments[:0:-1]:  # last .. second segment choose their Q_{k-1}
             s = seg.schur(q_next)
@@ -223,7 +223,7 @@ class ForwardChordal:
     every ``Q_k``, so :meth:`check` runs the whole sweep, certifying each clique."""
 
     def __init__(self, lmi: ChainLMI, params, cliques=None):
-        self.cliques = cliques or _cliques(lmi, params)
+        self.cliques = cliques or chain_cliques(lmi, params)
         self._pieces = [_Segment([c]) for c in self.cliques]
         self._delta = [FIRST_MARGIN] * len(self.cliques)  # last margin that certified
 

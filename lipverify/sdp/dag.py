@@ -285,7 +285,7 @@ def solve_dag(lmi: DagLMI, backend, time_limit=None):
     """Monolithic LMI with a conic backend; returns multipliers (or None)."""
     import cvxpy as cp
 
-    from .solve import _psd, _run
+    from .solve import psd, run_problem
 
     rho = cp.Variable(nonneg=True)
     params = [cp.Variable(qc.num_params()) for qc in lmi.qcs]
@@ -299,8 +299,8 @@ def solve_dag(lmi: DagLMI, backend, time_limit=None):
         v, s = lmi.pres[k - 1], lmi._select(k)
         cross = v.T @ gvw @ s
         m = m - (v.T @ gvv @ v + cross + cross.T + s.T @ gww @ s)
-    cons.append(_psd(m))
-    _, status = _run(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
+    cons.append(psd(m))
+    _, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
     if rho.value is None or any(p.value is None for p in params):
         return None, status
     return np.concatenate([np.asarray(p.value, dtype=np.float64).ravel() for p in params]), status

@@ -155,7 +155,7 @@ class IPMResult:
         return max(self.rho - self.lower, 0.0) / self.rho
 
 
-def _factor(s: np.ndarray) -> tuple[np.ndarray, float] | None:
+def cholesky_factor(s: np.ndarray) -> tuple[np.ndarray, float] | None:
     """``(Cholesky factor, log det S)`` (in place), or None when S is not positive definite."""
     # S is symmetric: its transpose is the same matrix in Fortran order (no copy for LAPACK)
     c, info = lapack.dpotrf(s.T, lower=1, clean=0, overwrite_a=1)
@@ -164,7 +164,7 @@ def _factor(s: np.ndarray) -> tuple[np.ndarray, float] | None:
     return c, 2.0 * float(np.sum(np.log(np.diag(c))))
 
 
-def _inverse(c: np.ndarray) -> np.ndarray:
+def factor_inverse(c: np.ndarray) -> np.ndarray:
     """``S^-1`` from its Cholesky factor (overwritten)."""
     x, info = lapack.dpotri(c, lower=1, overwrite_c=1)
     if info != 0:  # pragma: no cover - the factor is nonsingular
@@ -288,10 +288,10 @@ class _FullBarrier:
         self.lmi, self.form = lmi, form
 
     def factor(self, p, rho):
-        return _factor(self.lmi.assemble(p, rho))
+        return cholesky_factor(self.lmi.assemble(p, rho))
 
     def newton(self, chol, p, rho):
-        return newton_system(self.form, _inverse(chol))
+        return newton_system(self.form, factor_inverse(chol))
 
 
 class _ReducedBarrier:
@@ -324,14 +324,14 @@ class _ReducedBarrier:
         s = self.lmi.assemble(p, rho)[n0:, n0:]
         tau = self._tau(p)
         s[:n1, :n1] -= (tau[:, None] * self.g * tau[None, :]) / rho
-        fac = _factor(s)
+        fac = cholesky_factor(s)
         if fac is None:
             return None
         return fac[0], fac[1] + n0 * math.log(rho)
 
     def newton(self, chol, p, rho):
         form, n0, n1, g = self.form, self.n0, self.n1, self.g
-        pm = _inverse(chol)  # P = S'^-1 = X_hh
+        pm = factor_inverse(chol)  # P = S'^-1 = X_hh
         n = pm.shape[0]
         tau = self._tau(p)
         f = tau[:, None] * pm[:n1]  # F = diag(tau) P_1. ; X_0h = W_1^T F / rho
@@ -364,7 +364,7 @@ class _ReducedBarrier:
         return _assemble_newton(form, gvv, gve, pm, parts)
 
 
-def _strict_start(lmi, params: np.ndarray | None) -> tuple[np.ndarray, float]:
+def strict_start(lmi, params: np.ndarray | None) -> tuple[np.ndarray, float]:
     """A strictly feasible first iterate near ``params``: blended 1% toward the anchor first
     (the start itself, e.g. ldlt-fast's point, is too close to the boundary: measured 37
     instead of 27 primal-dual iterations on the bench's 64x16 net)."""
@@ -392,10 +392,10 @@ def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = 
     """
     t0 = time.perf_counter()
     form = neuron_form(lmi)
-    p, rho = _strict_start(lmi, start)
+    p, rho = strict_start(lmi, start)
     nu = form.order  # barrier parameter of -log det S
     lower, it, status = None, 0, "iteration limit"
-    e0 = _unit(form.n_params + 1)
+    e0 = unit_vector(form.n_params + 1)
     bar = _ReducedBarrier(lmi, form) if reduce and _ReducedBarrier.applies(lmi, form) \
         else _FullBarrier(lmi, form)
     fac = None
@@ -413,7 +413,7 @@ def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = 
         fac = None
         w = s  # -(gradient of -log det S); t >= 0 is implied: S_ii = 2 t_i (-Gww = 2T)
         # one factorisation gives the Newton step for every mu: d(kappa) = kappa d1 + d2
-        sol = _solve(hess, np.column_stack([-e0, w]))
+        sol = newton_solve(hess, np.column_stack([-e0, w]))
         if sol is None:
             status = "singular Newton system"
             break
@@ -468,7 +468,7 @@ def dual_bound(hess: np.ndarray, d1: np.ndarray, d2: np.ndarray, w: np.ndarray, 
     q11, q12, q22 = -float(d1[0]), -float(d2[0]), float(d2 @ w)
     kappa = _root(q11, q12, q22, 0.98)
     if kappa is None or kappa <= 0 or \
-            not _accurate(hess, kappa * d1 + d2, kappa * _unit(hess.shape[0]) - w):
+            not _accurate(hess, kappa * d1 + d2, kappa * unit_vector(hess.shape[0]) - w):
         return None
     return rho - ((nu - q22) / kappa - q12)
 
@@ -478,7 +478,7 @@ def _accurate(hess: np.ndarray, d: np.ndarray, grad: np.ndarray, tol: float = 1e
     return float(np.linalg.norm(hess @ d + grad)) <= tol * float(np.linalg.norm(grad))
 
 
-def _unit(m: int) -> np.ndarray:
+def unit_vector(m: int) -> np.ndarray:
     e = np.zeros(m)
     e[0] = 1.0
     return e
@@ -493,7 +493,7 @@ def _root(q11: float, q12: float, q22: float, level: float) -> float | None:
     return (-q12 + math.sqrt(disc)) / q11
 
 
-def _solve(h: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
+def newton_solve(h: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
     scale = np.sqrt(np.maximum(np.diag(h), 1e-300))  # Jacobi equilibration
     hs = h / scale[:, None] / scale[None, :]
     if rhs.ndim == 2:

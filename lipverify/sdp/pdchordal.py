@@ -32,20 +32,20 @@ import numpy as np
 from ..numerics import eigvalsh_batched
 from . import blocktri
 from .chain import ChainLMI, assemble_tridiagonal
-from .ipm import IPMResult, _strict_start, neuron_form, on_balanced
+from .ipm import IPMResult, neuron_form, on_balanced, strict_start
 from .pdipm import (
     LANCZOS_ORDER,
     SIGMA_POWER,
     Blocks,
-    _Context,
-    _fraction,
-    _grouped,
-    _max_step,
-    _measure,
-    _newton_matrix,
-    _times,
+    PDContext,
     backtrack,
     cone_limits,
+    grouped_blocks,
+    max_step,
+    measure,
+    newton_matrix,
+    step_fraction,
+    times_fn,
 )
 
 _log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def _pattern(z: np.ndarray, offs) -> tuple[list, list]:
 
 def _primal_step(chols, dx) -> float:
     """Largest step keeping every clique positive definite: small cliques batched (dense
-    eigenvalues), large ones by Lanczos on ``C^-1 dX C^-T`` (:func:`_max_step`)."""
+    eigenvalues), large ones by Lanczos on ``C^-1 dX C^-T`` (:func:`max_step`)."""
     d, b = dx
     groups: dict[tuple, list] = {}
     for k, c in enumerate(chols):
@@ -79,7 +79,7 @@ def _primal_step(chols, dx) -> float:
     for shape, ks in groups.items():
         cliques = [np.block([[d[k], b[k]], [b[k].T, d[k + 1]]]) for k in ks]
         if shape[0] > LANCZOS_ORDER:
-            step = min([step] + [_max_step(chols[k], dc) for k, dc in zip(ks, cliques)])
+            step = min([step] + [max_step(chols[k], dc) for k, dc in zip(ks, cliques)])
             continue
         c, dc = np.stack([chols[k] for k in ks]), np.stack(cliques)
         c_inv = np.linalg.inv(c)  # triangular, well within a clique's conditioning
@@ -98,12 +98,12 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
     :func:`lipverify.sdp.pdipm.solve_pd`)."""
     t0 = time.perf_counter()
     form = neuron_form(lmi)
-    vec, mat = _grouped(form)
+    vec, mat = grouped_blocks(form)
     k = scalar_cone
     nu = form.order + k
     offs = np.concatenate([[0], np.cumsum(lmi.sizes)])
-    times = _times(lmi)
-    p, rho = _strict_start(lmi, start)
+    times = times_fn(lmi)
+    p, rho = strict_start(lmi, start)
     c0 = lmi.blocks(np.zeros(form.n_params), 0.0)  # -C^T C on the pattern
     n0 = np.arange(form.n_in)
 
@@ -123,7 +123,7 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
     xk = mu0 / rho
     chols = blocktri.clique_factors(*x)
     lower, it, status, stalls = None, 0, "iteration limit", 0
-    ctx = _Context(form, vec, mat, k, nu, tol)
+    ctx = PDContext(form, vec, mat, k, nu, tol)
     while it < max_iter:
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
             status = "time limit"
@@ -132,7 +132,7 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
         ls = blocktri.lower(fs)
         bx, by = Blocks.of(form, xhat), Blocks.of(form, y_inv)
         # A(X_P) and <C^T C, X_P>: every F_j lives on the pattern, which X^ copies exactly
-        ay, mu, lower = _measure(ctx, by, bx.trace(form), _dot(x, s),
+        ay, mu, lower = measure(ctx, by, bx.trace(form), _dot(x, s),
                                  -float(np.sum(c0[0][-1] * x[0][-1])), xk, rho, lower, (it, t0))
         if lower is not None and rho - lower <= tol * rho:
             status = "optimal"
@@ -140,7 +140,7 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
         if stalls >= 3:
             status = "stalled"
             break
-        mm, fac = _newton_matrix(ctx, bx, by, xk, rho)
+        mm, fac = newton_matrix(ctx, bx, by, xk, rho)
         del bx, by
         if fac is None:
             status = "singular Schur matrix"
@@ -158,7 +158,7 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
         centre_k = sigma * mu / rho
         dy, ds, dx, dxk = _direction(state, rhs, centre, centre_k, slack_step, times, offs)
         ap, ad = _steps(chols, dx, xk, dxk, ls, ds, rho, dy[0])
-        ap, ad = _fraction(ap, ad, sigma)
+        ap, ad = step_fraction(ap, ad, sigma)
         ap, cn = backtrack(lambda a, x=x, dx=dx: blocktri.clique_factors(*_axpy(x, a, dx)), ap)
 
         def dual_trial(a, p=p, rho=rho, dy=dy):
@@ -196,7 +196,7 @@ def _direction(state, rhs, centre, centre_k: float, slack_step, times, offs):
 def _steps(chols, dx, xk, dxk, ls, ds, rho, drho) -> tuple[float, float]:
     """Largest steps to the boundary: per clique for ``X_P``; for ``S`` by Lanczos on
     ``L^-1 dS L^-T`` with ``L`` the (dense) block Cholesky factor ``ls``."""
-    return cone_limits(_primal_step(chols, dx), _max_step(ls, assemble_tridiagonal(*ds)),
+    return cone_limits(_primal_step(chols, dx), max_step(ls, assemble_tridiagonal(*ds)),
                        xk, dxk, rho, drho)
 
 

@@ -48,15 +48,15 @@ from .ipm import (
     Blocks,
     IPMResult,
     NeuronForm,
-    _factor,
-    _inverse,
-    _solve,
-    _strict_start,
-    _unit,
+    cholesky_factor,
     dual_bound,
+    factor_inverse,
     neuron_form,
     neuron_traces,
+    newton_solve,
     on_balanced,
+    strict_start,
+    unit_vector,
 )
 
 _log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def schur(form: NeuronForm, bx: Blocks, by: Blocks, chunk: int = 128) -> np.ndar
     return m
 
 
-def _grouped(form: NeuronForm):
+def grouped_blocks(form: NeuronForm):
     """Sum neuron coordinates into parameter coordinates (layer / channel multipliers)."""
     if form.n_params == form.n:
         return lambda v: v, lambda m: m
@@ -148,7 +148,7 @@ class _Cholesky:
         return scipy.linalg.cho_solve(self.c, rhs / self.scale, check_finite=False) / self.scale
 
 
-def _max_step(chol: np.ndarray, d: np.ndarray) -> float:
+def max_step(chol: np.ndarray, d: np.ndarray) -> float:
     """Largest ``alpha`` with ``Z + alpha D >= 0`` (``chol`` = lower Cholesky factor of Z)."""
     n = d.shape[0]
     if n <= LANCZOS_ORDER:
@@ -169,7 +169,7 @@ def _max_step(chol: np.ndarray, d: np.ndarray) -> float:
     return math.inf if lam >= 0 else -1.0 / lam
 
 
-def _times(lmi):
+def times_fn(lmi):
     """``(Z, dS) -> Z dS``, by blocks when ``dS`` is block tridiagonal (a chain's LMI)."""
     if not isinstance(lmi, ChainLMI) or len(lmi.sizes) < 3:
         return lambda z, ds: z @ ds
@@ -201,11 +201,11 @@ def solve_pd(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = N
     """
     t0 = time.perf_counter()
     form = neuron_form(lmi)
-    vec, mat = _grouped(form)
+    vec, mat = grouped_blocks(form)
     k = scalar_cone
     nu = form.order + k
-    p, rho = _strict_start(lmi, start)
-    times = _times(lmi)
+    p, rho = strict_start(lmi, start)
+    times = times_fn(lmi)
     zero = np.zeros(form.n_params)
     c0 = lmi.assemble(zero, 0.0)  # -C^T C: S(y) = c0 + sum y_j F_j
 
@@ -219,25 +219,25 @@ def solve_pd(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = N
     def factor_s(p, rho):
         if not rho > 0:
             return None
-        fac = _factor(lmi.assemble(p, rho))
+        fac = cholesky_factor(lmi.assemble(p, rho))
         return None if fac is None else fac[0]
 
     e0 = np.zeros(form.n_params + 1)
     e0[0] = 1.0
     ls = factor_s(p, rho)
-    y_inv = _inverse(ls.copy())
+    y_inv = factor_inverse(ls.copy())
     s = lmi.assemble(p, rho)
     mu0 = 1.0 / (np.trace(y_inv[:form.n_in, :form.n_in]) + k / rho)
     x, xk = mu0 * y_inv, mu0 / rho  # centred start, tr(E_0 X) = 1
     lx = np.linalg.cholesky(x)
     lower, it, status, stalls = None, 0, "iteration limit", 0
-    ctx = _Context(form, vec, mat, k, nu, tol)
+    ctx = PDContext(form, vec, mat, k, nu, tol)
     while it < max_iter:
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
             status = "time limit"
             break
         bx, by = Blocks.of(form, x), Blocks.of(form, y_inv)
-        ay, mu, lower = _measure(ctx, by, bx.trace(form), float(np.sum(x * s)),
+        ay, mu, lower = measure(ctx, by, bx.trace(form), float(np.sum(x * s)),
                                  -float(np.sum(c0 * x)), xk, rho, lower, (it, t0))
         if lower is not None and rho - lower <= tol * rho:
             status = "optimal"
@@ -245,7 +245,7 @@ def solve_pd(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = N
         if stalls >= 3:  # float64 precision reached: nothing left to gain
             status = "stalled"
             break
-        mm, fac = _newton_matrix(ctx, bx, by, xk, rho)
+        mm, fac = newton_matrix(ctx, bx, by, xk, rho)
         del bx, by
         if fac is None:
             status = "singular Schur matrix"
@@ -272,7 +272,7 @@ def solve_pd(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = N
         dxk = sigma * mu / rho - xk - xk * dy[0] / rho - corr_k
         ap, ad = _steps(lx, dx, xk, dxk, ls, ds, rho, dy[0])
         # take the steps; the Cholesky factors double as the feasibility checks
-        ap, ad = _fraction(ap, ad, sigma)
+        ap, ad = step_fraction(ap, ad, sigma)
         ap, lxn = backtrack(lambda a, x=x, dx=dx: _cholesky_or_none(x + a * dx), ap)
         ad, lsn = backtrack(lambda a, p=p, r=rho, d=dy: factor_s(p + a * d[1:], r + a * d[0]),
                             ad)
@@ -284,11 +284,11 @@ def solve_pd(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = N
         x, lx, xk = xn, lxn, xk + ap * dxk
         p, rho, ls = p + ad * dy[1:], rho + ad * dy[0], lsn
         s = lmi.assemble(p, rho)
-        y_inv = _inverse(ls.copy())
+        y_inv = factor_inverse(ls.copy())
     return IPMResult(p, float(rho), lower, it, time.perf_counter() - t0, status, "primal-dual")
 
 
-def _fraction(ap: float, ad: float, sigma: float) -> tuple[float, float]:
+def step_fraction(ap: float, ad: float, sigma: float) -> tuple[float, float]:
     """The fraction of the way to the boundary each step takes (longer as sigma -> 0)."""
     gamma = max(STEP_FRACTION, min(0.99, 1.0 - 10.0 * sigma))
     return min(1.0, gamma * ap), min(1.0, gamma * ad)
@@ -312,7 +312,7 @@ def _cholesky_or_none(z: np.ndarray) -> np.ndarray | None:
 
 
 @dataclass(frozen=True)
-class _Context:
+class PDContext:
     """What every iteration of the primal-dual methods shares."""
 
     form: NeuronForm
@@ -324,10 +324,10 @@ class _Context:
 
     @property
     def e0(self) -> np.ndarray:
-        return _unit(self.form.n_params + 1)
+        return unit_vector(self.form.n_params + 1)
 
 
-def _measure(ctx: _Context, by: Blocks, ax_neurons, xs: float, primal: float, xk: float,
+def measure(ctx: PDContext, by: Blocks, ax_neurons, xs: float, primal: float, xk: float,
              rho: float, lower, where) -> tuple[np.ndarray, float, float | None]:
     """``(A(S^-1), mu, best dual bound)`` at an iterate (``ax_neurons = A(X)`` per neuron,
     ``xs = <X, S>``, ``primal = <C^T C, X>``); the bound is tried once the primal is nearly
@@ -348,7 +348,7 @@ def _measure(ctx: _Context, by: Blocks, ax_neurons, xs: float, primal: float, xk
     return ay, mu, lower
 
 
-def _newton_matrix(ctx: _Context, bx: Blocks, by: Blocks, xk: float, rho: float):
+def newton_matrix(ctx: PDContext, bx: Blocks, by: Blocks, xk: float, rho: float):
     """``(M, its factor)``, the factor None if M is numerically singular."""
     mm = ctx.mat(schur(ctx.form, bx, by))
     mm[0, 0] += ctx.k * xk / rho
@@ -360,7 +360,7 @@ def _newton_matrix(ctx: _Context, bx: Blocks, by: Blocks, xk: float, rho: float)
 
 def _steps(lx, dx, xk, dxk, ls, ds, rho, drho) -> tuple[float, float]:
     """Largest primal and dual steps to the boundary (the scalar cone included)."""
-    return cone_limits(_max_step(lx, dx), _max_step(ls, ds), xk, dxk, rho, drho)
+    return cone_limits(max_step(lx, dx), max_step(ls, ds), xk, dxk, rho, drho)
 
 
 def cone_limits(ap: float, ad: float, xk: float, dxk: float, rho: float,
@@ -379,7 +379,7 @@ def _dual_bound(form: NeuronForm, mat, by: Blocks, ay: np.ndarray, rho: float, n
     ``-log det S - k log rho`` (the scalar cone included) is ``schur(S^-1, S^-1)``."""
     hess = mat(schur(form, by, by))
     hess[0, 0] += k / rho**2
-    sol = _solve(hess, np.column_stack([-_unit(hess.shape[0]), ay]))
+    sol = newton_solve(hess, np.column_stack([-unit_vector(hess.shape[0]), ay]))
     return None if sol is None else dual_bound(hess, sol[:, 0], sol[:, 1], ay, rho, nu)
 
 

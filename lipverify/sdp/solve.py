@@ -49,12 +49,12 @@ def solve_chain(
         for k, (gvv, gvw, gww) in enumerate(blocks, start=1):
             w = ws[k - 1]
             z = cp.bmat([[qs[k - 1] - w.T @ gvv @ w, -w.T @ gvw], [-(w.T @ gvw).T, -gww - qs[k]]])
-            cons.append(_psd(z))
+            cons.append(psd(z))
     else:
         m = rho * _embed(np.eye(sizes[0]), sizes, 0, 0)
         m = m - _embed(ws[-1].T @ ws[-1], sizes, len(sizes) - 1, len(sizes) - 1)
-        cons.append(_psd(m + _qc_matrix(ws, blocks, sizes)))
-    seconds, status = _run(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
+        cons.append(psd(m + _qc_matrix(ws, blocks, sizes)))
+    seconds, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
     if rho.value is None or any(p.value is None for p in params):
         return SolveResult(None, None, status, backend.name, seconds)
     orig = np.concatenate([np.asarray(p.value, dtype=np.float64).ravel() for p in params])
@@ -87,11 +87,11 @@ def _qc_matrix(ws, blocks, sizes):
     return total
 
 
-def _psd(expr):
+def psd(expr):
     return 0.5 * (expr + expr.T) >> 0
 
 
-def _run(prob, backend: Backend, time_limit) -> tuple[float, str]:
+def run_problem(prob, backend: Backend, time_limit) -> tuple[float, str]:
     import cvxpy as cp
 
     start = time.perf_counter()
@@ -117,8 +117,8 @@ def solve_linf(lmi: ChainLMI, backend: Backend, time_limit: float | None = None)
     c = np.zeros(n)
     c[n - lmi.weights[-1].size :] = lmi.weights[-1].ravel()
     corner = cp.reshape(2 * rho - cp.sum(tau), (1, 1), order="C")
-    cons.append(_psd(cp.bmat([[corner, -c[None, :]], [-c[:, None], p_mat]])))
-    seconds, status = _run(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
+    cons.append(psd(cp.bmat([[corner, -c[None, :]], [-c[:, None], p_mat]])))
+    seconds, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
     if rho.value is None or tau.value is None or any(p.value is None for p in params):
         return SolveResult(None, None, status, backend.name, seconds)
     x = np.concatenate(
