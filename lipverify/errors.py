@@ -83,3 +83,15 @@ class NumericalError(SolverError):
     def __init__(self, message: str, best=None):
         super().__init__(message)
         self.best = best
+
+
+def check_unique(registry: str, key, old, new) -> None:
+    """Registries refuse a second, different entry under one key (re-importing the module
+    that registered it is fine: same module and name)."""
+    def ident(fn):
+        fn = getattr(fn, "fn", fn)
+        return getattr(fn, "__module__", None), getattr(fn, "__qualname__", repr(fn))
+
+    if old is not None and ident(old) != ident(new):
+        raise LipverifyError(f"{registry}: {key!r} is already registered by "
+                             f"{'.'.join(map(str, ident(old)))}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ModelLoadError, UsageError
+from ..errors import ModelLoadError, UsageError, check_unique
 from ..network import Network
 from ..options import LoadOptions
 
@@ -22,6 +22,7 @@ IMPORTERS: dict[str, Loader] = {}
 def register_importer(*suffixes: str):
     def deco(fn: Loader) -> Loader:
         for s in suffixes:
+            check_unique("importers", s.lower(), IMPORTERS.get(s.lower()), fn)
             IMPORTERS[s.lower()] = fn
         return fn
 

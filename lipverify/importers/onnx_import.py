@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..activations import GroupSort, Lipschitz, MaxPool2d, SlopeRestricted
-from ..errors import ModelLoadError, Problem, UnsupportedModelError
+from ..errors import ModelLoadError, Problem, UnsupportedModelError, check_unique
 from ..linear import Conv2d, Dense, Diagonal, compose
 from ..network import Network, Provenance
 from . import register_importer
@@ -94,8 +94,13 @@ CONVERTERS: dict[str, list[tuple[int, Converter]]] = {}
 def converter(*ops: str, since: int = 1):
     def deco(fn: Converter) -> Converter:
         for op in ops:
-            CONVERTERS.setdefault(op, []).append((since, fn))
-            CONVERTERS[op].sort(key=lambda e: e[0])
+            entries = CONVERTERS.setdefault(op, [])
+            same = [f for v, f in entries if v == since]
+            check_unique("ONNX converters", f"{op} (since opset {since})",
+                         same[0] if same else None, fn)
+            if not same:
+                entries.append((since, fn))
+                entries.sort(key=lambda e: e[0])
         return fn
 
     return deco

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..errors import UsageError, check_unique
 from ..options import NoOptions, Options
 from ..results import MethodOutput
 
@@ -36,6 +36,7 @@ def register_method(name: str, *, norms=("l2",), kind="upper", summary="",
     """Register ``fn(network, *, norm, **options)``; ``options`` declares what it takes."""
 
     def deco(fn: MethodFn) -> MethodFn:
+        check_unique("methods", name, METHODS.get(name), fn)
         METHODS[name] = MethodInfo(name, fn, tuple(norms), kind, summary, options)
         return fn
 
