@@ -1,0 +1,261 @@
+"""Commands on models: bound, compare, info, check."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+import lipverify
+from lipverify.errors import LipverifyError
+
+from .common import (
+    EXIT_INVALID_CERT,
+    EXIT_UNSOUND,
+    err,
+    handle_errors,
+    load_options,
+    loader_kwargs,
+    note,
+    parse_rows,
+)
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option(
+    "--method",
+    "-m",
+    default="auto",
+    show_default=True,
+    help="Bound method (see `lipverify methods`); auto = tightest certified that fits.",
+)
+@click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
+@click.option("--output-rows", help="Bound only these output rows (logits), e.g. 0,3.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--lower/--no-lower",
+    default=True,
+    show_default=True,
+    help="Also compute a sampled lower bound and check the bound against it.",
+)
+@click.option(
+    "--solver",
+    default="auto",
+    show_default=True,
+    help="SDP solver: auto, ipm or smooth (built in), clarabel, scs, mosek.",
+)
+@click.option(
+    "--time-limit",
+    type=float,
+    help="Seconds for the solver; the best certified "
+    "bound found so far is returned when it runs out.",
+)
+@click.option(
+    "--save-certificate",
+    type=click.Path(dir_okay=False),
+    help="Write the multipliers and rho to this JSON file (see `lipverify check`).",
+)
+@load_options
+@handle_errors
+def bound(
+    model, method, norm, output_rows, fmt, lower, solver, time_limit, save_certificate, **load_opts
+):
+    """Bound the Lipschitz constant of MODEL (.onnx, .pt/.pt2, .npz, .mat, .nnet)."""
+    result = lipverify.bound(
+        model,
+        method=method,
+        norm=norm,
+        output_rows=parse_rows(output_rows),
+        lower_bound=lower,
+        solver=solver,
+        time_limit=time_limit,
+        **loader_kwargs(**load_opts),
+    )
+    if save_certificate:
+        lipverify.save_certificate(result, save_certificate)
+        err.print(f"certificate written to {save_certificate}")
+    if fmt == "json":
+        click.echo(result.to_json())
+    else:
+        click.echo(str(result))
+        if "auto_choice" in result.details:
+            err.print(f"method auto -> {result.method}")
+        for w in result.warnings:
+            note(w)
+    if result.status == "unsound":
+        sys.exit(EXIT_UNSOUND)
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--methods",
+    default="naive,gershgorin,lower",
+    show_default=True,
+    help="Comma-separated methods.",
+)
+@click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
+@click.option("--output-rows", help="Bound only these output rows, e.g. 7.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV here.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@load_options
+@handle_errors
+def compare(models, methods, norm, output_rows, csv_path, fmt, **load_opts):
+    """Bound every MODEL with every method and print a table (models x methods)."""
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in names:
+        lipverify.get_method(name)  # reject unknown methods before any work
+    opts = loader_kwargs(**load_opts)
+    results, failures = [], []
+    for path in models:
+        try:
+            net = lipverify.load(path, **opts)
+        except LipverifyError as exc:
+            failures.append((path, str(exc).splitlines()[0]))
+            continue
+        for name in names:
+            try:
+                r = lipverify.bound(
+                    net, method=name, norm=norm, output_rows=parse_rows(output_rows), **opts
+                )
+            except LipverifyError as exc:
+                failures.append((f"{path} [{name}]", str(exc).splitlines()[0]))
+                continue
+            results.append(r)
+            if fmt == "json":
+                click.echo(r.to_json())
+    table = Table(title=f"Lipschitz bounds ({norm}); ✓ certified, ✗ not")
+    table.add_column("model", no_wrap=True)
+    table.add_column("widths", no_wrap=True)
+    for name in names:
+        table.add_column(name, justify="right")
+    by_model: dict[str, dict[str, lipverify.BoundResult]] = {}
+    for r in results:
+        by_model.setdefault(r.model, {})[r.method] = r
+    for model_name, row in by_model.items():
+        first = next(iter(row.values()))
+        cells = []
+        for name in names:
+            r = row.get(name)
+            mark = "" if r is None or r.kind != "upper" else (" ✓" if r.certified else " ✗")
+            cells.append("-" if r is None else f"{r.bound:.6g}{mark} ({r.time_s:.2g}s)")
+        table.add_row(model_name, _widths(first.layers), *cells)
+    if fmt == "text":
+        Console(width=max(120, 40 + 24 * len(names))).print(table)
+    else:
+        err.print(table)
+    for what, why in failures:
+        err.print(f"[red]skipped[/] {what}: {why}", highlight=False)
+    if csv_path:
+        write_csv(csv_path, results)
+        err.print(f"wrote {csv_path}")
+    if not results:
+        sys.exit(4 if failures else 0)
+
+
+def _widths(layers) -> str:
+    return (
+        "-".join(str(w) for w in layers)
+        if len(layers) <= 6
+        else (f"{layers[0]}-...({len(layers) - 2} layers)...-{layers[-1]}")
+    )
+
+
+CSV_FIELDS = (
+    "model",
+    "method",
+    "norm",
+    "bound",
+    "certified",
+    "kind",
+    "status",
+    "time_s",
+    "lower_bound",
+    "layers",
+    "output_rows",
+    "solver",
+    "sha256",
+    "version",
+)
+
+
+def write_csv(path: str, results) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in results:
+            d = r.to_dict()
+            d["layers"] = "-".join(map(str, r.layers))
+            d["output_rows"] = "" if r.output_rows is None else ",".join(map(str, r.output_rows))
+            writer.writerow({k: d[k] for k in CSV_FIELDS})
+
+
+@click.command()
+@click.argument("model", type=click.Path())
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@load_options
+@handle_errors
+def info(model, fmt, **load_opts):
+    """Show MODEL's layers, shapes, activations and parameter count."""
+    net = lipverify.load(model, **loader_kwargs(**load_opts))
+    summary = {
+        "model": net.name,
+        "input_shape": list(net.input_shape),
+        "output_shape": list(net.output_shape),
+        "widths": net.widths,
+        "feed_forward": net.is_sequential,
+        "parameters": net.num_parameters,
+        "sha256": net.provenance.sha256,
+        "format": net.provenance.format,
+        "layers": net.summary(),
+        "notes": list(net.provenance.notes),
+    }
+    if fmt == "json":
+        click.echo(json.dumps(summary))
+        return
+    table = Table(
+        title=f"{net.name}: {net.num_parameters:,} parameters, input "
+        f"{tuple(net.input_shape)} -> output {tuple(net.output_shape)}"
+    )
+    for col in ("#", "from", "linear map", "activation", "width"):
+        table.add_column(col)
+    for row in net.summary():
+        table.add_row(
+            str(row["layer"]),
+            ",".join(map(str, row["sources"])),
+            row["linear"],
+            row["activation"],
+            str(row["width"]),
+        )
+    Console().print(table)
+    kind = "feed-forward chain" if net.is_sequential else "DAG with skip connections"
+    click.echo(f"structure: {kind}; sha256 {net.provenance.sha256}")
+    for text in net.provenance.notes:
+        note(text)
+
+
+@click.command()
+@click.argument("model", type=click.Path())
+@click.argument("certificate", type=click.Path(exists=True, dir_okay=False))
+@load_options
+@handle_errors
+def check(model, certificate, **load_opts):
+    """Re-verify CERTIFICATE for MODEL from scratch, with no solver (exit 0 valid, 7 invalid)."""
+    net = lipverify.load(model, **loader_kwargs(**load_opts))
+    res = lipverify.check_certificate(net, certificate)
+    click.echo(res.message)
+    if not res.valid:
+        sys.exit(EXIT_INVALID_CERT)
+
+
