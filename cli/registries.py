@@ -64,7 +64,8 @@ def qcs():
 @click.command()
 def ops():
     """List the ONNX operations the importer supports (generated from its registry)."""
-    from lipverify.importers.onnx_import import NON_LIPSCHITZ, supported_ops
+    from lipverify.importers.onnx_import import NON_LIPSCHITZ  # (registers the converters)
+    from lipverify.importers.onnx_registry import supported_ops
 
     click.echo("Supported ONNX ops:")
     click.echo("  " + ", ".join(supported_ops()))

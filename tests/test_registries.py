@@ -6,7 +6,7 @@ import pytest
 
 from lipverify.errors import LipverifyError
 from lipverify.importers import IMPORTERS, register_importer
-from lipverify.importers.onnx_import import CONVERTERS, converter
+from lipverify.importers.onnx_registry import CONVERTERS, converter
 from lipverify.methods import METHODS, get_method, register_method
 
 

@@ -1,0 +1,3 @@
+"""ONNX converters, one module per op family; importing the package registers them."""
+
+from . import activations, arithmetic, linear, sorting  # noqa: F401  (registration)

@@ -1,0 +1,152 @@
+"""The ONNX converter registry and the helpers every op family shares.
+
+A converter is ``fn(ctx, node, attrs, ins) -> outputs``, registered for one or more op types
+(and the first opset it applies to) by :func:`converter`; ops of our own fused spellings are
+registered as ``lipverify.Op`` (:mod:`.onnx_patterns`). A second, different converter for the
+same op and opset is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import check_unique
+from ..linear import Diagonal
+from .onnx_movement import MOVEMENT
+from .symbolic import Builder, Sym
+
+FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+class Unsupported(Exception):
+    """Raised by a converter: the node is reported with this reason."""
+
+
+class Poison:
+    """Marks values downstream of an unsupported node (reported once, at the cause)."""
+
+
+POISON = Poison()
+Value = Sym | np.ndarray | Poison | None
+
+
+@dataclass
+class Ctx:
+    builder: Builder
+    opset: int
+    keep_softmax: bool
+    graph_output: str
+    consumers: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+    sorted_cache: dict = field(default_factory=dict)
+
+
+Converter = Callable[[Ctx, object, dict, list], list]
+#: op type -> list of (since opset, converter); the newest one not above the model's opset wins.
+CONVERTERS: dict[str, list[tuple[int, Converter]]] = {}
+
+
+def converter(*ops: str, since: int = 1):
+    def deco(fn: Converter) -> Converter:
+        for op in ops:
+            entries = CONVERTERS.setdefault(op, [])
+            same = [f for v, f in entries if v == since]
+            check_unique("ONNX converters", f"{op} (since opset {since})",
+                         same[0] if same else None, fn)
+            if not same:
+                entries.append((since, fn))
+                entries.sort(key=lambda e: e[0])
+        return fn
+
+    return deco
+
+
+def get_converter(op: str, opset: int) -> Converter | None:
+    best = None
+    for since, fn in CONVERTERS.get(op, []):
+        if since <= opset:
+            best = fn
+    return best
+
+
+def supported_ops() -> list[str]:
+    """Every ONNX op type the importer handles (for ``lipverify ops``)."""
+    return sorted({*CONVERTERS, *MOVEMENT, "Concat", "Constant", "Shape", "Size"})
+
+
+# ----------------------------------------------------------------- helpers
+def node_attrs(node) -> dict:
+    from onnx import helper
+
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def is_sym(v) -> bool:
+    return isinstance(v, Sym)
+
+
+def as_sym_shape(x: Sym, shape: tuple[int, ...]) -> Sym:
+    """Broadcast a symbolic tensor to ``shape`` (a data movement)."""
+    if tuple(x.shape) == tuple(shape):
+        return x
+    idx = np.broadcast_to(np.arange(1, x.size + 1).reshape(x.shape), shape)
+    return x.movement(idx.astype(np.int64) - 1, np.broadcast_to(x.bias_tensor(), shape))
+
+
+def index_tensor(x: Sym) -> np.ndarray:
+    return np.arange(1, x.size + 1, dtype=np.float64).reshape(x.shape)
+
+
+def move(x: Sym, fn: Callable[[np.ndarray, float], np.ndarray]) -> Sym:
+    """Apply a data movement ``fn(tensor, fill)`` to a symbolic tensor."""
+    idx = fn(index_tensor(x), 0.0)
+    bias = fn(x.bias_tensor(), None)
+    return x.movement(np.rint(idx).astype(np.int64) - 1, bias)
+
+
+
+def shape_of(v):
+    return v.shape
+
+
+def broadcast_shape(a, b) -> tuple[int, ...]:
+    return tuple(np.broadcast_shapes(tuple(shape_of(a)), tuple(shape_of(b))))
+
+
+def scale_sym(x: Sym, factor, shape=None) -> Sym:
+    shape = shape or x.shape
+    x = as_sym_shape(x, shape)
+    d = np.broadcast_to(np.asarray(factor, dtype=np.float64), shape).ravel()
+    return x.linear(Diagonal(d), shape)
+
+
+
+def unsqueeze_sym(x: Sym) -> Sym:
+    return x.reshape(tuple(x.shape) + (1,))
+
+
+def concat_values(attrs, ins) -> Value:
+    """Concat of constants and symbolic tensors (a data movement of the symbolic ones)."""
+    axis = attrs["axis"]
+    if not any(is_sym(v) for v in ins):
+        return np.concatenate(ins, axis=axis)
+    tensors = [v.bias_tensor() if is_sym(v) else np.asarray(v, np.float64) for v in ins]
+    bias = np.concatenate(tensors, axis=axis)
+    out: Sym | None = None
+    for i, v in enumerate(ins):
+        if not is_sym(v):
+            continue
+        parts = [
+            index_tensor(v) if j == i else np.zeros(np.shape(t)) for j, t in enumerate(tensors)
+        ]
+        idx = np.rint(np.concatenate(parts, axis=axis)).astype(np.int64) - 1
+        piece = v.movement(idx, np.zeros(bias.shape))
+        out = piece if out is None else out.plus(piece)
+    return out.shifted(bias)
