@@ -49,7 +49,8 @@ from .common import (
     "--solver",
     default="auto",
     show_default=True,
-    help="SDP solver: auto, ipm or smooth (built in), clarabel, scs, mosek.",
+    help="SDP solver: auto, ipm or smooth (built in), clarabel, scs, cvxopt, mosek "
+    "(`lipverify solvers`).",
 )
 @click.option(
     "--time-limit",

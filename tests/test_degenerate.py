@@ -66,7 +66,7 @@ NETS = {
     "groupsort3-orthogonal": (_seq([_Q6, _Q6.T, _Q6], GroupSort(3)), 1.0, True),
 }
 
-SDP_SOLVERS = ("auto", "ipm", "smooth", "clarabel", "scs", "mosek")
+SDP_SOLVERS = ("auto", "ipm", "smooth", "clarabel", "scs", "cvxopt", "mosek")
 METHODS = [m.name for m in list_methods()] + ["auto"]
 CASES = [
     (net, method, solver)

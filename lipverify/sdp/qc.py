@@ -32,6 +32,8 @@ class Blocks:
 class QC:
     """Abstract QC for one layer of width ``n``."""
 
+    kind: str = ""
+
     n: int
 
     def num_params(self, per_neuron: bool) -> int:  # pragma: no cover - abstract
@@ -63,6 +65,9 @@ class SlopeQC(QC):
     consecutive runs of ``block`` neurons share one multiplier: per-channel multipliers
     ``T = diag(t) (x) I_{H'W'}`` of a conv layer (§7), sound like any diagonal T >= 0.
     """
+
+    #: the QC kind (:data:`QC_REGISTRY` key family; solver capabilities name it)
+    kind = "slope"
 
     n: int
     alpha: float
@@ -146,6 +151,9 @@ class GroupSortQC(QC):
     [derived]; ``Gvv`` gains that multiple of ``I`` so the QC stays valid exactly. The solver
     ignores the (~1e-15 relative) term; the certificate includes it.
     """
+
+    #: the QC kind (:data:`QC_REGISTRY` key family; solver capabilities name it)
+    kind = "groupsort"
 
     n: int
     group: int
@@ -245,6 +253,9 @@ class MaxPoolQC(QC):
     ``Gvv = diag(A^T lam)``, ``Gvw = 0``, ``Gww = -diag(lam)`` with ``lam >= 0`` and ``A`` the
     window incidence. Equal multipliers recover the gain bound ``ceil(r/s)`` of §7; one per
     window (``per_neuron``) is never looser."""
+
+    #: the QC kind (:data:`QC_REGISTRY` key family; solver capabilities name it)
+    kind = "maxpool"
 
     incidence: np.ndarray  # (n_out, n_in) 0/1
     per_neuron: bool = True

@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import SolverError
+from ..solvers.base import SolveResult
 from .backends import Backend
 from .chain import ChainLMI, balance
-
-
-@dataclass(frozen=True, eq=False)
-class SolveResult:
-    params: np.ndarray | None
-    value: float | None  # the solver's own bound sqrt(rho), in original units
-    status: str
-    solver: str
-    seconds: float
 
 
 def solve_chain(
