@@ -112,9 +112,7 @@ def test_channel_multipliers_between_neuron_and_layer():
     assert lipverify.check_certificate(net, cert).valid
 
 
-@pytest.mark.parametrize(
-    "act", [GroupSort(2), GroupSort(3), pytest.param(Householder(0.4), marks=pytest.mark.slow)]
-)  # Householder: the conic l_inf solve takes 10 s (SCS), so it runs in `make test-all`
+@pytest.mark.parametrize("act", [GroupSort(2), GroupSort(3), Householder(0.4)])
 def test_linf_lmi_for_sorting_activations(act):
     """§4 l_inf LMI (per output row) between the sampled l_inf lower bound and naive."""
     rng = np.random.default_rng(8)

@@ -11,6 +11,7 @@ exact certificate) and in cvxpy (for solving). Registry: activation kind -> QC.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,32 +30,66 @@ class Blocks:
     ww: np.ndarray
 
 
-class QC:
-    """Abstract QC for one layer of width ``n``."""
+class QC(ABC):
+    """Abstract QC for one layer of width ``n``: everything the LMIs, the solvers and the
+    certificate call. Multipliers are a flat vector ``p`` of :meth:`num_params` values.
 
+    Capability flags say what a kind supports beyond the contract: ``slope_restricted`` (it
+    has slopes ``alpha``, ``beta``: the closed-form ldlt multipliers, the interior point and
+    the dual bound use them).
+    """
+
+    #: the QC kind (:data:`QC_REGISTRY` key family; solver capabilities name it)
     kind: str = ""
+    #: True when the QC is the slope-restricted one of §0 (has ``alpha`` and ``beta``)
+    slope_restricted: bool = False
 
     n: int
 
-    def num_params(self, per_neuron: bool) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def num_params(self, per_neuron: bool | None = None) -> int:
+        """Length of the multiplier vector."""
 
+    @abstractmethod
     def project(self, p: np.ndarray) -> np.ndarray:
         """Exact projection onto the multiplier set (§8 step 3)."""
-        raise NotImplementedError  # pragma: no cover
 
-    def blocks(self, p: np.ndarray) -> Blocks:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def blocks(self, p: np.ndarray) -> Blocks:
+        """``(Gvv, Gvw, Gww)`` at ``p`` (numpy; 1-D arrays stand for diagonals)."""
 
+    @abstractmethod
     def blocks_abs(self, p: np.ndarray) -> Blocks:
         """Blocks evaluated with absolute values of every term (for the assembly radius)."""
-        raise NotImplementedError  # pragma: no cover
 
-    def cvx_blocks(self, p):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def cvx_blocks(self, p):
+        """The blocks as cvxpy expressions of a cvxpy variable ``p``."""
 
-    def constraints(self, p) -> list:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def constraints(self, p) -> list:
+        """cvxpy constraints of the multiplier set."""
+
+    @abstractmethod
+    def lower_bounds(self) -> list[float | None]:
+        """Per-multiplier lower bounds (None: free), for bound-constrained solvers."""
+
+    @abstractmethod
+    def value_grad(self, v, w):
+        """d/dp of the QC value ``[v; w]^T G(p) [v; w]`` (linear in ``p``)."""
+
+    @abstractmethod
+    def from_layer(self, p_layer) -> np.ndarray:
+        """Per-neuron multipliers equal to a layer-wide solution."""
+
+    @abstractmethod
+    def anchor_params(self, x: float) -> np.ndarray:
+        """Feasible multipliers with ``-Gww >= 2 x I`` (the anchor of §8 step 4)."""
+
+    @property
+    @abstractmethod
+    def anchor_factor(self) -> float:
+        """Growth of the anchor multiplier through this layer (see ChainLMI.anchor)."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +101,8 @@ class SlopeQC(QC):
     ``T = diag(t) (x) I_{H'W'}`` of a conv layer (§7), sound like any diagonal T >= 0.
     """
 
-    #: the QC kind (:data:`QC_REGISTRY` key family; solver capabilities name it)
     kind = "slope"
+    slope_restricted = True
 
     n: int
     alpha: float
@@ -152,7 +187,6 @@ class GroupSortQC(QC):
     ignores the (~1e-15 relative) term; the certificate includes it.
     """
 
-    #: the QC kind (:data:`QC_REGISTRY` key family; solver capabilities name it)
     kind = "groupsort"
 
     n: int
@@ -216,7 +250,9 @@ class GroupSortQC(QC):
             return v if k == self.groups else v[0] * ones
 
         lam, tau, s, pp = (grp(p[i * k:(i + 1) * k]) for i in range(4))
-        lam_m = cp.diag(e @ lam)
+        # lam_i repeated over its group (as in blocks); e @ lam would scale it by the
+        # Householder direction's entries
+        lam_m = cp.diag(np.kron(np.eye(self.groups), np.ones((self.group, 1))) @ lam)
         return (lam_m + e @ cp.diag(tau - 2 * s) @ e.T, e @ cp.diag(pp + s) @ e.T,
                 -lam_m - e @ cp.diag(tau + 2 * pp) @ e.T)
 
@@ -229,8 +265,9 @@ class GroupSortQC(QC):
 
     def value_grad(self, v, w):
         e = self._e()
+        g = np.kron(np.eye(self.groups), np.ones((self.group, 1)))  # lam_i: its whole group
         av, aw = e.T @ v, e.T @ w
-        parts = [e.T @ (v * v) - e.T @ (w * w), av * av - aw * aw,
+        parts = [g.T @ (v * v) - g.T @ (w * w), av * av - aw * aw,
                  -2.0 * av * av + 2.0 * av * aw, 2.0 * av * aw - 2.0 * aw * aw]
         parts = [q.sum(axis=1) if q.ndim == 2 else q for q in parts]
         if not self.per_neuron:
@@ -254,7 +291,6 @@ class MaxPoolQC(QC):
     window incidence. Equal multipliers recover the gain bound ``ceil(r/s)`` of §7; one per
     window (``per_neuron``) is never looser."""
 
-    #: the QC kind (:data:`QC_REGISTRY` key family; solver capabilities name it)
     kind = "maxpool"
 
     incidence: np.ndarray  # (n_out, n_in) 0/1

@@ -48,7 +48,7 @@ def ldlt_fast_params(lmi: ChainLMI) -> np.ndarray:
     and mapped back, so deep nets whose norm product spans many decades stay in floating
     point range. Layers without a slope QC (GroupSort) take the norm-product chain instead.
     """
-    if not all(hasattr(qc, "alpha") for qc in lmi.qcs):
+    if not all(qc.slope_restricted for qc in lmi.qcs):
         return norm_chain_params(lmi)
     scaled, factors, _ = balance(lmi)
     # ECLipsE-Fast's multipliers make the last pivot singular at their own rho; scaled by
@@ -84,7 +84,7 @@ def ldlt_params(lmi: ChainLMI, backend: Backend, time_limit: float | None = None
 
     import cvxpy as cp
 
-    if not all(hasattr(qc, "alpha") for qc in lmi.qcs):
+    if not all(qc.slope_restricted for qc in lmi.qcs):
         return norm_chain_params(lmi)
     deadline = None if time_limit is None else time.perf_counter() + time_limit
     x = np.eye(lmi.sizes[0])
