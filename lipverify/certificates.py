@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import LipverifyError, UsageError
+from .errors import LipverifyError, UsageError, check_unique
 from .network import Network
 from .numerics import round_up
 from .results import BoundResult
@@ -59,13 +60,76 @@ def save_certificate(result: BoundResult, path: str | Path) -> None:
     Path(path).write_text(json.dumps(certificate_dict(result), allow_nan=False))
 
 
-def check_certificate(network: Network, cert: dict | str | Path) -> CheckResult:
-    """Re-verify a certificate for ``network``. Never raises on a bad certificate: says why."""
+#: certificate kind -> checker(network, body) -> CheckResult; ``lipverify check`` dispatches
+#: here. A new kind is one checker and one entry (register_certificate_kind).
+CERTIFICATE_KINDS: dict[str, Callable[[Network, dict], CheckResult]] = {}
+
+
+def register_certificate_kind(kind: str):
+    def deco(fn):
+        check_unique("certificate kinds", kind, CERTIFICATE_KINDS.get(kind), fn)
+        CERTIFICATE_KINDS[kind] = fn
+        return fn
+
+    return deco
+
+
+def _check_lmi(net: Network, body: dict, dag: bool) -> CheckResult:
+    """§8 on the LMI of the chain or (monolithic) DAG, at the stored rho and multipliers."""
     from .sdp.certificate import verify_chain
     from .sdp.chain import ChainLMI
     from .sdp.dag import DagLMI, verify_dag
+
+    per_neuron = body.get("multipliers", "neuron")
+    lmi = (DagLMI if dag else ChainLMI).from_network(net, per_neuron=per_neuron)
+    rho = float(body["rho"])
+    if not (math.isfinite(rho) and rho >= 0):
+        return CheckResult(False, math.inf, "invalid rho")
+    verify = verify_dag if dag else verify_chain
+    if verify(lmi, np.asarray(body["params"], dtype=np.float64), rho):
+        bound = round_up(math.sqrt(rho))
+        return CheckResult(True, bound, f"valid: L2 <= {bound:.10g}")
+    return CheckResult(
+        False,
+        math.inf,
+        "rejected: M(rho, T) is not provably positive "
+        "definite (or the multipliers are outside their set)",
+    )
+
+
+@register_certificate_kind("lipsdp-l2")
+def check_lipsdp_l2(net: Network, body: dict) -> CheckResult:
+    """A chain's LipSDP multipliers and rho (§1-§3, §8)."""
+    return _check_lmi(net, body, dag=False)
+
+
+@register_certificate_kind("lipsdp-dag")
+def check_lipsdp_dag(net: Network, body: dict) -> CheckResult:
+    """A residual network's multipliers on the monolithic LMI (§5a, §8)."""
+    return _check_lmi(net, body, dag=True)
+
+
+@register_certificate_kind("lipsdp-linf")
+def check_lipsdp_linf(net: Network, body: dict) -> CheckResult:
+    """One bordered l_inf LMI per output row (§1.4, §8); the bound is the largest row's."""
+    from .sdp.chain import ChainLMI
     from .sdp.linf import verify_linf
 
+    per_neuron = body.get("multipliers", "neuron")
+    worst = 0.0
+    if len(body["rows"]) != net.output_dim:
+        return CheckResult(False, math.inf, "one certificate per output row is required")
+    for j, row in enumerate(body["rows"]):
+        lmi = ChainLMI.from_network(net.select_outputs([j]), per_neuron=per_neuron)
+        r = float(row["rho"])
+        if not verify_linf(lmi, np.asarray(row["params"], dtype=np.float64), r):
+            return CheckResult(False, math.inf, f"rejected at output row {j}")
+        worst = max(worst, r)
+    return CheckResult(True, worst, f"valid: Linf <= {worst:.10g}")
+
+
+def check_certificate(network: Network, cert: dict | str | Path) -> CheckResult:
+    """Re-verify a certificate for ``network``. Never raises on a bad certificate: says why."""
     if not isinstance(cert, dict):
         try:
             cert = json.loads(Path(cert).read_text())
@@ -84,34 +148,10 @@ def check_certificate(network: Network, cert: dict | str | Path) -> CheckResult:
             )
         net = network.select_outputs(cert.get("output_rows"))
         body = cert["certificate"]
-        per_neuron = body.get("multipliers", "neuron")
-        if body["kind"] in ("lipsdp-l2", "lipsdp-dag"):
-            dag = body["kind"] == "lipsdp-dag"
-            lmi = (DagLMI if dag else ChainLMI).from_network(net, per_neuron=per_neuron)
-            rho = float(body["rho"])
-            if not (math.isfinite(rho) and rho >= 0):
-                return CheckResult(False, math.inf, "invalid rho")
-            verify = verify_dag if dag else verify_chain
-            if verify(lmi, np.asarray(body["params"], dtype=np.float64), rho):
-                bound = round_up(math.sqrt(rho))
-                return CheckResult(True, bound, f"valid: L2 <= {bound:.10g}")
-            return CheckResult(
-                False,
-                math.inf,
-                "rejected: M(rho, T) is not provably positive "
-                "definite (or the multipliers are outside their set)",
-            )
-        if body["kind"] == "lipsdp-linf":
-            worst = 0.0
-            if len(body["rows"]) != net.output_dim:
-                return CheckResult(False, math.inf, "one certificate per output row is required")
-            for j, row in enumerate(body["rows"]):
-                lmi = ChainLMI.from_network(net.select_outputs([j]), per_neuron=per_neuron)
-                r = float(row["rho"])
-                if not verify_linf(lmi, np.asarray(row["params"], dtype=np.float64), r):
-                    return CheckResult(False, math.inf, f"rejected at output row {j}")
-                worst = max(worst, r)
-            return CheckResult(True, worst, f"valid: Linf <= {worst:.10g}")
-        return CheckResult(False, math.inf, f"unknown certificate kind {body['kind']!r}")
+        checker = CERTIFICATE_KINDS.get(body["kind"])
+        if checker is None:
+            return CheckResult(False, math.inf, f"unknown certificate kind {body['kind']!r}; "
+                               f"known: {', '.join(CERTIFICATE_KINDS)}")
+        return checker(net, body)
     except (KeyError, TypeError, ValueError, LipverifyError) as exc:
         return CheckResult(False, math.inf, f"malformed certificate: {exc}")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from lipverify.errors import LipverifyError
+
+sys.path.insert(0, str(Path(__file__).parent))
 from lipverify.importers import IMPORTERS, register_importer
 from lipverify.importers.onnx_registry import CONVERTERS, converter
 from lipverify.methods import METHODS, get_method, register_method
@@ -34,3 +39,142 @@ def test_registering_the_same_function_again_is_harmless():
     info = get_method("naive")
     register_method("naive", norms=info.norms, summary=info.summary)(info.fn)
     assert get_method("naive").fn is info.fn
+
+
+# ------------------------------------------------------------------ importers conformance
+def _sample(suffix: str, tmp_path):
+    """A model file with ``suffix`` and its expected widths (the sample digits MLP)."""
+    import shutil
+
+    import numpy as np
+    import scipy.io
+    from conftest import SAMPLE_MODELS, shared_path
+
+    relu = SAMPLE_MODELS / "digits_mlp_relu"
+    widths = [64, 64, 32, 10]
+    if suffix in (".onnx", ".npz", ".pt2"):
+        return relu.with_suffix(suffix), widths
+    if suffix in (".pt", ".pth", ".ts"):
+        path = tmp_path / f"model{suffix}"
+        shutil.copy(SAMPLE_MODELS / "digits_mlp_relu.ts.pt", path)  # a TorchScript archive
+        return path, widths
+    if suffix == ".mat":
+        rng = np.random.default_rng(0)
+        ws = [rng.normal(size=(5, 3)), rng.normal(size=(2, 5))]
+        path = tmp_path / "model.mat"
+        cell = np.empty((1, 2), dtype=object)
+        cell[0, 0], cell[0, 1] = ws
+        scipy.io.savemat(path, {"weights": cell})
+        return path, [3, 5, 2]
+    if suffix == ".nnet":
+        return shared_path("weights", "ACASXU_run2a_1_1_batch_2000.nnet"), [5, 50, 50, 50, 50,
+                                                                            50, 50, 5]
+    raise AssertionError(f"no sample for {suffix}: add one for the new importer")
+
+
+def _importer_suffixes():
+    from lipverify.importers import supported_suffixes
+
+    return sorted(supported_suffixes())
+
+
+@pytest.mark.parametrize("suffix", _importer_suffixes())
+def test_every_importer_loads_its_format(suffix, tmp_path):
+    import numpy as np
+
+    import lipverify
+
+    path, widths = _sample(suffix, tmp_path)
+    kw = {"layout": "out-in"} if suffix == ".mat" else {}
+    net = lipverify.load(path, **kw)
+    assert isinstance(net, lipverify.Network) and net.widths == widths
+    assert net.provenance.sha256 and len(net.provenance.sha256) == 64
+    y = net.forward(np.random.default_rng(0).normal(size=(3, net.input_dim)))
+    assert y.shape == (3, widths[-1]) and np.isfinite(y).all()
+    with pytest.raises(lipverify.errors.ModelLoadError):
+        lipverify.load(tmp_path / f"missing{suffix}")
+
+
+# ------------------------------------------------------------------ executors conformance
+def _executors():
+    from lipverify.batch.execute import list_executors
+
+    return [e.name for e in list_executors()]
+
+
+@pytest.mark.parametrize("name", _executors())
+def test_every_executor_runs_a_batch_to_the_same_results(name, tmp_path):
+    from conftest import SAMPLE_MODELS
+
+    from lipverify.batch import manifest_from_paths, run_batch
+    from lipverify.batch.execute import EXECUTORS
+    from lipverify.batch.store import ResultsStore
+
+    info = EXECUTORS[name]
+    if info.unavailable():
+        pytest.skip(info.unavailable())
+    manifest = manifest_from_paths([SAMPLE_MODELS / "digits_mlp_relu.onnx"],
+                                   ["naive", "ldlt-fast"])
+    extra = {}
+    cluster = None
+    if name == "dask":
+        distributed = pytest.importorskip("distributed")
+        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                           dashboard_address=None)
+        extra["scheduler"] = cluster.scheduler_address
+    try:
+        summary = run_batch(manifest, tmp_path / "r.db", executor=name, **extra)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    assert (summary.ok, summary.errors) == (2, 0)
+    with ResultsStore(tmp_path / "r.db") as store:
+        got = {r.method: r.result.bound for r in store.records()}
+    import lipverify
+
+    net = lipverify.load(SAMPLE_MODELS / "digits_mlp_relu.onnx")
+    assert got == {m: lipverify.bound(net, method=m).bound for m in ("naive", "ldlt-fast")}
+
+
+# ------------------------------------------------------------ certificate kinds conformance
+def _kind_cases():
+    import numpy as np
+    from test_residual import resnet
+
+    import lipverify
+    from lipverify.activations import SlopeRestricted
+
+    relu = SlopeRestricted.named("relu")
+    rng = np.random.default_rng(2)
+    chain = lipverify.Network.sequential(
+        [rng.normal(size=(5, 3)), rng.normal(size=(5, 5)), rng.normal(size=(2, 5))], [relu] * 2)
+    dag = resnet([(rng.normal(size=(6, 6)) * 0.3, rng.normal(size=(6, 6)) * 0.3)] * 2,
+                 np.random.default_rng(3), m=6)
+    return {"lipsdp-l2": (chain, "l2"), "lipsdp-dag": (dag, "l2"), "lipsdp-linf": (chain, "linf")}
+
+
+def test_every_certificate_kind_is_covered():
+    from lipverify.certificates import CERTIFICATE_KINDS
+
+    assert set(CERTIFICATE_KINDS) == set(_kind_cases())
+
+
+@pytest.mark.parametrize("kind", sorted(_kind_cases()))
+def test_every_certificate_kind_checks_and_rejects(kind):
+    """Saved, re-checked from scratch (valid, the same bound); a lowered rho is rejected."""
+    import copy
+
+    import lipverify
+    from lipverify.certificates import certificate_dict
+
+    net, norm = _kind_cases()[kind]
+    r = lipverify.bound(net, method="lipsdp-neuron", norm=norm)
+    cert = certificate_dict(r)
+    assert cert["certificate"]["kind"] == kind
+    ok = lipverify.check_certificate(net, cert)
+    assert ok.valid and ok.bound == pytest.approx(r.bound, rel=1e-9)
+    bad = copy.deepcopy(cert)
+    body = bad["certificate"]
+    for row in body.get("rows", [body]):
+        row["rho"] = float(row["rho"]) * 0.25
+    assert not lipverify.check_certificate(net, bad).valid
