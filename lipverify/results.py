@@ -36,6 +36,32 @@ class MethodOutput:
     warnings: tuple[str, ...] = ()
 
 
+class FrozenDict(dict):
+    """A dict that refuses changes (a result's ``details``); pickles and serialises as a dict.
+
+    >>> d = FrozenDict({"gap": 1e-9})
+    >>> d["gap"] = 0.0
+    Traceback (most recent call last):
+    ...
+    TypeError: a result's details are read-only
+    """
+
+    def _readonly(self, *args, **kwargs):
+        raise TypeError("a result's details are read-only")
+
+    __setitem__ = __delitem__ = _readonly
+    clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+    __ior__ = _readonly  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return FrozenDict(copy.deepcopy(dict(self), memo))
+
+
 @dataclass(frozen=True)
 class BoundResult:
     """One bound on one network.
@@ -64,8 +90,13 @@ class BoundResult:
     warnings: tuple[str, ...] = ()
     version: str = ""
 
+    def __post_init__(self):
+        if not isinstance(self.details, FrozenDict):
+            object.__setattr__(self, "details", FrozenDict(self.details))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["details"] = dict(self.details)
         for key in ("bound", "lower_bound", "solver_value", "margin"):
             d[key] = _num(d[key])
         d["layers"] = list(self.layers)

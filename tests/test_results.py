@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 import lipverify
 from lipverify.activations import SlopeRestricted
@@ -28,3 +29,20 @@ def test_compare_returns_dataframe():
     table = lipverify.compare([net, net], methods=["naive", "lower"])
     assert len(table) == 4
     assert set(table["method"]) == {"naive", "lower"}
+
+
+def test_details_are_read_only_and_round_trip():
+    import copy
+    import pickle
+
+    net = lipverify.Network.sequential([np.eye(2), 3 * np.eye(2)], [SlopeRestricted.named("relu")])
+    r = lipverify.bound(net, method="lipsdp-neuron")
+    with pytest.raises(TypeError, match="read-only"):
+        r.details["gap"] = 0.0
+    with pytest.raises(TypeError, match="read-only"):
+        r.details.update(gap=0.0)
+    for twin in (pickle.loads(pickle.dumps(r)), copy.deepcopy(r),
+                 lipverify.BoundResult.from_dict(r.to_dict())):
+        assert twin.details == r.details
+        with pytest.raises(TypeError):
+            twin.details["x"] = 1
