@@ -251,7 +251,7 @@ def _dag_output(bound, params, rho, theta, *, status, solver, solver_value, deta
 
 def _certify(lmi, params, deadline: float | None = None) -> Certificate:
     """The §8 certificate of ``params`` for a chain or (monolithically) a DAG."""
-    if not isinstance(lmi, DagLMI):
+    if lmi.kind == "chain":
         return certify_chain(lmi, params, deadline)
     bound, q, rho, theta = certify_dag(lmi, params)
     ok = math.isfinite(bound)
@@ -265,7 +265,7 @@ def _lipsdp_ipm(lmi, details: dict, clock: Clock) -> MethodOutput:
     the solver gets what is left after one more certification."""
     from ..sdp.ipm import solve_chain_ipm
 
-    dag = isinstance(lmi, DagLMI)
+    dag = lmi.kind == "dag"
     start = lmi.anchor() if dag else ldlt_fast_params(lmi)
     first, reserve = None, 0.0
     if clock.limit is not None:

@@ -9,7 +9,9 @@ certificate (:mod:`lipverify.sdp.certificate`) is built on top.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 import scipy.linalg
@@ -35,11 +37,37 @@ def as_matrix(g: np.ndarray) -> np.ndarray:
     return np.diag(g) if g.ndim == 1 else g
 
 
-class MultiplierSet:
-    """Bookkeeping shared by every LMI: one QC per activation node, parameters concatenated."""
+class LMI(ABC):
+    """The LMI contract (FORMULATIONS.md §1, §5): what solvers, certificates and the dual bound
+    call, for every kind. ``kind`` is ``"chain"`` (:class:`ChainLMI`, §1-§3) or ``"dag"``
+    (:class:`~lipverify.sdp.dag.DagLMI`, §5a); callers branch on it, never on the class.
+    Bookkeeping shared by every kind: one QC per activation node, parameters concatenated.
+    """
 
+    kind: ClassVar[str] = ""
     qcs: tuple[QC, ...]
     sizes: list[int] | tuple[int, ...]
+
+    @abstractmethod
+    def assemble(self, params, rho: float, absolute: bool = False) -> np.ndarray:
+        """The dense matrix ``M(rho, params)`` (``absolute``: of absolute values)."""
+
+    @abstractmethod
+    def rho_star(self, params) -> float:
+        """The smallest rho with ``M(rho, params) >= 0``; inf when none."""
+
+    @abstractmethod
+    def anchor(self) -> np.ndarray:
+        """Strictly feasible multipliers (§8 step 4)."""
+
+    @abstractmethod
+    def soft_rho(self, params, mu: float):
+        """``(rho*, F_mu, grad F_mu)`` of the smoothed maximum eigenvalue (§2)."""
+
+    @abstractmethod
+    def node_inputs(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(columns, V)``: the coordinates of ``M`` that feed activation node ``k`` (1-based)
+        and the pre-activation map restricted to them."""
 
     @property
     def order(self) -> int:
@@ -58,13 +86,14 @@ class MultiplierSet:
 
 
 @dataclass(frozen=True, eq=False)
-class ChainLMI(MultiplierSet):
+class ChainLMI(LMI):
     """LipSDP data of a chain: exact weights ``W_1..W_L``, their radii, one QC per hidden layer."""
 
     weights: tuple[np.ndarray, ...]
     radii: tuple[np.ndarray | None, ...]
     qcs: tuple[QC, ...]
     name: str = "network"
+    kind: ClassVar[str] = "chain"
 
     @classmethod
     def from_network(cls, network: Network, per_neuron: bool | str = True) -> ChainLMI:
@@ -140,6 +169,15 @@ class ChainLMI(MultiplierSet):
     def inner_dim(self) -> int:
         """Largest inner dimension of the products in M (the n-bar of §8)."""
         return max(max(w.shape) for w in self.weights)
+
+    def soft_rho(self, params, mu: float):
+        from .smooth import soft_rho
+
+        return soft_rho(self, params, mu)
+
+    def node_inputs(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        offs = np.concatenate([[0], np.cumsum(self.sizes)])
+        return np.arange(offs[k - 1], offs[k]), self.weights[k - 1]
 
     # ------------------------------------------------------------- recursion
     def rho_star(self, params) -> float:
@@ -275,3 +313,7 @@ def is_exact_balance(lmi: ChainLMI, scaled: ChainLMI, factors: np.ndarray, out: 
                 (np.abs(b[nz]) < 2.0**-1022).any():
             return False
     return True
+
+
+#: the former name of :class:`LMI`'s bookkeeping base
+MultiplierSet = LMI

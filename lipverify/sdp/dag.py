@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 import scipy.linalg
@@ -24,7 +25,7 @@ from ..certify import certify_pd
 from ..errors import NotApplicableError
 from ..network import Network
 from ..numerics import gamma, lambda_max, round_up, spectral_norm
-from .chain import MAX_CERTIFICATE_BYTES, MultiplierSet, dense_certificate_bytes, node_qcs
+from .chain import LMI, MAX_CERTIFICATE_BYTES, dense_certificate_bytes, node_qcs
 from .qc import QC
 from .smooth import soft_max_eig
 
@@ -42,7 +43,8 @@ def _nonzero_columns(mat: np.ndarray, radius: np.ndarray | None) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class DagLMI(MultiplierSet):
+class DagLMI(LMI):
+    kind: ClassVar[str] = "dag"
     sizes: tuple[int, ...]  # n_0 (input), n_1..n_K (nodes)
     pres: tuple[np.ndarray, ...]  # V_k: (m_k, N) dense, radii alongside
     pre_radii: tuple[np.ndarray | None, ...]
@@ -98,7 +100,7 @@ class DagLMI(MultiplierSet):
         return np.concatenate([[0], np.cumsum(self.sizes)])
 
     @cached_property
-    def _layout(self):
+    def layout(self):
         """Per reader (nodes, then the output): its columns as contiguous runs, and its matrix
         restricted to them: plain, ``|V| + R`` and ``|V|`` (computed once)."""
         out = []
@@ -118,6 +120,12 @@ class DagLMI(MultiplierSet):
                         absolute))
         return out
 
+    def node_inputs(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        runs, v, *_ = self.layout[k - 1]
+        cols = np.concatenate([np.arange(z.start, z.stop) for z, _ in runs]) if runs \
+            else np.zeros(0, dtype=int)
+        return cols, v
+
     @staticmethod
     def _add(m, runs, block, rows=None):
         """``m[runs, runs] += block`` (or ``m[rows, runs]`` when ``rows`` is a slice)."""
@@ -135,7 +143,7 @@ class DagLMI(MultiplierSet):
         terms touch only the columns it reads and its own block."""
         sign = 1.0 if absolute else -1.0
         pick = 1 if not absolute else (2 if radii else 3)
-        layout = self._layout
+        layout = self.layout
         m = np.zeros((self.order, self.order))
         runs, *mats = layout[-1]
         c = mats[pick - 1]

@@ -31,14 +31,14 @@ from .qc import SlopeQC
 
 def _pre_maps(lmi):
     """Per node: (pre-activation matrix V over the global coordinates' columns, column slice)."""
-    if hasattr(lmi, "pres"):  # DagLMI: V_k over all coordinates
+    if lmi.kind == "dag":  # V_k over all coordinates
         return [(v, slice(0, lmi.order)) for v in lmi.pres]
     offs = np.concatenate([[0], np.cumsum(lmi.sizes)])
     return [(w, slice(offs[k], offs[k + 1])) for k, w in enumerate(lmi.weights[:-1])]
 
 
 def _energy(lmi, z: np.ndarray) -> float:
-    if hasattr(lmi, "out"):
+    if lmi.kind == "dag":
         return float(np.sum((lmi.out @ z) ** 2))
     return float(np.sum((lmi.weights[-1] @ z[-lmi.sizes[-1]:]) ** 2))
 
@@ -98,7 +98,7 @@ def lower_bound(lmi, params, rho_up: float, parts, rank: int = 24) -> float | No
     z = z[:, -rank:]
     r = z.shape[1]
     q = _bilinear(lmi, z).reshape(len(bounds), r * r)
-    cz = (lmi.out @ z) if hasattr(lmi, "out") else lmi.weights[-1] @ z[-lmi.sizes[-1]:]
+    cz = (lmi.out @ z) if lmi.kind == "dag" else lmi.weights[-1] @ z[-lmi.sizes[-1]:]
     w = cp.Variable((r, r), symmetric=True)
     g = q @ cp.vec(w, order="C")
     finite = ~np.isposinf(bounds)
@@ -228,7 +228,7 @@ def gap(lmi, params, rho_up: float) -> dict:
     """``{"lower": sqrt(rho_low), "gap": relative gap of the bound}`` (or unknown)."""
     from .smooth import soft_parts
 
-    parts = lmi.soft_parts if hasattr(lmi, "soft_parts") else (
+    parts = lmi.soft_parts if lmi.kind == "dag" else (
         lambda p, mu: soft_parts(lmi, p, mu))
     try:
         low = lower_bound(lmi, params, rho_up, parts)

@@ -107,7 +107,6 @@ def ipm_bytes(order: int, neurons: int) -> int:
 
 def neuron_form(lmi) -> NeuronForm:
     """Neuron form of a :class:`ChainLMI` or :class:`DagLMI` whose QCs are all slope QCs."""
-    from .dag import DagLMI
 
     if not all(isinstance(qc, SlopeQC) for qc in lmi.qcs):
         kinds = sorted({type(qc).__name__ for qc in lmi.qcs if not isinstance(qc, SlopeQC)})
@@ -118,14 +117,7 @@ def neuron_form(lmi) -> NeuronForm:
     offs = np.concatenate([[0], np.cumsum(lmi.sizes)])
     nodes, qs, groups, p0 = [], [], [], 0
     for k, qc in enumerate(lmi.qcs, start=1):
-        if isinstance(lmi, ChainLMI):
-            cols, v = np.arange(offs[k - 1], offs[k]), lmi.weights[k - 1]
-        elif isinstance(lmi, DagLMI):
-            runs, v, *_ = lmi._layout[k - 1]
-            cols = np.concatenate([np.arange(z.start, z.stop) for z, _ in runs]) if runs \
-                else np.zeros(0, dtype=int)
-        else:  # pragma: no cover - no other LMI kinds
-            raise NotApplicableError(f"no neuron form for {type(lmi).__name__}")
+        cols, v = lmi.node_inputs(k)
         if v.shape[0] != lmi.sizes[k]:
             raise NotApplicableError("the interior-point solver needs width-preserving nodes")
         nodes.append(_Node(cols, np.ascontiguousarray(v), int(offs[k] - offs[1])))
@@ -310,7 +302,7 @@ class _ReducedBarrier:
 
     @staticmethod
     def applies(lmi, form: NeuronForm) -> bool:
-        return isinstance(lmi, ChainLMI) and form.n_in == lmi.weights[0].shape[1] and \
+        return lmi.kind == "chain" and form.n_in == lmi.weights[0].shape[1] and \
             not np.any(form.q[0, : lmi.weights[0].shape[0]]) and \
             lmi.weights[0].shape[1] > lmi.weights[0].shape[0]
 
@@ -530,7 +522,7 @@ def solve_chain_ipm(lmi, start=None, *, algorithm: str = "auto", **options) -> I
     ``PRIMAL_DUAL_ORDER``, chordal above ``CHORDAL_ORDER``)."""
     if algorithm not in ("auto", "primal-dual", "primal-dual chordal", "dual-scaling"):
         raise ValueError(f"unknown interior-point algorithm {algorithm!r}")
-    chain = isinstance(lmi, ChainLMI)
+    chain = lmi.kind == "chain"
     if algorithm == "auto" and chain and len(lmi.qcs) >= PRIMAL_DUAL_DEPTH and \
             lmi.order > PRIMAL_DUAL_ORDER:
         algorithm = "primal-dual chordal" if lmi.order > CHORDAL_ORDER else "primal-dual"
@@ -563,7 +555,7 @@ def on_balanced(solver, lmi, start=None, *, rotated: bool = True, **options) -> 
     """``solver`` on the balanced chain (``rotated``: and, when the first layer narrows, on
     :func:`rotate`'s smaller LMI with ``scalar_cone=k``), the result mapped back to the
     original multipliers; a DAG is solved as it is."""
-    if not isinstance(lmi, ChainLMI):
+    if not lmi.kind == "chain":
         return solver(lmi, start, **options)
     scaled, factors, out = balance(lmi)
     if rotated:

@@ -43,7 +43,6 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 from ..numerics import lambda_min
-from .chain import ChainLMI
 from .ipm import (
     Blocks,
     IPMResult,
@@ -171,7 +170,7 @@ def max_step(chol: np.ndarray, d: np.ndarray) -> float:
 
 def times_fn(lmi):
     """``(Z, dS) -> Z dS``, by blocks when ``dS`` is block tridiagonal (a chain's LMI)."""
-    if not isinstance(lmi, ChainLMI) or len(lmi.sizes) < 3:
+    if not lmi.kind == "chain" or len(lmi.sizes) < 3:
         return lambda z, ds: z @ ds
     offs = np.concatenate([[0], np.cumsum(lmi.sizes)])
     spans = [slice(int(a), int(b)) for a, b in zip(offs[:-1], offs[1:])]

@@ -111,7 +111,7 @@ def minimize_rho(lmi, start, *, balanced: bool = True, **kwargs):
     mapped back; its ``rho`` is the balanced LMI's, a congruence of the original up to the
     rounding of the scales (the caller certifies the multipliers on the original weights).
     """
-    if balanced and isinstance(lmi, ChainLMI) and len(lmi.qcs) > 1:
+    if balanced and lmi.kind == "chain" and len(lmi.qcs) > 1:
         scaled, factors, out = balance(lmi)
         params, rho, info = minimize_rho(scaled, np.asarray(start) / factors, balanced=False,
                                          **kwargs)
@@ -136,7 +136,7 @@ def _minimize_rho(
     best iterate seen (not the smoothed value), ``inf`` when ``start`` has no finite ``rho*``
     (``info["infeasible_start"]``: nothing to descend from).
     """
-    soft = lmi.soft_rho if hasattr(lmi, "soft_rho") else (lambda p, mu: soft_rho(lmi, p, mu))
+    soft = lmi.soft_rho
     x = lmi.project(start)
     rho0 = lmi.rho_star(x)
     if not math.isfinite(rho0):  # no descent from outside the domain: the caller keeps its

@@ -51,9 +51,7 @@ class Capabilities:
 
 
 def lmi_kind(lmi) -> str:
-    from ..sdp.dag import DagLMI
-
-    return "dag" if isinstance(lmi, DagLMI) else "chain"
+    return lmi.kind
 
 
 class Solver(ABC):
