@@ -23,9 +23,9 @@ from ..options import SDPOptions, SolverOptions
 from ..results import MethodOutput
 from ..sdp import linf
 from ..sdp.backends import BACKENDS, choose_backend, estimate_cone
-from ..sdp.certificate import Certificate, certify_chain, certify_if_better
+from ..sdp.certificate import Certificate, certify, certify_chain, certify_if_better
 from ..sdp.chain import ChainLMI
-from ..sdp.dag import DagLMI, certify_dag, solve_dag
+from ..sdp.dag import DagLMI, solve_dag
 from ..sdp.sequential import ldlt_fast_params, ldlt_params
 from ..sdp.smooth import minimize_rho
 from ..sdp.solve import solve_chain, solve_linf
@@ -249,15 +249,6 @@ def _dag_output(bound, params, rho, theta, *, status, solver, solver_value, deta
                         solver=solver, solver_value=solver_value, details=details)
 
 
-def _certify(lmi, params, deadline: float | None = None) -> Certificate:
-    """The §8 certificate of ``params`` for a chain or (monolithically) a DAG."""
-    if lmi.kind == "chain":
-        return certify_chain(lmi, params, deadline)
-    bound, q, rho, theta = certify_dag(lmi, params)
-    ok = math.isfinite(bound)
-    return Certificate(ok, bound, rho, q, theta, 0.0, "certified" if ok else "not certified")
-
-
 def _lipsdp_ipm(lmi, details: dict, clock: Clock) -> MethodOutput:
     """The interior-point solver (:mod:`lipverify.sdp.ipm`), then the §8 certificate of its
     multipliers on the exact weights. Its optimality gap comes from its own dual point.
@@ -269,16 +260,16 @@ def _lipsdp_ipm(lmi, details: dict, clock: Clock) -> MethodOutput:
     start = lmi.anchor() if dag else ldlt_fast_params(lmi)
     first, reserve = None, 0.0
     if clock.limit is not None:
-        first = _certify(lmi, start)
+        first = certify(lmi, start)
         reserve = 2.0 * clock.elapsed()
     res = solve_chain_ipm(lmi, start, time_limit=clock.left(reserve))
     details.update(ipm_iterations=res.iterations, solve_seconds=res.seconds,
                    ipm_status=res.status, ipm_algorithm=res.algorithm)
-    cert = _certify(lmi, res.params, clock.deadline)
+    cert = certify(lmi, res.params, clock.deadline)
     status = "optimal" if res.status == "optimal" else f"interior point: {res.status}"
     if res.status != "optimal":  # stopped early: never worse than its certified start
         if first is None:
-            first = _certify(lmi, start, clock.deadline)
+            first = certify(lmi, start, clock.deadline)
         if first.bound < cert.bound:
             cert, details["ipm_start_better"] = first, True
             status += f"; its start ({'anchor' if dag else 'ldlt-fast'}) certified lower"
@@ -330,8 +321,9 @@ def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit,
     def add(params) -> float:
         rho = lmi.rho_star(params)
         if not math.isfinite(rho):  # repair by blending toward the anchor (§8 step 4)
-            _, params, r2, _ = certify_dag(lmi, params)
-            rho = lmi.rho_star(params) if math.isfinite(r2) else math.inf
+            repaired = certify(lmi, params)
+            params = repaired.params
+            rho = lmi.rho_star(params) if repaired.ok else math.inf
         if math.isfinite(rho):
             cands.append((rho, params))
         return rho
@@ -376,9 +368,10 @@ def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit,
         solver_value = math.sqrt(rho)
     cands.append((rho, params))
     for _, cand in sorted(cands, key=lambda c: c[0]):
-        bound, params, rho, theta = certify_dag(lmi, cand)
-        if math.isfinite(bound):
+        cert = certify(lmi, cand)
+        if cert.ok:
             break
+    bound, params, rho, theta = cert.bound, cert.params, cert.rho, cert.theta
     status = _with_gap(lmi, params, rho, status, details)
     if theta > 0:
         status += f"; repaired (theta={theta:.3g})"

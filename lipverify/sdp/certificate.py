@@ -247,3 +247,16 @@ def certify_chain(lmi: ChainLMI, params, deadline: float | None = None,
                 "even the anchor multipliers could not be certified",
             )
         theta = min(1.0, 2.0 * theta)
+
+
+def certify(lmi, params, deadline: float | None = None) -> Certificate:
+    """The one §8 gate for every LMI kind: the :class:`Certificate` of ``params`` for a chain
+    (:func:`certify_chain`) or, monolithically, a DAG (:func:`~lipverify.sdp.dag.certify_dag`).
+    ``ok`` is true only when the check passed on the exact float64 weights."""
+    if lmi.kind == "chain":
+        return certify_chain(lmi, params, deadline)
+    from .dag import certify_dag
+
+    bound, q, rho, theta = certify_dag(lmi, params)
+    ok = math.isfinite(bound)
+    return Certificate(ok, bound, rho, q, theta, 0.0, "certified" if ok else "not certified")
