@@ -231,6 +231,7 @@ def _witness(network: Network, norm: str, x: np.ndarray, v: np.ndarray):
            + raw * (np.linalg.norm(x, ord=p, axis=1)[:, None] + np.linalg.norm(y, ord=p, axis=2)))
     err = WITNESS_ROUNDING * (len(network.nodes) + 2) * UNIT_ROUNDOFF * mag
     ratio = np.divide(np.maximum(num - err, 0.0), den, out=np.zeros_like(num), where=den > 0)
+    ratio[~np.isfinite(ratio)] = 0.0  # a pass that overflowed witnesses nothing
     i, j = np.unravel_index(np.argmax(ratio), ratio.shape)
     return float(ratio[i, j]), EPS[j // 2], int(i)
 

@@ -93,6 +93,9 @@ def lipsdp_split(network: Network, *, norm: str = "l2", time_limit: float | None
 
     if norm != "l2":
         raise NotApplicableError("lipsdp-split supports the l2 norm only")
+    if not network.nodes:
+        raise NotApplicableError(f"{network.name} has no hidden layer: its bound is ||W||; "
+                                 "use --method naive")
     segments = plan(network, budget)
     start = time.perf_counter()
     total, certified, parts = 1.0, True, []
