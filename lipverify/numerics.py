@@ -197,7 +197,8 @@ def eigh_range(
     """Eigenvalues ``lo..hi`` (ascending, 0-based, inclusive) of symmetric (or Hermitian) ``a``.
 
     Returns ``(w, v)`` with ``v`` the eigenvectors as columns when ``vectors`` (else None).
-    Only the lower triangle is read, as LAPACK does. Raises
+    Only the lower triangle is read, as LAPACK does (the last-resort iterative solvers get the
+    matrix symmetrised from it). Raises
     :class:`~lipverify.errors.NumericalError` when every driver fails or ``a`` is not finite.
 
     >>> import numpy as np
@@ -211,7 +212,6 @@ def eigh_range(
         raise NumericalError(f"{what}: eigenvalue range {lo}..{hi} outside 0..{n - 1}")
     scale = power_of_two_scale(a)
     a_s = a / scale  # exact: a power of two (entries below 2^-1022 * scale may lose bits)
-    a_s = np.tril(a_s) + np.tril(a_s, -1).conj().T
     errors = []
     for driver in DRIVERS:
         try:
@@ -232,7 +232,8 @@ def eigh_range(
         if np.isfinite(w).all():
             return w * scale, v
         errors.append(f"{driver}: non-finite eigenvalues")
-    found = _iterative(a_s, lo, hi)
+    # LAPACK reads the lower triangle only; the iterative solvers read the whole matrix
+    found = _iterative(np.tril(a_s) + np.tril(a_s, -1).conj().T, lo, hi)
     if found is not None:
         w, v = found
         return w * scale, (v if vectors else None)

@@ -158,8 +158,6 @@ class LowerOptions(Options):
 class LoadOptions(Options):
     """Options of the importers (every loader takes the ones that apply to its format)."""
 
-    what: ClassVar[str] = "option"
-
     layout: str | None = option(None, choices=("out-in", "in-out"),
                                 help="weight files: storage orientation")
     activation: str = option("relu", "str", help="weight files: the hidden activation")

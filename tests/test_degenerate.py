@@ -204,3 +204,15 @@ def test_linf_certified_and_sound_or_a_clean_error(net, method):
         assert lower * (1 - 1e-9) <= out.bound <= naive * (1 + 1e-9)
     else:
         assert out.bound <= naive * (1 + 1e-9)
+
+
+def test_the_float64_limit_of_lipsdp_is_where_it_was_measured():
+    """One layer of 1e152 (rho ~ 2^1020.6) certifies, scaled exactly; 1e153 (2^1027.3) would
+    overflow float64 and is refused with what to do."""
+    rng = np.random.default_rng(2026)
+    a, b, c = rng.standard_normal((5, 4)), rng.standard_normal((5, 5)), rng.standard_normal((2, 5))
+    base = lipverify.bound(_seq([a, b, c]), method="lipsdp-neuron").bound
+    r = lipverify.bound(_seq([a * 1e152, b, c]), method="lipsdp-neuron")
+    assert r.certified and r.bound == pytest.approx(base * 1e152, rel=1e-6)
+    with pytest.raises(NotApplicableError, match="overflow float64"):
+        lipverify.bound(_seq([a * 1e153, b, c]), method="lipsdp-neuron")

@@ -205,7 +205,7 @@ def _lipsdp(
                                              time_limit=clock.left(reserve))
             details["smooth"] = info
             if backend.structured:
-                solver_value = math.sqrt(rho)
+                solver_value = math.sqrt(rho) if math.isfinite(rho) else None
         # report the best certificate: never worse than the start it polished
         cert = start_cert
         if params is not None:
@@ -365,7 +365,7 @@ def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit,
     params, rho, info = minimize_rho(lmi, first, rel_mu=stages, time_limit=remaining)
     details["smooth"] = info
     if solver_value is None and backend.structured:
-        solver_value = math.sqrt(rho)
+        solver_value = math.sqrt(rho) if math.isfinite(rho) else None
     cands.append((rho, params))
     for _, cand in sorted(cands, key=lambda c: c[0]):
         cert = certify(lmi, cand)

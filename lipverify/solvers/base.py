@@ -50,10 +50,6 @@ class Capabilities:
     max_cone: int = 10**9
 
 
-def lmi_kind(lmi) -> str:
-    return lmi.kind
-
-
 class Solver(ABC):
     """Abstract SDP solver (module docstring)."""
 
@@ -84,7 +80,7 @@ class Solver(ABC):
 
     def takes(self, lmi) -> str | None:
         """None if this solver takes ``lmi``, else why not."""
-        kind = lmi_kind(lmi)
+        kind = lmi.kind
         if kind not in self.capabilities.lmi_kinds:
             return f"{self.name} does not take {kind} LMIs"
         bad = sorted({qc.kind for qc in lmi.qcs} - self.capabilities.qc_kinds)
@@ -108,7 +104,7 @@ class ConicSolver(Solver):
         from ..sdp.chained import solve_chained
         from ..sdp.solve import solve_chain
 
-        if lmi_kind(lmi) == "chain":
+        if lmi.kind == "chain":
             return solve_chain(lmi, self, time_limit)
         t0 = time.perf_counter()
         params, status = solve_chained(lmi, self, time_limit)
@@ -117,7 +113,3 @@ class ConicSolver(Solver):
             rho = lmi.rho_star(lmi.project(params))
             value = math.sqrt(rho) if math.isfinite(rho) else None
         return SolveResult(params, value, status, self.name, time.perf_counter() - t0)
-
-
-def timed_status(info: dict) -> str:
-    return "time limit" if info.get("timed_out") else "converged"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-from .base import Solver, SolveResult, timed_status
+from .base import Solver, SolveResult
 
 
 class Smooth(Solver):
@@ -21,5 +21,6 @@ class Smooth(Solver):
                                          time_limit=time_limit)
         ok = math.isfinite(rho)
         return SolveResult(params if ok else None, math.sqrt(rho) if ok else None,
-                           timed_status(info) if ok else "infeasible start", self.name,
+                           ("time limit" if info.get("timed_out") else "converged") if ok
+                           else "infeasible start", self.name,
                            time.perf_counter() - t0)
