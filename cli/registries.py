@@ -23,7 +23,7 @@ def methods():
 @click.command()
 def solvers():
     """List the SDP solvers in preference order, with whether each is usable here."""
-    from lipverify.sdp.backends import BACKENDS
+    from lipverify.solvers.choose import BACKENDS
 
     table = Table(title="SDP solvers (auto tries them in this order)")
     for col in ("name", "usable here", "largest PSD cone", "what it is"):
@@ -40,8 +40,8 @@ def qcs():
     """List the quadratic constraints (one per activation kind) and the elementwise kinds."""
     import inspect
 
-    from lipverify.activations import ELEMENTWISE
-    from lipverify.sdp.qc import QC_REGISTRY, QC_SUMMARY
+    from lipverify.ir.activations import ELEMENTWISE
+    from lipverify.qc import QC_REGISTRY, QC_SUMMARY
 
     table = Table(title="quadratic constraints (FORMULATIONS.md §0, §4, §7)")
     for col in ("activation kind", "constraint"):
@@ -76,7 +76,7 @@ def ops():
 @click.command()
 def doctor():
     """Check python, packages, solvers and licences."""
-    from lipverify.doctor import report
+    from lipverify.runtime.doctor import report
 
     table = Table(title="lipverify doctor")
     for col in ("component", "ok", "detail"):

@@ -5,9 +5,8 @@
 True
 """
 
-from .activations import GroupSort, Householder, Lipschitz, MaxPool2d, SlopeRestricted
 from .api import bound, compare, lipverify_version
-from .certificates import check_certificate, save_certificate
+from .certify.files import check_certificate, save_certificate
 from .errors import (
     AmbiguousLayoutError,
     LipverifyError,
@@ -19,8 +18,9 @@ from .errors import (
     UsageError,
 )
 from .importers import load
+from .ir.activations import GroupSort, Householder, Lipschitz, MaxPool2d, SlopeRestricted
+from .ir.network import Network, Provenance
 from .methods import get_method, list_methods
-from .network import Network, Provenance
 from .results import BoundResult
 
 __version__ = lipverify_version()

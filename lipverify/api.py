@@ -10,8 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .errors import LipverifyError, NotApplicableError, NumericalError, SolverError, UsageError
 from .importers import load
+from .ir.network import Network
 from .methods import get_method
-from .network import Network
 from .numerics import as_numerical_error, blas_threads
 from .options import LoadOptions, unknown_option
 from .results import BoundResult, MethodOutput
@@ -45,8 +45,8 @@ def _blas_threads(network: Network):
 
 def _auto(network: Network, norm: str, options: dict) -> str:
     """Tightest certified method that fits the network and this machine."""
-    from .sdp.chain import MAX_CERTIFICATE_BYTES, ChainLMI, dense_certificate_bytes
-    from .sdp.dag import DagLMI
+    from .lmi.chain import MAX_CERTIFICATE_BYTES, ChainLMI, dense_certificate_bytes
+    from .lmi.dag import DagLMI
 
     order = network.input_dim + sum(n.width for n in network.nodes)
     if not network.is_sequential:  # residual: the monolithic LMI while it stays small
@@ -83,7 +83,7 @@ def bound(
     report a "certified" bound below it (that would be a bug: see §6.4).
 
     >>> import numpy as np, lipverify
-    >>> from lipverify.activations import SlopeRestricted
+    >>> from lipverify.ir.activations import SlopeRestricted
     >>> net = lipverify.Network.sequential([np.eye(2), 3 * np.eye(2)],
     ...                                    [SlopeRestricted.named("relu")])
     >>> r = lipverify.bound(net, method="naive")
@@ -161,7 +161,7 @@ def split_options(options: dict) -> tuple[dict, dict]:
 def _check_solver(solver: str) -> None:
     """An unknown solver is a usage error (exit 2) and an unusable one (not installed, no
     licence) a solver error (exit 5), both before any work: never a silent fallback."""
-    from .sdp.backends import BACKENDS
+    from .solvers.choose import BACKENDS
 
     if solver == "auto":
         return

@@ -15,7 +15,7 @@
 * **The machine**: :func:`physical_memory`, :func:`cpu_count`, :func:`blas_threads`.
 
 None of these decide anything about soundness: eigenvalues here are estimates, and every
-certified number still passes the Cholesky test of §8 (:mod:`lipverify.certify`).
+certified number still passes the Cholesky test of §8 (:mod:`lipverify.certify.rump`).
 
 >>> import numpy as np
 >>> a = np.diag([3.0, 3.0, 3.0, 1.0])           # repeated top eigenvalue
@@ -294,7 +294,7 @@ def eigvalsh_batched(stack, what: str = "matrices") -> np.ndarray:
 
 
 def spectral_norm(w, what: str = "matrix") -> float:
-    """``||w||_2`` (an estimate, not a certificate: see :mod:`lipverify.certify`), from the
+    """``||w||_2`` (an estimate, not a certificate: see :mod:`lipverify.certify.rump`), from the
     largest eigenvalue of the smaller Gram matrix of ``w`` scaled by a power of two, so
     weights of 1e200 do not overflow in the Gram product.
 

@@ -64,7 +64,7 @@ def _network(case):
     import numpy as np
 
     import lipverify
-    from lipverify.activations import SlopeRestricted
+    from lipverify.ir.activations import SlopeRestricted
 
     if "path" in case:
         return lipverify.load(case["path"])
@@ -80,18 +80,18 @@ def _child(case, runner) -> dict:
     import numpy as np
 
     import lipverify
-    from lipverify.sdp.backends import get_backend
-    from lipverify.sdp.certificate import certify_chain
-    from lipverify.sdp.chain import ChainLMI
-    from lipverify.sdp.solve import solve_chain
+    from lipverify.certify.gate import certify_chain
+    from lipverify.lmi.chain import ChainLMI
+    from lipverify.solvers.choose import get_backend
+    from lipverify.solvers.conic import solve_chain
 
     net = _network(case)
     import cvxpy  # noqa: F401  (imports are not part of any runner's time)
     import threadpoolctl  # noqa: F401
     import torch  # noqa: F401
 
-    import lipverify.sdp.dual  # noqa: F401  (lipverify's solvers import lazily)
-    import lipverify.sdp.pdchordal  # noqa: F401
+    import lipverify.solvers.gap  # noqa: F401  (lipverify's solvers import lazily)
+    import lipverify.solvers.interior.chordal  # noqa: F401
 
     lipverify.methods.list_methods()
     start = time.perf_counter()

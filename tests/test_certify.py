@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lipverify.certify import (
+from lipverify.certify.rump import (
     certified_gershgorin_norm,
     certified_inf_norm,
     certified_spectral_norm,
     certify_pd,
 )
-from lipverify.linear import Conv2d, Dense, Diagonal, compose
+from lipverify.ir.linear import Conv2d, Dense, Diagonal, compose
 
 
 def _with_min_eig(n, lam, seed=0):

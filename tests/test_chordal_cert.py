@@ -1,4 +1,4 @@
-"""Clique-wise §8 certificate (lipverify.sdp.chordal_cert): sound (never below rho*), tight
+"""Clique-wise §8 certificate (lipverify.certify.chordal): sound (never below rho*), tight
 (rho* up to ~1e-9), and what certifies deep chains that one dense Cholesky cannot."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 from test_ipm import mlp
 
 import lipverify
-from lipverify.activations import GroupSort, SlopeRestricted
-from lipverify.sdp import ipm
-from lipverify.sdp.certificate import _verify_dense, certify_chain, verify_chain
-from lipverify.sdp.chain import ChainLMI, balance, is_exact_balance
-from lipverify.sdp.chordal_cert import ChordalCertificate, ForwardChordal
+from lipverify.certify.chordal import ChordalCertificate, ForwardChordal
+from lipverify.certify.gate import _verify_dense, certify_chain, verify_chain
+from lipverify.ir.activations import GroupSort, SlopeRestricted
+from lipverify.lmi.chain import ChainLMI, balance, is_exact_balance
+from lipverify.solvers.interior import potential as ipm
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -99,7 +99,7 @@ def test_deep_chain_certified_where_one_dense_cholesky_is_not():
     naive = lipverify.bound(net, method="naive").bound
     lower = lipverify.bound(net, method="lower").bound
     assert r.certified and lower <= r.bound <= naive
-    body = lipverify.certificates.certificate_dict(r)
+    body = lipverify.certify.files.certificate_dict(r)
     assert lipverify.check_certificate(net, body).valid
 
 
@@ -113,7 +113,7 @@ def test_ldlt_fast_on_a_deep_chain_certifies_below_its_own_rho_star():
     ws = [rng.normal(size=(b, a)) / np.sqrt(a) for a, b in zip(widths, widths[1:])]
     net = lipverify.Network.sequential(ws, [SlopeRestricted.named("relu")] * (len(ws) - 1))
     lmi = ChainLMI.from_network(net)
-    from lipverify.sdp.sequential import INTERIOR, ldlt_fast_params
+    from lipverify.solvers.sequential import INTERIOR, ldlt_fast_params
 
     eclipse_fast = ldlt_fast_params(lmi) / (1 + INTERIOR)  # on the boundary
     own = np.sqrt(lmi.rho_star(eclipse_fast))  # ECLipsE-Fast's value, 843.11
@@ -121,4 +121,4 @@ def test_ldlt_fast_on_a_deep_chain_certifies_below_its_own_rho_star():
     r = lipverify.bound(net, method="ldlt-fast")
     lower = lipverify.bound(net, method="lower").bound
     assert r.certified and lower <= r.bound <= own
-    assert lipverify.check_certificate(net, lipverify.certificates.certificate_dict(r)).valid
+    assert lipverify.check_certificate(net, lipverify.certify.files.certificate_dict(r)).valid

@@ -191,7 +191,7 @@ def test_unknown_or_unusable_solver_is_refused_before_any_work():
     res = run("bound", SAMPLE, "--solver", "cplex", "--no-lower")
     assert res.exit_code == 2 and "unknown solver 'cplex'" in res.output
     assert "clarabel" in res.output and "Traceback" not in res.output
-    from lipverify.doctor import mosek_status
+    from lipverify.runtime.doctor import mosek_status
 
     if not mosek_status().ok:
         res = run("bound", SAMPLE, "--solver", "mosek", "--no-lower")
@@ -199,9 +199,9 @@ def test_unknown_or_unusable_solver_is_refused_before_any_work():
 
 
 def test_solvers_and_qcs_list_their_registries():
-    from lipverify.activations import ELEMENTWISE
-    from lipverify.sdp.backends import BACKENDS
-    from lipverify.sdp.qc import QC_REGISTRY
+    from lipverify.ir.activations import ELEMENTWISE
+    from lipverify.qc import QC_REGISTRY
+    from lipverify.solvers.choose import BACKENDS
 
     res = run("solvers")
     assert res.exit_code == 0 and all(name in res.output for name in BACKENDS)

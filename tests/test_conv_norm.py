@@ -1,4 +1,4 @@
-"""Certified conv spectral norm via the circulant embedding (lipverify.conv_norm, §7).
+"""Certified conv spectral norm via the circulant embedding (lipverify.certify.conv_norm, §7).
 
 Soundness: the bound is never below the exact dense spectral norm. Tightness: the bound is the
 norm of a circular convolution containing the zero-padded one, so it is loose where the
@@ -17,10 +17,10 @@ import scipy.sparse.linalg
 from conftest import shared_path
 
 import lipverify
-from lipverify.activations import SlopeRestricted
-from lipverify.certify import certified_spectral_norm
-from lipverify.conv_norm import certified_conv_norm
-from lipverify.linear import Conv2d
+from lipverify.certify.conv_norm import certified_conv_norm
+from lipverify.certify.rump import certified_spectral_norm
+from lipverify.ir.activations import SlopeRestricted
+from lipverify.ir.linear import Conv2d
 from lipverify.methods import baselines
 
 EXACT = 1 + 1e-9  # the bound is the exact norm (up to the certificate's rounding slack)

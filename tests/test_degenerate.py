@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import lipverify
-from lipverify.activations import GroupSort, SlopeRestricted
 from lipverify.errors import LipverifyError, NotApplicableError
+from lipverify.ir.activations import GroupSort, SlopeRestricted
 from lipverify.methods import list_methods
 
 RELU = SlopeRestricted.named("relu")

@@ -1,4 +1,4 @@
-"""The optimality gap: a weak-duality lower bound on the LipSDP optimum (lipverify.sdp.dual)."""
+"""The optimality gap: a weak-duality lower bound on the LipSDP optimum (lipverify.solvers.gap)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def test_dual_lower_bound_brackets_the_published_optimum(name, opts, optimum):
 def _chain(widths, seed, activation=("relu",)):
     import numpy as np
 
-    from lipverify.activations import SlopeRestricted
-    from lipverify.sdp.chain import ChainLMI
+    from lipverify.ir.activations import SlopeRestricted
+    from lipverify.lmi.chain import ChainLMI
 
     rng = np.random.default_rng(seed)
     ws = [rng.normal(size=(b, a)) / np.sqrt(a) for a, b in zip(widths, widths[1:])]
@@ -42,8 +42,8 @@ def test_repaired_bound_is_feasible_and_below_the_optimum_for_any_candidate(acti
     """Weak duality needs no good candidate: random Z, repaired, stays below the optimum."""
     import numpy as np
 
-    from lipverify.sdp.dual import _pre_maps, repair, repaired_bound
-    from lipverify.sdp.ipm import solve_chain_ipm
+    from lipverify.solvers.gap import _pre_maps, repair, repaired_bound
+    from lipverify.solvers.interior.potential import solve_chain_ipm
 
     net, lmi = _chain([6, 8, 8, 3], 1, activation)
     opt = solve_chain_ipm(lmi, tol=1e-9).rho
@@ -78,9 +78,9 @@ def test_gap_is_measured_where_the_eigenvector_sdp_alone_failed():
     (it was unknown before: the penalty with the loose multiplier bounds failed)."""
     import math
 
-    from lipverify.sdp.dual import gap
-    from lipverify.sdp.sequential import ldlt_fast_params
-    from lipverify.sdp.smooth import minimize_rho
+    from lipverify.solvers.gap import gap
+    from lipverify.solvers.sequential import ldlt_fast_params
+    from lipverify.solvers.smooth_rho import minimize_rho
 
     net, lmi = _chain([64, 64, 64, 64, 64, 10], 0)
     p, rho, _ = minimize_rho(lmi, ldlt_fast_params(lmi))
@@ -91,7 +91,7 @@ def test_gap_is_measured_where_the_eigenvector_sdp_alone_failed():
 
 def test_leaky_relu_gets_a_gap_from_the_repair_alone():
     """alpha > 0 has no multiplier bounds: the repaired candidate still gives a true bound."""
-    from lipverify.sdp.ipm import solve_chain_ipm
+    from lipverify.solvers.interior.potential import solve_chain_ipm
 
     net, lmi = _chain([8, 16, 16, 16, 4], 3, ("leaky_relu", 0.1))
     r = lipverify.bound(net, method="lipsdp-neuron", solver="smooth")

@@ -10,9 +10,9 @@ import pytest
 from test_onnx_ops import check, make_model, node
 
 import lipverify
-from lipverify.activations import ELEMENTWISE, SlopeRestricted
 from lipverify.errors import UnsupportedModelError
 from lipverify.importers.onnx_import import network_from_onnx
+from lipverify.ir.activations import ELEMENTWISE, SlopeRestricted
 
 torch = pytest.importorskip("torch")
 

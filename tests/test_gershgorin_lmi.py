@@ -9,10 +9,10 @@ from lipverify_cli.main import main
 from test_residual import resnet
 
 import lipverify
-from lipverify.activations import GroupSort, SlopeRestricted
 from lipverify.errors import NotApplicableError
+from lipverify.ir.activations import GroupSort, SlopeRestricted
+from lipverify.lmi.dag import DagLMI
 from lipverify.methods import gershgorin_lmi as gl
-from lipverify.sdp.dag import DagLMI
 
 RELU = SlopeRestricted.named("relu")
 
@@ -115,7 +115,7 @@ def test_registered_api_and_certificate():
     assert isinstance(r, lipverify.BoundResult)
     assert r.certified and r.kind == "upper" and r.method == "gershgorin-lmi"
     assert r.bound == pytest.approx(1.0, rel=1e-9) and r.solver_value is not None
-    check = lipverify.check_certificate(net, lipverify.certificates.certificate_dict(r))
+    check = lipverify.check_certificate(net, lipverify.certify.files.certificate_dict(r))
     assert check.valid and check.bound >= r.bound * (1 - 1e-12)
     with pytest.raises(NotApplicableError):
         lipverify.bound(net, method="gershgorin-lmi", norm="linf")

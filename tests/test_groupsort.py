@@ -7,9 +7,9 @@ import pytest
 from conftest import shared_path
 
 import lipverify
-from lipverify.activations import GroupSort
-from lipverify.sdp.chain import ChainLMI
-from lipverify.sdp.qc import GroupSortQC
+from lipverify.ir.activations import GroupSort
+from lipverify.lmi.chain import ChainLMI
+from lipverify.qc import GroupSortQC
 
 
 def _orth(n, rng):

@@ -12,10 +12,10 @@ import torch
 from conftest import shared_path
 from torch import nn
 
-from lipverify.activations import GroupSort
 from lipverify.errors import ModelLoadError, UntrustedPickleError, UsageError
 from lipverify.importers import load
 from lipverify.importers.torch_import import load_module, load_torch_file
+from lipverify.ir.activations import GroupSort
 
 #: torch.jit.script/trace/save are deprecated upstream but still what users have on disk.
 jit_deprecated = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")

@@ -1,5 +1,6 @@
-"""The structured interior-point solver (lipverify.sdp.ipm): exact Newton system, measured
-gap, agreement with the monolithic conic solve, balancing of deep nets, integration."""
+"""The structured interior-point solver (lipverify.solvers.interior.potential): exact Newton
+system, measured gap, agreement with the monolithic conic solve,
+balancing of deep nets, integration."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import pytest
 from test_residual import _nets
 
 import lipverify
-from lipverify.activations import GroupSort, SlopeRestricted
-from lipverify.sdp import ipm
-from lipverify.sdp.certificate import certify_chain
-from lipverify.sdp.chain import ChainLMI
+from lipverify.certify.gate import certify_chain
+from lipverify.ir.activations import GroupSort, SlopeRestricted
+from lipverify.lmi.chain import ChainLMI
+from lipverify.solvers.interior import potential as ipm
 
 RELU = SlopeRestricted.named("relu")
 

@@ -7,10 +7,10 @@ import pytest
 from conftest import shared_path
 
 import lipverify
-from lipverify.activations import SlopeRestricted
+from lipverify.certify.gate import certify_chain
 from lipverify.errors import NotApplicableError
-from lipverify.sdp.certificate import certify_chain
-from lipverify.sdp.chain import ChainLMI
+from lipverify.ir.activations import SlopeRestricted
+from lipverify.lmi.chain import ChainLMI
 
 RELU = SlopeRestricted.named("relu")
 
@@ -104,8 +104,8 @@ def test_certifier_repairs_or_rejects_infeasible_points():
         if "params" in best.details["certificate"]
         else None
     )
-    from lipverify.sdp.sequential import ldlt_fast_params
-    from lipverify.sdp.smooth import minimize_rho
+    from lipverify.solvers.sequential import ldlt_fast_params
+    from lipverify.solvers.smooth_rho import minimize_rho
 
     opt, rho, _ = minimize_rho(lmi, ldlt_fast_params(lmi))
     # shrink the multipliers: M(rho*, t) is no longer PSD at the solver's claimed rho
@@ -175,9 +175,9 @@ def test_smooth_solver_runs_balanced_and_maps_back():
     """The smooth solver works on the balanced chain (weights ~30, rho ~ 1e29) and returns
     the original multipliers and rho*. Unbalanced, L-BFGS-B barely moves from the start
     (8.44e29 from 8.49e29); balanced it gets within 1.6x of the optimum (1.82e29)."""
-    from lipverify.sdp.ipm import solve_chain_ipm
-    from lipverify.sdp.sequential import ldlt_fast_params
-    from lipverify.sdp.smooth import minimize_rho
+    from lipverify.solvers.interior.potential import solve_chain_ipm
+    from lipverify.solvers.sequential import ldlt_fast_params
+    from lipverify.solvers.smooth_rho import minimize_rho
 
     rng = np.random.default_rng(11)
     ws = [30.0 * rng.normal(size=(12, 5))] + [30.0 * rng.normal(size=(12, 12)) for _ in range(5)]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import lipverify
-from lipverify.activations import SlopeRestricted
-from lipverify.sdp.chain import LMI, ChainLMI
-from lipverify.sdp.dag import DagLMI
+from lipverify.ir.activations import SlopeRestricted
+from lipverify.lmi.chain import LMI, ChainLMI
+from lipverify.lmi.dag import DagLMI
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_residual import resnet  # noqa: E402

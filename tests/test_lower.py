@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lipverify.activations import (
+from lipverify.errors import NotApplicableError
+from lipverify.ir.activations import (
     ELEMENTWISE,
     GroupSort,
     Householder,
@@ -16,11 +17,10 @@ from lipverify.activations import (
     MaxPool2d,
     SlopeRestricted,
 )
-from lipverify.errors import NotApplicableError
-from lipverify.linear import Compose, Conv2d, Dense, Diagonal, IndexMap, LinearOp, Stack, Sum
+from lipverify.ir.linear import Compose, Conv2d, Dense, Diagonal, IndexMap, LinearOp, Stack, Sum
+from lipverify.ir.network import Affine, Network, Node, Term
+from lipverify.ir.torch_eval import to_torch
 from lipverify.methods.lower import lower_bound
-from lipverify.network import Affine, Network, Node, Term
-from lipverify.torch_eval import to_torch
 
 RNG = np.random.default_rng(0)
 RELU = SlopeRestricted.named("relu")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import lipverify
-from lipverify.activations import GroupSort, SlopeRestricted
 from lipverify.errors import ModelLoadError, NotApplicableError, UsageError
-from lipverify.linear import Dense, identity
-from lipverify.network import Affine, Network, Node, Term
+from lipverify.ir.activations import GroupSort, SlopeRestricted
+from lipverify.ir.linear import Dense, identity
+from lipverify.ir.network import Affine, Network, Node, Term
 
 RELU = SlopeRestricted.named("relu")
 

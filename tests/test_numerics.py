@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 import lipverify
 import lipverify.numerics as nm
-from lipverify.activations import SlopeRestricted
 from lipverify.errors import NumericalError, SolverError
+from lipverify.ir.activations import SlopeRestricted
 
 RELU = SlopeRestricted.named("relu")
 

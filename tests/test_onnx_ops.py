@@ -20,9 +20,9 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from lipverify.activations import GroupSort  # noqa: E402
 from lipverify.errors import ModelLoadError, UnsupportedModelError  # noqa: E402
 from lipverify.importers.onnx_import import load_onnx, network_from_onnx  # noqa: E402
+from lipverify.ir.activations import GroupSort  # noqa: E402
 
 FLOAT = TensorProto.FLOAT
 RNG = np.random.default_rng(0)

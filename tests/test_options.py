@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import lipverify
-from lipverify.activations import SlopeRestricted
 from lipverify.batch import build_manifest
 from lipverify.errors import UsageError
+from lipverify.ir.activations import SlopeRestricted
 from lipverify.methods import list_methods
 from lipverify.options import LoadOptions, Options
 

@@ -1,6 +1,6 @@
-"""The primal-dual interior point (lipverify.sdp.pdipm): the exact HKM Schur matrix, the
-rotation that splits off rho I, agreement with the dual-scaling solver and the conic optimum,
-a gap that is a true lower bound, and deep nets."""
+"""The primal-dual interior point (lipverify.solvers.interior.primal_dual): the exact HKM
+Schur matrix, the rotation that splits off rho I, agreement with the dual-scaling solver and
+the conic optimum, a gap that is a true lower bound, and deep nets."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 from test_ipm import RELU, mlp
 
 import lipverify
-from lipverify.activations import SlopeRestricted
-from lipverify.sdp import ipm, pdipm
-from lipverify.sdp.certificate import certify_chain
-from lipverify.sdp.chain import ChainLMI
+from lipverify.certify.gate import certify_chain
+from lipverify.ir.activations import SlopeRestricted
+from lipverify.lmi.chain import ChainLMI
+from lipverify.solvers.interior import potential as ipm
+from lipverify.solvers.interior import primal_dual as pdipm
 
 SLOPE = SlopeRestricted("slope", -0.3, 1.2)
 
@@ -112,8 +113,8 @@ def _random_tri(sizes, seed=0):
 
 
 def test_block_tridiagonal_factor_inverse_lower_factor_and_band():
-    from lipverify.sdp import blocktri
-    from lipverify.sdp.chain import assemble_tridiagonal
+    from lipverify.lmi import blocktri
+    from lipverify.lmi.chain import assemble_tridiagonal
 
     _, d, b, offs = _random_tri([3, 4, 2, 5])
     tri = assemble_tridiagonal(d, b)
@@ -129,7 +130,7 @@ def test_block_tridiagonal_factor_inverse_lower_factor_and_band():
 
 
 def test_max_det_completion_keeps_the_pattern_and_has_a_tridiagonal_inverse():
-    from lipverify.sdp import blocktri
+    from lipverify.lmi import blocktri
 
     full, d, b, _ = _random_tri([3, 4, 2, 5], seed=3)
     x = blocktri.completion(d, b, blocktri.clique_factors(d, b))
@@ -144,14 +145,14 @@ def test_max_det_completion_keeps_the_pattern_and_has_a_tridiagonal_inverse():
 
 
 def ipm_tri_mask(d, b):
-    from lipverify.sdp.chain import assemble_tridiagonal
+    from lipverify.lmi.chain import assemble_tridiagonal
 
     return assemble_tridiagonal([np.ones_like(x) for x in d], [np.ones_like(x) for x in b])
 
 
 @pytest.mark.parametrize("act", [RELU, SLOPE])
 def test_chordal_primal_dual_reaches_the_same_optimum(act):
-    from lipverify.sdp import pdchordal
+    from lipverify.solvers.interior import chordal as pdchordal
 
     lmi = ChainLMI.from_network(mlp([30, 10, 10, 10, 10, 4], seed=6, act=act))
     ch, pd = pdchordal.solve_chain_pd_chordal(lmi), pdipm.solve_chain_pd(lmi)

@@ -14,8 +14,8 @@ import cvxpy as cp
 import numpy as np
 import pytest
 
-from lipverify.activations import GroupSort, Householder, MaxPool2d, SlopeRestricted
-from lipverify.sdp.qc import QC, QC_REGISTRY, QC_SUMMARY, qc_for
+from lipverify.ir.activations import GroupSort, Householder, MaxPool2d, SlopeRestricted
+from lipverify.qc import QC, QC_REGISTRY, QC_SUMMARY, qc_for
 
 ACTS = {
     "slope": [SlopeRestricted.named("relu"), SlopeRestricted.named("gelu"),
@@ -84,7 +84,7 @@ def test_householder_solver_and_certificate_see_the_same_qc():
     """Regression: with lambda scaled by the direction in the solver's blocks, the l_inf LMI
     certified 312 (naive 337) in 11 s; with the certificate's blocks it certifies 36.3."""
     import lipverify
-    from lipverify.network import Network
+    from lipverify.ir.network import Network
 
     rng = np.random.default_rng(8)
     ws = [rng.normal(size=(6, 4)), rng.normal(size=(6, 6)), rng.normal(size=(2, 6))]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import lipverify
-from lipverify.activations import GroupSort, Householder, MaxPool2d, SlopeRestricted
-from lipverify.linear import Conv2d, Dense
-from lipverify.network import Affine, Network, Node, Term
-from lipverify.sdp.chain import ChainLMI
-from lipverify.sdp.qc import GroupSortQC, qc_for
+from lipverify.ir.activations import GroupSort, Householder, MaxPool2d, SlopeRestricted
+from lipverify.ir.linear import Conv2d, Dense
+from lipverify.ir.network import Affine, Network, Node, Term
+from lipverify.lmi.chain import ChainLMI
+from lipverify.qc import GroupSortQC, qc_for
 
 RELU = SlopeRestricted.named("relu")
 
@@ -108,7 +108,7 @@ def test_channel_multipliers_between_neuron_and_layer():
     assert all(r.certified for r in bounds.values())
     neuron, channel, layer = (bounds[m].bound for m in bounds)
     assert neuron <= channel * (1 + 1e-6) and channel <= layer * (1 + 1e-6)
-    cert = lipverify.certificates.certificate_dict(bounds["lipsdp-channel"])
+    cert = lipverify.certify.files.certificate_dict(bounds["lipsdp-channel"])
     assert lipverify.check_certificate(net, cert).valid
 
 
@@ -125,8 +125,8 @@ def test_linf_lmi_for_sorting_activations(act):
 
 
 def test_nodes_without_a_qc_are_all_listed():
-    from lipverify.activations import Lipschitz
     from lipverify.errors import NotApplicableError
+    from lipverify.ir.activations import Lipschitz
 
     rng = np.random.default_rng(0)
     ws = [rng.normal(size=(4, 3)), rng.normal(size=(4, 4)), rng.normal(size=(4, 4)),

@@ -142,7 +142,7 @@ def _kind_cases():
     from test_residual import resnet
 
     import lipverify
-    from lipverify.activations import SlopeRestricted
+    from lipverify.ir.activations import SlopeRestricted
 
     relu = SlopeRestricted.named("relu")
     rng = np.random.default_rng(2)
@@ -154,7 +154,7 @@ def _kind_cases():
 
 
 def test_every_certificate_kind_is_covered():
-    from lipverify.certificates import CERTIFICATE_KINDS
+    from lipverify.certify.files import CERTIFICATE_KINDS
 
     assert set(CERTIFICATE_KINDS) == set(_kind_cases())
 
@@ -165,7 +165,7 @@ def test_every_certificate_kind_checks_and_rejects(kind):
     import copy
 
     import lipverify
-    from lipverify.certificates import certificate_dict
+    from lipverify.certify.files import certificate_dict
 
     net, norm = _kind_cases()[kind]
     r = lipverify.bound(net, method="lipsdp-neuron", norm=norm)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import lipverify
-from lipverify.activations import SlopeRestricted
-from lipverify.linear import Dense
-from lipverify.network import Affine, Network, Node, Term
-from lipverify.sdp.chain import ChainLMI
-from lipverify.sdp.dag import DagLMI, certify_dag
+from lipverify.ir.activations import SlopeRestricted
+from lipverify.ir.linear import Dense
+from lipverify.ir.network import Affine, Network, Node, Term
+from lipverify.lmi.chain import ChainLMI
+from lipverify.lmi.dag import DagLMI, certify_dag
 
 RELU = SlopeRestricted.named("relu")
 
@@ -86,7 +86,7 @@ def test_dag_certificate_roundtrip_and_tamper():
     blocks = [(rng.normal(size=(8, 5)) / 2, rng.normal(size=(5, 8)) / 3) for _ in range(2)]
     net = resnet(blocks, rng, 5, 8)
     r = lipverify.bound(net, method="lipsdp-neuron")
-    cert = lipverify.certificates.certificate_dict(r)
+    cert = lipverify.certify.files.certificate_dict(r)
     ok = lipverify.check_certificate(net, cert)
     assert ok.valid and ok.bound >= r.bound * (1 - 1e-12)
     cert["certificate"]["rho"] = (r.bound * (1 - 1e-4)) ** 2
@@ -139,9 +139,9 @@ def _nets():
 @pytest.mark.parametrize("per_neuron", [True, False])
 def test_chained_lmi_matches_monolithic(per_neuron):
     """§5b against §5a: same optimum (both solved by Clarabel, certified on §5a)."""
-    from lipverify.sdp.backends import get_backend
-    from lipverify.sdp.chained import max_cone, solve_chained
-    from lipverify.sdp.dag import solve_dag
+    from lipverify.lmi.banded import max_cone, solve_chained
+    from lipverify.lmi.dag import solve_dag
+    from lipverify.solvers.choose import get_backend
 
     backend = get_backend("clarabel")
     for name, net in _nets():

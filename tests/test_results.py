@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lipverify
-from lipverify.activations import SlopeRestricted
+from lipverify.ir.activations import SlopeRestricted
 from lipverify.results import BoundResult
 
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import lipverify
-from lipverify.activations import GroupSort, SlopeRestricted
+from lipverify.certify.gate import certify_chain
 from lipverify.errors import UsageError
-from lipverify.sdp.certificate import certify_chain
-from lipverify.sdp.chain import ChainLMI
-from lipverify.sdp.dag import DagLMI, certify_dag
+from lipverify.ir.activations import GroupSort, SlopeRestricted
+from lipverify.lmi.chain import ChainLMI
+from lipverify.lmi.dag import DagLMI, certify_dag
 from lipverify.solvers import SOLVERS, Solver, SolveResult, get_solver
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])

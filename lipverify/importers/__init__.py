@@ -1,4 +1,4 @@
-"""Importer registry: file suffix -> loader returning a :class:`~lipverify.network.Network`.
+"""Importer registry: file suffix -> loader returning a :class:`~lipverify.ir.network.Network`.
 
 Loaders take ``(path, **options)``; options they do not understand are ignored.
 Common options: ``layout`` ("out-in" | "in-out"), ``activation`` (name of the
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ModelLoadError, UsageError, check_unique
-from ..network import Network
+from ..ir.network import Network
 from ..options import LoadOptions
 
 Loader = Callable[..., Network]

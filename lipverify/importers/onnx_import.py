@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelLoadError, Problem, UnsupportedModelError
-from ..network import Network, Provenance
+from ..ir.network import Network, Provenance
 from . import (
     onnx_ops,  # noqa: F401  (registers the converters)
     register_importer,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import check_unique
-from ..linear import Diagonal
+from ..ir.linear import Diagonal
 from .onnx_movement import MOVEMENT
 from .symbolic import Builder, Sym
 

@@ -4,8 +4,8 @@ While an importer walks a graph, every input-dependent tensor is a
 :class:`Sym`: ``sum_j op_j(z_j) + bias`` over the input ``z_0`` and the
 activation nodes ``z_k`` emitted so far, with its full tensor shape (batch
 dimension traced as 1). Linear operations compose into the terms; a
-nonlinearity emits a new :class:`~lipverify.network.Node`. The result is the
-affine normal form of :mod:`lipverify.network`, whatever the graph looked like
+nonlinearity emits a new :class:`~lipverify.ir.network.Node`. The result is the
+affine normal form of :mod:`lipverify.ir.network`, whatever the graph looked like
 (Concat/Slice of linear branches, residual Adds, normalisation layers...).
 """
 
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..activations import Activation
-from ..linear import IndexMap, LinearOp, add, compose, identity
-from ..network import Affine, Network, Node, Provenance, Term
+from ..ir.activations import Activation
+from ..ir.linear import IndexMap, LinearOp, add, compose, identity
+from ..ir.network import Affine, Network, Node, Provenance, Term
 
 
 @dataclass(frozen=True, eq=False)

@@ -35,7 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import ModelLoadError, UntrustedPickleError, UsageError
-from ..network import Network, Provenance
+from ..ir.network import Network, Provenance
 from . import register_importer
 
 #: Layers that do not change the flattened input and may precede the first Linear.

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..activations import Activation, SlopeRestricted
 from ..errors import AmbiguousLayoutError, LipverifyError, ModelLoadError, UsageError
-from ..linear import Conv2d, LinearOp
-from ..network import Network, Provenance
+from ..ir.activations import Activation, SlopeRestricted
+from ..ir.linear import Conv2d, LinearOp
+from ..ir.network import Network, Provenance
 from . import register_importer
 
 LAYOUTS = ("out-in", "in-out")

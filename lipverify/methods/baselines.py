@@ -12,16 +12,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ..certify import certified_gershgorin_norm, certified_inf_norm, certified_spectral_norm
-from ..conv_norm import certified_conv_norm
-from ..linear import Conv2d, LinearOp, power_iteration
-from ..network import Network
+from ..certify.conv_norm import certified_conv_norm
+from ..certify.rump import certified_gershgorin_norm, certified_inf_norm, certified_spectral_norm
+from ..ir.linear import Conv2d, LinearOp, power_iteration
+from ..ir.network import Network
 from ..numerics import round_up
 from ..results import MethodOutput
 from . import register_method
 
 #: l2 ``naive``: a Conv2d whose dense matrix has more entries (n_in * n_out) than this gets
-#: the circulant/FFT bound of §7 (:func:`~lipverify.conv_norm.certified_conv_norm`) instead
+#: the circulant/FFT bound of §7 (:func:`~lipverify.certify.conv_norm.certified_conv_norm`) instead
 #: of the exact dense SVD. The dense bound is tighter (zero padding makes the circulant one
 #: an over-estimate, most on tiny feature maps) but costs O(n_in n_out min(n_in, n_out)).
 DENSE_CONV_LIMIT = 4_000_000

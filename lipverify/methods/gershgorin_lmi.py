@@ -3,7 +3,7 @@
 FORMULATIONS.md §5, "Gershgorin sufficient condition (cheap baseline)": ``M(rho, p) >= 0``
 holds if some ``d > 0`` satisfies ``m_ii d_i >= sum_{j != i} |m_ij| d_j`` for every ``i``
 (Gershgorin's theorem applied to ``D^{-1} M D``, ``M`` symmetric). ``M`` is the §5a
-S-procedure LMI of :class:`lipverify.sdp.dag.DagLMI` (§1.2 for chains), affine in
+S-procedure LMI of :class:`lipverify.lmi.dag.DagLMI` (§1.2 for chains), affine in
 ``(rho, p)``, so for a fixed ``d`` this is a linear program: minimise ``rho`` with
 ``a_ij >= |m_ij(rho, p)|`` for the off-diagonal entries that depend on the multipliers.
 Entries ``c p_k`` with a single sign-constrained multiplier ``p_k >= 0`` and no constant
@@ -31,10 +31,10 @@ import scipy.sparse as sp
 from scipy.optimize import linprog
 
 from ..errors import NotApplicableError
-from ..network import Network
+from ..ir.network import Network
+from ..lmi.dag import DagLMI, certify_dag
 from ..options import LPOptions
 from ..results import MethodOutput
-from ..sdp.dag import DagLMI, certify_dag
 from . import register_method
 
 #: Largest LMI order handled (the LP has up to ~order^2 / 2 auxiliary variables).

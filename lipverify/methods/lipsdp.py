@@ -15,20 +15,20 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..clock import Clock
+from ..certify.gate import Certificate, certify, certify_chain, certify_if_better
 from ..errors import NotApplicableError, SolverError
-from ..network import Network
+from ..ir.network import Network
+from ..lmi import linf
+from ..lmi.chain import ChainLMI
+from ..lmi.dag import DagLMI, solve_dag
 from ..numerics import as_numerical_error
 from ..options import SDPOptions, SolverOptions
 from ..results import MethodOutput
-from ..sdp import linf
-from ..sdp.backends import BACKENDS, choose_backend, estimate_cone
-from ..sdp.certificate import Certificate, certify, certify_chain, certify_if_better
-from ..sdp.chain import ChainLMI
-from ..sdp.dag import DagLMI, solve_dag
-from ..sdp.sequential import ldlt_fast_params, ldlt_params
-from ..sdp.smooth import minimize_rho
-from ..sdp.solve import solve_chain, solve_linf
+from ..runtime.clock import Clock
+from ..solvers.choose import BACKENDS, choose_backend, estimate_cone
+from ..solvers.conic import solve_chain, solve_linf
+from ..solvers.sequential import ldlt_fast_params, ldlt_params
+from ..solvers.smooth_rho import minimize_rho
 from . import register_method
 
 
@@ -100,9 +100,9 @@ def _with_fallback(backend, cone: int) -> list:
 
 def _with_gap(lmi, params, rho: float, status: str, details: dict,
               clock: Clock | None = None) -> str:
-    """Measure the optimality gap from a dual bound (:mod:`lipverify.sdp.dual`); a quality
+    """Measure the optimality gap from a dual bound (:mod:`lipverify.solvers.gap`); a quality
     figure only, never part of the certificate (skipped when the time limit is reached)."""
-    from ..sdp.dual import gap
+    from ..solvers.gap import gap
 
     if not math.isfinite(rho):
         return status
@@ -228,7 +228,7 @@ IPM_AUTO_MAX_ORDER = 3000
 
 def _use_ipm(lmi, solver: str, details: dict) -> bool:
     """Whether the interior-point solver takes this LMI (``auto`` or ``ipm`` requested)."""
-    from ..sdp.ipm import ipm_reason
+    from ..solvers.interior.potential import ipm_reason
 
     if solver not in ("auto", "ipm"):
         return False
@@ -250,11 +250,12 @@ def _dag_output(bound, params, rho, theta, *, status, solver, solver_value, deta
 
 
 def _lipsdp_ipm(lmi, details: dict, clock: Clock) -> MethodOutput:
-    """The interior-point solver (:mod:`lipverify.sdp.ipm`), then the §8 certificate of its
-    multipliers on the exact weights. Its optimality gap comes from its own dual point.
+    """The interior-point solver (:mod:`lipverify.solvers.interior`), then the §8
+    certificate of its multipliers on the exact weights.
+    Its optimality gap comes from its own dual point.
     With a time limit the start is certified first (the bound returned if time runs out) and
     the solver gets what is left after one more certification."""
-    from ..sdp.ipm import solve_chain_ipm
+    from ..solvers.interior.potential import solve_chain_ipm
 
     dag = lmi.kind == "dag"
     start = lmi.anchor() if dag else ldlt_fast_params(lmi)
@@ -299,7 +300,7 @@ def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit,
     when its cones fit one, else (or after it, as a polish) the structured solver on rho*;
     ``form="full"`` solves the monolithic LMI (§5a) instead, for checking. Whatever finds the
     multipliers, the certificate is the §8 check of the monolithic LMI."""
-    from ..sdp.chained import max_cone, solve_chained
+    from ..lmi.banded import max_cone, solve_chained
 
     start = time.perf_counter()
     lmi = DagLMI.from_network(network, per_neuron)
@@ -352,7 +353,7 @@ def _lipsdp_dag(network: Network, per_neuron: bool, solver: str, time_limit,
     if per_neuron and stages is SMOOTH_STAGES:  # cold start: layer multipliers first
         from dataclasses import replace
 
-        from ..sdp.chain import node_qcs
+        from ..lmi.chain import node_qcs
 
         layer = replace(lmi, qcs=node_qcs(network, False))
         budget = None if time_limit is None else max(time_limit / 3.0, 1.0)

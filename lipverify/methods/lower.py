@@ -1,12 +1,12 @@
 """The sampled lower bound as a registered method (FORMULATIONS.md §6.4).
 
-The search itself lives in :mod:`lipverify.sampling`; torch is imported only when it runs, so
-listing or choosing methods stays fast.
+The search itself lives in :mod:`lipverify.methods.sampling`; torch is imported only when
+it runs, so listing or choosing methods stays fast.
 """
 
 from __future__ import annotations
 
-from ..network import Network
+from ..ir.network import Network
 from ..options import LowerOptions
 from ..results import MethodOutput
 from . import register_method
@@ -20,7 +20,7 @@ from . import register_method
     options=LowerOptions,
 )
 def lower_bound(network: Network, *, norm: str = "l2", **options) -> MethodOutput:
-    """:func:`lipverify.sampling.lower_bound` (its docstring has the options)."""
-    from ..sampling import lower_bound as search
+    """:func:`lipverify.methods.sampling.lower_bound` (its docstring has the options)."""
+    from .sampling import lower_bound as search
 
     return search(network, norm=norm, **options)

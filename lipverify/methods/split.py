@@ -18,8 +18,8 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import NotApplicableError
-from ..linear import IndexMap
-from ..network import Affine, Network, Node, Term
+from ..ir.linear import IndexMap
+from ..ir.network import Affine, Network, Node, Term
 from ..numerics import round_up
 from ..options import SplitOptions
 from ..results import MethodOutput

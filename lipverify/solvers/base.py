@@ -5,7 +5,7 @@ kinds it takes, the largest PSD cone it handles within memory here), an
 :meth:`~Solver.availability` that says up front why it cannot run (not installed, no
 licence) rather than failing deep in a solve, and :meth:`~Solver.solve`, which returns one
 :class:`SolveResult` for any LMI it takes. A solver only *proposes* multipliers: the bound is
-certified afterwards by the §8 check (:mod:`lipverify.certify`), whatever the solver says.
+certified afterwards by the §8 check (:mod:`lipverify.certify.rump`), whatever the solver says.
 
 Adding a solver is one file in this package and one line in ``lipverify/solvers/__init__.py``
 (the registry, in preference order).
@@ -23,7 +23,7 @@ import numpy as np
 
 #: LMI kinds (FORMULATIONS.md): a feed-forward chain (§1-§3) and a residual DAG (§5).
 LMI_KINDS = frozenset({"chain", "dag"})
-#: QC kinds of :data:`lipverify.sdp.qc.QC_REGISTRY`.
+#: QC kinds of :data:`lipverify.qc.QC_REGISTRY`.
 ALL_QCS = frozenset({"slope", "groupsort", "householder", "maxpool"})
 
 
@@ -101,8 +101,8 @@ class ConicSolver(Solver):
     """A cvxpy conic solver on the chordal chain LMI (§3) or the chained DAG LMI (§5b)."""
 
     def solve(self, lmi, start=None, time_limit=None) -> SolveResult:
-        from ..sdp.chained import solve_chained
-        from ..sdp.solve import solve_chain
+        from ..lmi.banded import solve_chained
+        from .conic import solve_chain
 
         if lmi.kind == "chain":
             return solve_chain(lmi, self, time_limit)

@@ -16,7 +16,7 @@ class Mosek(ConicSolver):
         ok, why = super().availability()
         if not ok:
             return ok, why
-        from ..doctor import mosek_status
+        from ..runtime.doctor import mosek_status
 
         st = mosek_status()
         return st.ok, st.detail

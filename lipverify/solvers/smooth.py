@@ -14,7 +14,7 @@ class Smooth(Solver):
                "minimised directly (§2)")
 
     def solve(self, lmi, start=None, time_limit=None) -> SolveResult:
-        from ..sdp.smooth import minimize_rho
+        from .smooth_rho import minimize_rho
 
         t0 = time.perf_counter()
         params, rho, info = minimize_rho(lmi, lmi.anchor() if start is None else start,

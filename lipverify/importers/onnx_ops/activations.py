@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from ...activations import Lipschitz, SlopeRestricted
+from ...ir.activations import Lipschitz, SlopeRestricted
 from ..onnx_registry import (
     Unsupported,
     converter,

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from ...activations import MaxPool2d
-from ...linear import Conv2d, Dense, Diagonal, compose
+from ...ir.activations import MaxPool2d
+from ...ir.linear import Conv2d, Dense, Diagonal, compose
 from ..onnx_registry import (
     Unsupported,
     converter,

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from ...activations import GroupSort, SlopeRestricted
-from ...linear import Dense
+from ...ir.activations import GroupSort, SlopeRestricted
+from ...ir.linear import Dense
 from ..onnx_registry import (
     Unsupported,
     as_sym_shape,

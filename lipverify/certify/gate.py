@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..certify import certify_pd
+from ..lmi.chain import ChainLMI, balance, is_exact_balance
 from ..numerics import gamma, round_up
-from .chain import ChainLMI, balance, is_exact_balance
-from .chordal_cert import ChordalCertificate, ForwardChordal, chain_cliques, verify_chain_chordal
+from .chordal import ChordalCertificate, ForwardChordal, chain_cliques, verify_chain_chordal
+from .rump import certify_pd
 
 
 @dataclass(frozen=True, eq=False)
@@ -251,11 +251,11 @@ def certify_chain(lmi: ChainLMI, params, deadline: float | None = None,
 
 def certify(lmi, params, deadline: float | None = None) -> Certificate:
     """The one §8 gate for every LMI kind: the :class:`Certificate` of ``params`` for a chain
-    (:func:`certify_chain`) or, monolithically, a DAG (:func:`~lipverify.sdp.dag.certify_dag`).
+    (:func:`certify_chain`) or, monolithically, a DAG (:func:`~lipverify.lmi.dag.certify_dag`).
     ``ok`` is true only when the check passed on the exact float64 weights."""
     if lmi.kind == "chain":
         return certify_chain(lmi, params, deadline)
-    from .dag import certify_dag
+    from ..lmi.dag import certify_dag
 
     bound, q, rho, theta = certify_dag(lmi, params)
     ok = math.isfinite(bound)

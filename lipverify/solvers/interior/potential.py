@@ -25,7 +25,7 @@ the caller's (§8), on the exact weights.
 
 >>> import numpy as np
 >>> from lipverify import Network
->>> from lipverify.activations import SlopeRestricted
+>>> from lipverify.ir.activations import SlopeRestricted
 >>> net = Network.sequential([2 * np.eye(2), np.eye(2)], [SlopeRestricted.named("relu")])
 >>> res = solve_chain_ipm(ChainLMI.from_network(net))
 >>> round(res.rho, 6), bool(res.gap < 1e-6)   # L = 2 exactly
@@ -43,15 +43,15 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg import lapack
 
-from ..errors import NotApplicableError
-from .chain import MAX_CERTIFICATE_BYTES, ChainLMI, balance
-from .qc import SlopeQC
+from ...errors import NotApplicableError
+from ...lmi.chain import MAX_CERTIFICATE_BYTES, ChainLMI, balance
+from ...qc import SlopeQC
 
 #: First trial step of the potential-reduction line search, over the Newton decrement.
 STEP = 2.0
 #: The start is rho = START_FACTOR * rho*(t0): strictly inside, not far from the boundary.
 START_FACTOR = 1.1
-#: Per-iteration trace at DEBUG level (``logging.getLogger("lipverify.sdp.ipm")``).
+#: Per-iteration trace at DEBUG level (logger ``lipverify.solvers.interior.potential``).
 _log = logging.getLogger(__name__)
 #: Largest working memory the solver may take (the dense certificate's limit).
 IPM_MAX_BYTES = MAX_CERTIFICATE_BYTES
@@ -501,22 +501,23 @@ def newton_solve(h: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
 
 
 #: Chains with at least this many hidden layers use the primal-dual method
-#: (:mod:`lipverify.sdp.pdipm`): 16-42 iterations where dual scaling needs 75-300 (measured
-#: on the bench's deep nets); on two hidden layers dual scaling's cheaper iterations win.
+#: (:mod:`lipverify.solvers.interior.primal_dual`): 16-42 iterations where dual scaling
+#: needs 75-300 (measured on the bench's deep nets);
+#: on two hidden layers dual scaling's cheaper iterations win.
 PRIMAL_DUAL_DEPTH = 3
 #: ... and order above this: below it dual scaling's iterations are so cheap that it wins
 #: (64-64x4-10, order 320: 0.6 s against 1.6 s; order 576: even).
 PRIMAL_DUAL_ORDER = 600
 #: Above this order, the primal-dual method keeps its primal on the block-tridiagonal pattern
-#: (:mod:`lipverify.sdp.pdchordal`): no N^3 products (64x64: about 8 s per iteration
+#: (:mod:`lipverify.solvers.interior.chordal`): no N^3 products (64x64: about 8 s per iteration
 #: instead of about 25 s), at the price of more iterations (no second-order correction).
 CHORDAL_ORDER = 3000
 
 
 def solve_chain_ipm(lmi, start=None, *, algorithm: str = "auto", **options) -> IPMResult:
     """The interior-point solve of a slope-QC LMI: ``algorithm`` "primal-dual"
-    (:func:`lipverify.sdp.pdipm.solve_chain_pd`), "primal-dual chordal"
-    (:func:`lipverify.sdp.pdchordal.solve_chain_pd_chordal`, chains only), "dual-scaling"
+    (:func:`lipverify.solvers.interior.primal_dual.solve_chain_pd`), "primal-dual chordal"
+    (:func:`lipverify.solvers.interior.chordal.solve_chain_pd_chordal`, chains only), "dual-scaling"
     (:func:`solve_ipm` on the balanced chain, or directly on a DAG), or "auto" (primal-dual
     on chains with at least ``PRIMAL_DUAL_DEPTH`` hidden layers and order above
     ``PRIMAL_DUAL_ORDER``, chordal above ``CHORDAL_ORDER``)."""
@@ -527,11 +528,11 @@ def solve_chain_ipm(lmi, start=None, *, algorithm: str = "auto", **options) -> I
             lmi.order > PRIMAL_DUAL_ORDER:
         algorithm = "primal-dual chordal" if lmi.order > CHORDAL_ORDER else "primal-dual"
     if algorithm == "primal-dual chordal":
-        from .pdchordal import solve_chain_pd_chordal
+        from .chordal import solve_chain_pd_chordal
 
         return solve_chain_pd_chordal(lmi, start, **options)
     if algorithm == "primal-dual":
-        from .pdipm import solve_chain_pd
+        from .primal_dual import solve_chain_pd
 
         return solve_chain_pd(lmi, start, **options)
     return on_balanced(solve_ipm, lmi, start, rotated=False, **options)

@@ -23,11 +23,11 @@ import time
 import numpy as np
 import torch
 
-from .errors import UsageError
-from .network import Network
-from .numerics import UNIT_ROUNDOFF, eigh_all
-from .results import MethodOutput
-from .torch_eval import to_torch
+from ..errors import UsageError
+from ..ir.network import Network
+from ..ir.torch_eval import to_torch
+from ..numerics import UNIT_ROUNDOFF, eigh_all
+from ..results import MethodOutput
 
 #: Standard deviations of the Gaussian sample groups (plus one uniform [0, 1] group).
 SCALES = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -252,7 +252,7 @@ def lower_bound(
     """Lower bound on ``Lip(f)`` in ``norm`` ("l2" or "linf"), witnessed by two actual points.
 
     >>> import numpy as np
-    >>> from lipverify.activations import SlopeRestricted
+    >>> from lipverify.ir.activations import SlopeRestricted
     >>> w1, w2 = np.array([[-2.0, -2.0], [-2.0, -1.0]]), np.array([[-1.0, 1.0]])
     >>> net = Network.sequential([w1, w2], [SlopeRestricted.named("relu")])
     >>> out = lower_bound(net, samples=64, steps=5)

@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 
 from ..numerics import eigh_all
-from .qc import SlopeQC
+from ..qc import SlopeQC
 
 
 def _pre_maps(lmi):
@@ -226,7 +226,7 @@ def _grams(v: np.ndarray, w: np.ndarray):
 
 def gap(lmi, params, rho_up: float) -> dict:
     """``{"lower": sqrt(rho_low), "gap": relative gap of the bound}`` (or unknown)."""
-    from .smooth import soft_parts
+    from .smooth_rho import soft_parts
 
     parts = lmi.soft_parts if lmi.kind == "dag" else (
         lambda p, mu: soft_parts(lmi, p, mu))

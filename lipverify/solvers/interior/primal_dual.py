@@ -1,5 +1,6 @@
 """Primal-dual interior point for slope-QC LipSDP: HKM direction, Mehrotra predictor-corrector
-(FORMULATIONS.md §1.2, §2; the same rank-two structure as :mod:`lipverify.sdp.ipm`).
+(FORMULATIONS.md §1.2, §2; the same rank-two structure as
+:mod:`lipverify.solvers.interior.potential`).
 
 The pair of problems, with ``S(y) = sum_j y_j F_j - C^T C``, ``y = (rho, t)``, ``F_0 = E_0``,
 ``F_i = -U_i Q_i U_i^T``::
@@ -15,16 +16,17 @@ system. Measured: 16-42 iterations where dual scaling needs 75-300 on deep nets.
 Nets whose first layer narrows (``n_0 > n_1``, e.g. 784 -> 256) are solved on an exactly
 equivalent smaller LMI: rotating the input by ``W_1^T = Q R`` splits ``rho I_{n_0 - n_1}`` off
 as its own block, a scalar cone of multiplicity ``n_0 - n_1``
-(:func:`lipverify.sdp.ipm.rotate`).
+(:func:`lipverify.solvers.interior.potential.rotate`).
 
 The optimality gap is measured, not the primal iterate's (it is only nearly feasible): once
-``<C^T C, X>`` is close to rho, the dual-scaling bound of :func:`lipverify.sdp.ipm.dual_bound`
-is taken at the current dual point, whose primal matrix is exactly feasible.
+``<C^T C, X>`` is close to rho, the dual-scaling bound of
+:func:`lipverify.solvers.interior.potential.dual_bound` is taken at the current dual point,
+whose primal matrix is exactly feasible.
 
 >>> import numpy as np
 >>> from lipverify import Network
->>> from lipverify.activations import SlopeRestricted
->>> from lipverify.sdp.chain import ChainLMI
+>>> from lipverify.ir.activations import SlopeRestricted
+>>> from lipverify.lmi.chain import ChainLMI
 >>> net = Network.sequential([2 * np.eye(2), np.eye(2)], [SlopeRestricted.named("relu")])
 >>> res = solve_chain_pd(ChainLMI.from_network(net))
 >>> round(res.rho, 6), bool(res.gap < 1e-6)   # L = 2 exactly
@@ -42,8 +44,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
-from ..numerics import lambda_min
-from .ipm import (
+from ...numerics import lambda_min
+from .potential import (
     Blocks,
     IPMResult,
     NeuronForm,
@@ -374,7 +376,7 @@ def cone_limits(ap: float, ad: float, xk: float, dxk: float, rho: float,
 
 def _dual_bound(form: NeuronForm, mat, by: Blocks, ay: np.ndarray, rho: float, nu: int,
                 k: int) -> float | None:
-    """:func:`lipverify.sdp.ipm.dual_bound` at the current dual point: the Hessian of
+    """``potential.dual_bound`` at the current dual point: the Hessian of
     ``-log det S - k log rho`` (the scalar cone included) is ``schur(S^-1, S^-1)``."""
     hess = mat(schur(form, by, by))
     hess[0, 0] += k / rho**2

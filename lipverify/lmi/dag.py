@@ -21,13 +21,13 @@ from typing import ClassVar
 import numpy as np
 import scipy.linalg
 
-from ..certify import certify_pd
+from ..certify.rump import certify_pd
 from ..errors import NotApplicableError
-from ..network import Network
+from ..ir.network import Network
 from ..numerics import gamma, lambda_max, round_up, spectral_norm
+from ..qc import QC
+from ..solvers.smooth_rho import soft_max_eig
 from .chain import LMI, MAX_CERTIFICATE_BYTES, dense_certificate_bytes, node_qcs
-from .qc import QC
-from .smooth import soft_max_eig
 
 
 def _quad(a: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -178,7 +178,7 @@ class DagLMI(LMI):
         return max(lambda_max((top + top.T) / 2.0, "rho* (top Schur block)"), 0.0)
 
     def soft_rho(self, params, mu: float):
-        """``(rho*, F_mu, grad F_mu)`` as :func:`lipverify.sdp.smooth.soft_rho` for chains."""
+        """``(rho*, F_mu, grad F_mu)`` as ``smooth_rho.soft_rho`` does for chains."""
         out = self.soft_parts(params, mu)
         if out is None:
             return math.inf, math.inf, None
@@ -276,7 +276,7 @@ def certify_dag(lmi: DagLMI, params):
         q = p if theta == 0.0 else (1.0 - theta) * p + theta * anchor
         rho = lmi.rho_star(q)
         if math.isfinite(rho):
-            from .certificate import LARGE_ORDER, smallest_margin
+            from ..certify.gate import LARGE_ORDER, smallest_margin
 
             found = smallest_margin(lambda r, q=q: verify_dag(lmi, q, r), rho,
                                     steps=3 if lmi.order <= LARGE_ORDER else 1)
@@ -293,7 +293,7 @@ def solve_dag(lmi: DagLMI, backend, time_limit=None):
     """Monolithic LMI with a conic backend; returns multipliers (or None)."""
     import cvxpy as cp
 
-    from .solve import psd, run_problem
+    from ..solvers.conic import psd, run_problem
 
     rho = cp.Variable(nonneg=True)
     params = [cp.Variable(qc.num_params()) for qc in lmi.qcs]

@@ -13,9 +13,9 @@ import time
 import numpy as np
 
 from ..errors import SolverError
-from ..solvers.base import SolveResult
-from .backends import Backend
-from .chain import ChainLMI, balance
+from ..lmi.chain import ChainLMI, balance
+from .base import SolveResult
+from .choose import Backend
 
 
 def solve_chain(

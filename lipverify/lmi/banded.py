@@ -59,7 +59,7 @@ def solve_chained(lmi: DagLMI, backend, time_limit=None):
     """Minimise rho over the chained LMI with a conic backend; returns (multipliers, status)."""
     import cvxpy as cp
 
-    from .solve import psd, run_problem
+    from ..solvers.conic import psd, run_problem
 
     q0, steps, c_out = state_maps(lmi)
     rho = cp.Variable(nonneg=True, name="rho")

@@ -1,7 +1,7 @@
 """Certified spectral norm of a 2-D convolution without its dense matrix (FORMULATIONS.md §7).
 
 :func:`certified_conv_norm` bounds ``||T||_2`` for the exact linear map ``T`` of a
-:class:`~lipverify.linear.Conv2d` (zero padding, stride, dilation, groups) by the norm of a
+:class:`~lipverify.ir.linear.Conv2d` (zero padding, stride, dilation, groups) by the norm of a
 circular convolution that contains it, evaluated frequency by frequency.
 
 **Why it is an upper bound** (proof sketch; §7 "Spectral norm of a single conv").
@@ -51,10 +51,10 @@ import math
 
 import numpy as np
 
-from .certify import ETA
-from .linear import Conv2d
-from .numerics import UNIT_ROUNDOFF as U
-from .numerics import blas_threads, eigvalsh_batched, gamma, round_up
+from ..ir.linear import Conv2d
+from ..numerics import UNIT_ROUNDOFF as U
+from ..numerics import blas_threads, eigvalsh_batched, gamma, round_up
+from .rump import ETA
 
 #: Absolute error allowed for one computed twiddle ``cos``/``sin``. The phase is an exact
 #: integer ``m`` reduced to ``|m| <= L/2``, so ``fl(2 pi m / L)`` is off by at most
@@ -194,7 +194,7 @@ def certified_conv_norm(op: Conv2d) -> float:
     frequency of an ``ceil(E_h/s_h) x ceil(E_w/s_w)`` grid (see the module docstring).
 
     >>> import numpy as np
-    >>> from lipverify.linear import Conv2d
+    >>> from lipverify.ir.linear import Conv2d
     >>> op = Conv2d(3.0 * np.eye(2).reshape(2, 2, 1, 1), (2, 5, 5))
     >>> b = certified_conv_norm(op)
     >>> 3.0 <= b <= 3.0 * (1 + 1e-9)

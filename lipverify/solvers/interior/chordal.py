@@ -1,5 +1,7 @@
-"""Chordal primal-dual interior point for chains: the HKM method of :mod:`lipverify.sdp.pdipm`
-with the primal kept only on the block-tridiagonal pattern (FORMULATIONS.md §3).
+"""Chordal primal-dual interior point for chains: the HKM method of
+:mod:`lipverify.solvers.interior.primal_dual` with the primal kept only on the
+block-tridiagonal pattern
+(FORMULATIONS.md §3).
 
 Every ``F_j`` and ``C^T C`` live on the pattern, so only ``X_P`` matters; ``X_P`` is feasible
 when each clique ``[[X_kk, X_k,k+1], [., X_k+1,k+1]]`` is positive definite, and the method
@@ -12,8 +14,8 @@ need the dense direction, so the corrector only re-centres (about 40% more itera
 
 >>> import numpy as np
 >>> from lipverify import Network
->>> from lipverify.activations import SlopeRestricted
->>> from lipverify.sdp.chain import ChainLMI
+>>> from lipverify.ir.activations import SlopeRestricted
+>>> from lipverify.lmi.chain import ChainLMI
 >>> ws = [2 * np.eye(2), np.eye(2), np.eye(2)]
 >>> net = Network.sequential(ws, [SlopeRestricted.named("relu")] * 2)
 >>> res = solve_chain_pd_chordal(ChainLMI.from_network(net))
@@ -29,11 +31,11 @@ import time
 
 import numpy as np
 
-from ..numerics import eigvalsh_batched
-from . import blocktri
-from .chain import ChainLMI, assemble_tridiagonal
-from .ipm import IPMResult, neuron_form, on_balanced, strict_start
-from .pdipm import (
+from ...lmi import blocktri
+from ...lmi.chain import ChainLMI, assemble_tridiagonal
+from ...numerics import eigvalsh_batched
+from .potential import IPMResult, neuron_form, on_balanced, strict_start
+from .primal_dual import (
     LANCZOS_ORDER,
     SIGMA_POWER,
     Blocks,
@@ -95,7 +97,7 @@ def solve_pd_chordal(lmi: ChainLMI, start=None, *, tol: float = 1e-8,
                      time_limit: float | None = None, max_iter: int = 150,
                      scalar_cone: int = 0) -> IPMResult:
     """Minimise rho over a slope-QC chain (module docstring; the arguments of
-    :func:`lipverify.sdp.pdipm.solve_pd`)."""
+    :func:`lipverify.solvers.interior.primal_dual.solve_pd`)."""
     t0 = time.perf_counter()
     form = neuron_form(lmi)
     vec, mat = grouped_blocks(form)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LipverifyError, UsageError, check_unique
-from .network import Network
-from .numerics import round_up
-from .results import BoundResult
+from ..errors import LipverifyError, UsageError, check_unique
+from ..ir.network import Network
+from ..numerics import round_up
+from ..results import BoundResult
 
 FORMAT = "lipverify-certificate/1"
 
@@ -76,9 +76,9 @@ def register_certificate_kind(kind: str):
 
 def _check_lmi(net: Network, body: dict, dag: bool) -> CheckResult:
     """§8 on the LMI of the chain or (monolithic) DAG, at the stored rho and multipliers."""
-    from .sdp.certificate import verify_chain
-    from .sdp.chain import ChainLMI
-    from .sdp.dag import DagLMI, verify_dag
+    from ..lmi.chain import ChainLMI
+    from ..lmi.dag import DagLMI, verify_dag
+    from .gate import verify_chain
 
     per_neuron = body.get("multipliers", "neuron")
     lmi = (DagLMI if dag else ChainLMI).from_network(net, per_neuron=per_neuron)
@@ -112,8 +112,8 @@ def check_lipsdp_dag(net: Network, body: dict) -> CheckResult:
 @register_certificate_kind("lipsdp-linf")
 def check_lipsdp_linf(net: Network, body: dict) -> CheckResult:
     """One bordered l_inf LMI per output row (§1.4, §8); the bound is the largest row's."""
-    from .sdp.chain import ChainLMI
-    from .sdp.linf import verify_linf
+    from ..lmi.chain import ChainLMI
+    from ..lmi.linf import verify_linf
 
     per_neuron = body.get("multipliers", "neuron")
     worst = 0.0

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import scipy.linalg
 
-from .numerics import UNIT_ROUNDOFF as U
-from .numerics import gamma, lambda_max, power_of_two_scale, round_down, round_up
+from ..numerics import UNIT_ROUNDOFF as U
+from ..numerics import gamma, lambda_max, power_of_two_scale, round_down, round_up
 
 ETA = 2.0**-1074
 

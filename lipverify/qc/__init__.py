@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..activations import Activation, GroupSort
 from ..errors import NotApplicableError
+from ..ir.activations import Activation, GroupSort
 
 
 @dataclass(frozen=True)

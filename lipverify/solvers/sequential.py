@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..lmi.chain import ChainLMI, balance
 from ..numerics import eigh_all, lambda_max, lambda_min, spectral_norm
-from .backends import Backend
-from .chain import ChainLMI, balance
+from .choose import Backend
 
 
 def _mid_slope(qc) -> float:

@@ -20,8 +20,8 @@ import scipy.linalg
 import scipy.linalg.blas
 import scipy.optimize
 
+from ..lmi.chain import ChainLMI, balance
 from ..numerics import blas_threads, eigh_top
-from .chain import ChainLMI, balance
 
 
 def _schur(lmi: ChainLMI, params):
@@ -84,7 +84,7 @@ def soft_rho(lmi: ChainLMI, params, mu: float) -> tuple[float, float, np.ndarray
 def soft_parts(lmi: ChainLMI, params, mu: float):
     """``(lambda_max, F_mu, Z, grad)`` with ``Z`` the weighted null vectors stacked over the
     blocks (``Z Z^T`` is the gradient of ``F_mu`` with respect to ``M``: a dual candidate,
-    see :mod:`lipverify.sdp.dual`); None outside the domain."""
+    see :mod:`lipverify.solvers.gap`); None outside the domain."""
     top, chols, b = _schur(lmi, params)
     if top is None:
         return None
@@ -104,7 +104,7 @@ SMALL_BLOCK = 600
 def minimize_rho(lmi, start, *, balanced: bool = True, **kwargs):
     """Minimise ``rho*`` (see :func:`_minimize_rho`), single-threaded BLAS on small blocks.
 
-    A chain is solved balanced (:func:`lipverify.sdp.chain.balance`, §2): every weight of unit
+    A chain is solved balanced (:func:`lipverify.lmi.chain.balance`, §2): every weight of unit
     norm, so the multipliers of all layers are of one scale for L-BFGS-B (measured: the
     bench's 64x16 net 282.0 instead of 648.1, both runs to the iteration limits;
     784-1024x8-10 at a 600 s limit 14.65 instead of 27.66). The result is

@@ -8,8 +8,8 @@ needs, the largest PSD cone it takes within memory, and whether it is usable *he
 from __future__ import annotations
 
 from ..errors import SolverError, UsageError
-from ..solvers import SOLVERS
-from ..solvers import Solver as Backend
+from . import SOLVERS
+from . import Solver as Backend
 
 #: name -> solver, in preference order (the registry of :mod:`lipverify.solvers`)
 BACKENDS: dict[str, Backend] = SOLVERS

@@ -3,7 +3,7 @@ the maximum-determinant completion of a partial matrix on the block-tridiagonal 
 (FORMULATIONS.md §3: the cliques of a chain are consecutive block pairs).
 
 A matrix is ``(d, b)``: diagonal blocks ``d[k]`` and upper couplings ``b[k] = A[k, k+1]``, the
-layout of :meth:`lipverify.sdp.chain.ChainLMI.blocks`.
+layout of :meth:`lipverify.lmi.chain.ChainLMI.blocks`.
 
 >>> import numpy as np
 >>> d, b = [4 * np.eye(2), 4 * np.eye(3)], [np.ones((2, 3))]

@@ -7,7 +7,7 @@ matrices ``Q_1..Q_{L-2}`` (they cancel), with ``Q_0 = rho I`` and ``Q_{L-1} = W_
            [-Gvw_k^T W_k,               -Gww_k - Q_k]]          (§3, §4 insertion rule)
 
 So proving every ``Z_k > 0`` (each by Rump's shifted Cholesky with its own assembly radius,
-:func:`lipverify.certify.certify_pd`) proves ``M > 0``. Consecutive cliques may be merged
+:func:`lipverify.certify.rump.certify_pd`) proves ``M > 0``. Consecutive cliques may be merged
 into segments (a tridiagonal piece of ``M`` between two splitting matrices, order <=
 ``SEGMENT_ORDER``): the same identity with fewer ``Q_k``, hence fewer margins to carry.
 The ``Q_k`` are ordinary float64 matrices chosen by us: the backward Schur recursion of §2
@@ -29,9 +29,9 @@ import math
 import numpy as np
 import scipy.linalg
 
-from ..certify import certify_pd
+from ..lmi.chain import ChainLMI, as_matrix, quad, rmul
 from ..numerics import gamma, lambda_max
-from .chain import ChainLMI, as_matrix, quad, rmul
+from .rump import certify_pd
 
 #: First relative margin of each clique's Schur complement, then x8 per failed check.
 FIRST_MARGIN = 2.0**-40

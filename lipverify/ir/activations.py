@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ModelLoadError
-from .numerics import round_up
+from ..errors import ModelLoadError
+from ..numerics import round_up
 
 
 @dataclass(frozen=True)

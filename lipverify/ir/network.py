@@ -6,7 +6,7 @@ A network is a small DAG in *affine normal form*::
     z_k = phi_k( sum_j W_kj z_j + b_k )        k = 1..K   (one Node each, j < k)
     y   = sum_j C_j z_j + c                    (the output Affine)
 
-Each ``W_kj`` is a structured :class:`~lipverify.linear.LinearOp` (dense, conv,
+Each ``W_kj`` is a structured :class:`~lipverify.ir.linear.LinearOp` (dense, conv,
 scaling, index map or a composition). A feed-forward net is the special case
 where each node reads only its predecessor (:meth:`Network.chain`); residual
 nets read earlier nodes too. Biases never enter the bounds (§0) but are kept
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ModelLoadError, NotApplicableError, UsageError
 from .activations import Activation
-from .errors import ModelLoadError, NotApplicableError, UsageError
 from .linear import Dense, IndexMap, LinearOp, compose
 
 
@@ -108,7 +108,7 @@ class Network:
     """Immutable network in affine normal form (see module docstring).
 
     >>> import numpy as np
-    >>> from lipverify.activations import SlopeRestricted
+    >>> from lipverify.ir.activations import SlopeRestricted
     >>> net = Network.sequential([np.array([[2.0, 0.0]]), np.array([[3.0]])],
     ...                          [SlopeRestricted.named("relu")])
     >>> net.widths

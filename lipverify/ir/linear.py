@@ -18,8 +18,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from .errors import ModelLoadError
-from .numerics import gamma
+from ..errors import ModelLoadError
+from ..numerics import gamma
 
 #: Refuse to materialise a dense matrix larger than this many entries (2 GiB of float64).
 MAX_DENSE_ENTRIES = 268_435_456

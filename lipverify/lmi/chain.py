@@ -3,7 +3,7 @@
 ``M(rho, p)`` has diagonal blocks ``D_0..D_{L-1}`` and off-diagonal blocks
 ``B_1..B_{L-1}`` built by the general insertion rule of §4 from each layer's QC
 blocks. Everything here is plain float64 numpy on the exact weights; the
-certificate (:mod:`lipverify.sdp.certificate`) is built on top.
+certificate (:mod:`lipverify.certify.gate`) is built on top.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import numpy as np
 import scipy.linalg
 
 from ..errors import NotApplicableError
-from ..linear import Dense, power_iteration
-from ..network import Network
+from ..ir.linear import Dense, power_iteration
+from ..ir.network import Network
 from ..numerics import lambda_max, physical_memory, power_of_two_scale, spectral_norm
-from .qc import QC, Blocks, qc_for
+from ..qc import QC, Blocks, qc_for
 
 
 def quad(w: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -40,7 +40,7 @@ def as_matrix(g: np.ndarray) -> np.ndarray:
 class LMI(ABC):
     """The LMI contract (FORMULATIONS.md §1, §5): what solvers, certificates and the dual bound
     call, for every kind. ``kind`` is ``"chain"`` (:class:`ChainLMI`, §1-§3) or ``"dag"``
-    (:class:`~lipverify.sdp.dag.DagLMI`, §5a); callers branch on it, never on the class.
+    (:class:`~lipverify.lmi.dag.DagLMI`, §5a); callers branch on it, never on the class.
     Bookkeeping shared by every kind: one QC per activation node, parameters concatenated.
     """
 
@@ -175,7 +175,7 @@ class ChainLMI(LMI):
         return max(max(w.shape) for w in self.weights)
 
     def soft_rho(self, params, mu: float):
-        from .smooth import soft_rho
+        from ..solvers.smooth_rho import soft_rho
 
         return soft_rho(self, params, mu)
 

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 
-from ..certify import certify_pd
+from ..certify.rump import certify_pd
 from ..numerics import gamma, lambda_max, round_up
 from .chain import ChainLMI, assemble_tridiagonal
 

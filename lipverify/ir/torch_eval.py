@@ -1,18 +1,18 @@
-"""Evaluate a :class:`~lipverify.network.Network` in PyTorch (for Jacobians and gradient ascent).
+"""Evaluate a :class:`~lipverify.ir.network.Network` in PyTorch (for Jacobians and gradient ascent).
 
 :func:`to_torch` builds a ``torch.nn.Module`` whose forward maps ``(B, input_dim)`` to
 ``(B, output_dim)`` exactly as :meth:`Network.forward` does. Linear operators and
 activations are converted through the registries :data:`LINEAR_CONVERTERS`,
 :data:`ACTIVATION_CONVERTERS`, and elementwise activations through their
-:class:`~lipverify.activations.Elementwise` record: a new kind is one entry.
+:class:`~lipverify.ir.activations.Elementwise` record: a new kind is one entry.
 
 With ``smooth=True`` the piecewise-linear elementwise activations (relu, leaky_relu, abs,
 hardtanh, slope) become softplus-based surrogates with sharpness ``smooth_beta``, so that the
 Jacobian depends smoothly on ``x`` (the ReLU recipe of FORMULATIONS.md §6.4).
 
 >>> import numpy as np
->>> from lipverify.activations import SlopeRestricted
->>> from lipverify.network import Network
+>>> from lipverify.ir.activations import SlopeRestricted
+>>> from lipverify.ir.network import Network
 >>> net = Network.sequential([np.array([[2.0, 0.0]]), np.array([[3.0]])],
 ...                          [SlopeRestricted.named("relu")])
 >>> module = to_torch(net)
@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..errors import NotApplicableError
 from .activations import (
     ELEMENTWISE,
     Activation,
@@ -36,7 +37,6 @@ from .activations import (
     MaxPool2d,
     SlopeRestricted,
 )
-from .errors import NotApplicableError
 from .linear import Compose, Conv2d, Dense, Diagonal, IndexMap, LinearOp, Stack, Sum
 from .network import Affine, Network
 
@@ -49,7 +49,7 @@ def _lookup(registry: dict, obj, what: str):
             return registry[cls]
     raise NotApplicableError(
         f"no PyTorch evaluation for {what} {type(obj).__name__}; add a converter to "
-        "lipverify.torch_eval"
+        "lipverify.ir.torch_eval"
     )
 
 
@@ -124,7 +124,7 @@ def convert_linear(op: LinearOp, t) -> Fn:
 
 # ------------------------------------------------------------------------ activations
 def _slope(act: SlopeRestricted, beta: Callable | None) -> Fn:
-    """The activation's torch form from its :class:`~lipverify.activations.Elementwise`
+    """The activation's torch form from its :class:`~lipverify.ir.activations.Elementwise`
     record, or its smooth surrogate (``beta`` given, piecewise-linear kinds)."""
     rec = ELEMENTWISE.get(act.name)
     if rec is None:

@@ -1,0 +1,1 @@
+"""Runtime support: the shared time budget and the environment report."""

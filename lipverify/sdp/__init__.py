@@ -1,1 +1,0 @@
-"""LipSDP machinery: QCs, the chain LMI, solver backends, sequential bounds, certificates."""
