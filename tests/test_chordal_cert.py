@@ -14,13 +14,13 @@ from lipverify.certify.chordal import ChordalCertificate, ForwardChordal
 from lipverify.certify.gate import _verify_dense, certify_chain, verify_chain
 from lipverify.ir.activations import GroupSort, SlopeRestricted
 from lipverify.lmi.chain import ChainLMI, balance, is_exact_balance
-from lipverify.solvers.interior import potential as ipm
+from lipverify.solvers import interior
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 def _optimum(lmi):
-    res = ipm.solve_chain_ipm(lmi, tol=1e-9)
+    res = interior.solve_chain_ipm(lmi, tol=1e-9)
     return res.params, lmi.rho_star(res.params)
 
 
@@ -69,7 +69,7 @@ def test_groupsort_cliques():
 def test_conv_weights_known_up_to_a_radius():
     net = lipverify.load(MODELS / "digits_cnn.onnx")
     lmi = ChainLMI.from_network(net)
-    params = ipm.solve_chain_ipm(lmi, max_iter=15).params
+    params = interior.solve_chain_ipm(lmi, max_iter=15).params
     rho = lmi.rho_star(params)
     for max_order in (1, 600):
         cc = ChordalCertificate(lmi, params, max_order=max_order)
@@ -90,7 +90,7 @@ def test_deep_chain_certified_where_one_dense_cholesky_is_not():
     clique can. lower <= certified <= naive, and the certificate file re-checks."""
     net = mlp([16] * 25 + [4], seed=24, scale=6.0)
     lmi = ChainLMI.from_network(net)
-    params = ipm.solve_chain_ipm(lmi, tol=1e-7).params
+    params = interior.solve_chain_ipm(lmi, tol=1e-7).params
     rho = lmi.rho_star(params)
     assert not _verify_dense(lmi, params, rho * (1 + 1e-9))
     cert = certify_chain(lmi, params)

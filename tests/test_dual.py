@@ -43,7 +43,7 @@ def test_repaired_bound_is_feasible_and_below_the_optimum_for_any_candidate(acti
     import numpy as np
 
     from lipverify.solvers.gap import _pre_maps, repair, repaired_bound
-    from lipverify.solvers.interior.potential import solve_chain_ipm
+    from lipverify.solvers.interior import solve_chain_ipm
 
     net, lmi = _chain([6, 8, 8, 3], 1, activation)
     opt = solve_chain_ipm(lmi, tol=1e-9).rho
@@ -91,7 +91,7 @@ def test_gap_is_measured_where_the_eigenvector_sdp_alone_failed():
 
 def test_leaky_relu_gets_a_gap_from_the_repair_alone():
     """alpha > 0 has no multiplier bounds: the repaired candidate still gives a true bound."""
-    from lipverify.solvers.interior.potential import solve_chain_ipm
+    from lipverify.solvers.interior import solve_chain_ipm
 
     net, lmi = _chain([8, 16, 16, 16, 4], 3, ("leaky_relu", 0.1))
     r = lipverify.bound(net, method="lipsdp-neuron", solver="smooth")

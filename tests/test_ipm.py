@@ -12,7 +12,8 @@ import lipverify
 from lipverify.certify.gate import certify_chain
 from lipverify.ir.activations import GroupSort, SlopeRestricted
 from lipverify.lmi.chain import ChainLMI
-from lipverify.solvers.interior import potential as ipm
+from lipverify.solvers import interior
+from lipverify.solvers.interior import common, potential
 
 RELU = SlopeRestricted.named("relu")
 
@@ -27,13 +28,13 @@ def mlp(widths, seed=0, act=RELU, scale=1.0):
 @pytest.mark.parametrize("per_neuron", [True, False])
 def test_newton_system_is_the_exact_barrier_hessian(act, per_neuron):
     lmi = ChainLMI.from_network(mlp([3, 4, 5, 2], act=act), per_neuron)
-    form = ipm.neuron_form(lmi)
-    p, rho = ipm.strict_start(lmi, None)
+    form = common.neuron_form(lmi)
+    p, rho = common.strict_start(lmi, None)
     y = np.r_[rho, p]
     s_of = lambda v: lmi.assemble(v[1:], v[0])  # noqa: E731
     basis = [s_of(y + e) - s_of(y) for e in np.eye(y.size)]  # S is affine in y
     x = np.linalg.inv(s_of(y))
-    grad, hess = ipm.newton_system(form, x)
+    grad, hess = common.newton_system(form, x)
     assert np.allclose(grad, [np.trace(x @ f) for f in basis], rtol=1e-10, atol=1e-12)
     ref = np.array([[np.trace(x @ f @ x @ g) for g in basis] for f in basis])
     assert np.allclose(hess, ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
@@ -45,7 +46,7 @@ def test_matches_the_conic_optimum_and_the_gap_is_a_true_lower_bound(widths, per
     net = mlp(widths, seed=len(widths))
     conic = lipverify.bound(net, method="lipsdp-neuron" if per_neuron else "lipsdp-layer",
                             solver="clarabel")
-    res = ipm.solve_chain_ipm(ChainLMI.from_network(net, per_neuron))
+    res = interior.solve_chain_ipm(ChainLMI.from_network(net, per_neuron))
     assert res.status == "optimal" and res.gap <= 1e-8
     opt = conic.bound ** 2
     assert res.lower <= opt * (1 + 1e-7)  # weak duality: below the SDP optimum
@@ -78,7 +79,7 @@ def test_balancing_makes_exploding_deep_nets_solvable():
     # 24 layers, each weight ~4x an isometry: norm product ~1e14
     net = mlp([12] * 25 + [3], seed=3, scale=4.0)
     lmi = ChainLMI.from_network(net, True)
-    res = ipm.solve_chain_ipm(lmi, time_limit=120)
+    res = interior.solve_chain_ipm(lmi, time_limit=120)
     cert = certify_chain(lmi, res.params)
     naive = lipverify.bound(net, method="naive").bound
     lower = lipverify.bound(net, method="lower").bound
@@ -99,7 +100,7 @@ def test_ipm_refuses_non_slope_qcs_and_says_why():
     ws = [rng.normal(size=(8, 6)), rng.normal(size=(2, 8))]
     net = lipverify.Network.sequential(ws, [GroupSort(2)])
     lmi = ChainLMI.from_network(net, True)
-    assert "slope QCs only" in ipm.ipm_reason(lmi)
+    assert "slope QCs only" in interior.ipm_reason(lmi)
     out = lipverify.bound(net, method="lipsdp-neuron", solver="ipm")
     assert out.certified and out.solver != "ipm"
     assert "slope QCs only" in out.details["ipm"]
@@ -129,11 +130,11 @@ def test_reduced_barrier_equals_the_full_one(act, per_neuron):
     Hessian as the dense inverse of the whole LMI."""
     rng = np.random.default_rng(1)
     lmi = ChainLMI.from_network(mlp([9, 5, 6, 4, 3], seed=1, act=act), per_neuron)
-    form = ipm.neuron_form(lmi)
-    p, rho = ipm.strict_start(lmi, None)
+    form = common.neuron_form(lmi)
+    p, rho = common.strict_start(lmi, None)
     p, rho = p * (1 + rng.random(p.size)), 3 * rho
-    assert ipm._ReducedBarrier.applies(lmi, form)
-    full, red = ipm._FullBarrier(lmi, form), ipm._ReducedBarrier(lmi, form)
+    assert potential.ReducedBarrier.applies(lmi, form)
+    full, red = potential.FullBarrier(lmi, form), potential.ReducedBarrier(lmi, form)
     (c1, l1), (c2, l2) = full.factor(p, rho), red.factor(p, rho)
     assert l2 == pytest.approx(l1, rel=1e-13)
     g1, h1 = full.newton(c1, p, rho)
@@ -141,7 +142,7 @@ def test_reduced_barrier_equals_the_full_one(act, per_neuron):
     assert np.allclose(g2, g1, rtol=1e-11, atol=1e-13 * np.abs(g1).max())
     assert np.allclose(h2, h1, rtol=1e-11, atol=1e-13 * np.abs(h1).max())
     other = ChainLMI.from_network(mlp([9, 5, 3], act=SlopeRestricted("s", -0.3, 1.2)))
-    assert not ipm._ReducedBarrier.applies(other, ipm.neuron_form(other))  # alpha beta != 0
+    assert not potential.ReducedBarrier.applies(other, common.neuron_form(other))  # alpha beta != 0
 
 
 def test_time_limit_covers_the_certification_on_the_smooth_path():

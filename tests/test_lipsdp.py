@@ -175,7 +175,7 @@ def test_smooth_solver_runs_balanced_and_maps_back():
     """The smooth solver works on the balanced chain (weights ~30, rho ~ 1e29) and returns
     the original multipliers and rho*. Unbalanced, L-BFGS-B barely moves from the start
     (8.44e29 from 8.49e29); balanced it gets within 1.6x of the optimum (1.82e29)."""
-    from lipverify.solvers.interior.potential import solve_chain_ipm
+    from lipverify.solvers.interior import solve_chain_ipm
     from lipverify.solvers.sequential import ldlt_fast_params
     from lipverify.solvers.smooth_rho import minimize_rho
 

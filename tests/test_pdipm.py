@@ -12,7 +12,8 @@ import lipverify
 from lipverify.certify.gate import certify_chain
 from lipverify.ir.activations import SlopeRestricted
 from lipverify.lmi.chain import ChainLMI
-from lipverify.solvers.interior import potential as ipm
+from lipverify.solvers import interior
+from lipverify.solvers.interior import common
 from lipverify.solvers.interior import primal_dual as pdipm
 
 SLOPE = SlopeRestricted("slope", -0.3, 1.2)
@@ -35,7 +36,7 @@ def _basis(lmi):
 def test_schur_matrix_is_tr_f_x_f_y(act, per_neuron):
     rng = np.random.default_rng(2)
     lmi = ChainLMI.from_network(mlp([5, 4, 3, 2], act=act), per_neuron)
-    form = ipm.neuron_form(lmi)
+    form = common.neuron_form(lmi)
     a, b = rng.normal(size=(2, lmi.order, lmi.order))
     x, y = a @ a.T, b @ b.T
     vec, mat = pdipm.grouped_blocks(form)
@@ -50,11 +51,11 @@ def test_schur_matrix_is_tr_f_x_f_y(act, per_neuron):
 
 def test_rotation_keeps_rho_star():
     lmi = ChainLMI.from_network(mlp([30, 7, 6, 3], seed=4))
-    small, k = ipm.rotate(lmi)
+    small, k = common.rotate(lmi)
     assert k == 23 and small.order == lmi.order - 23
-    p = ipm.strict_start(lmi, None)[0]
+    p = common.strict_start(lmi, None)[0]
     assert small.rho_star(p) == pytest.approx(lmi.rho_star(p), rel=1e-10)
-    same, k0 = ipm.rotate(ChainLMI.from_network(mlp([5, 7, 3])))
+    same, k0 = common.rotate(ChainLMI.from_network(mlp([5, 7, 3])))
     assert k0 == 0 and same.order == 12
 
 
@@ -63,7 +64,7 @@ def test_rotation_keeps_rho_star():
 def test_agrees_with_dual_scaling_and_the_conic_optimum(widths, act):
     net = mlp(widths, seed=len(widths), act=act)
     lmi = ChainLMI.from_network(net)
-    pd, ds = pdipm.solve_chain_pd(lmi), ipm.solve_chain_ipm(lmi, algorithm="dual-scaling")
+    pd, ds = pdipm.solve_chain_pd(lmi), interior.solve_chain_ipm(lmi, algorithm="dual-scaling")
     assert pd.status == "optimal" and pd.gap <= 1e-8
     assert pd.rho == pytest.approx(ds.rho, rel=1e-7)
     assert pd.lower <= ds.rho * (1 + 1e-9)  # a true lower bound (weak duality)
@@ -75,7 +76,7 @@ def test_agrees_with_dual_scaling_and_the_conic_optimum(widths, act):
 
 def test_layer_multipliers():
     lmi = ChainLMI.from_network(mlp([10, 8, 8, 8, 3], seed=1), per_neuron=False)
-    pd, ds = pdipm.solve_chain_pd(lmi), ipm.solve_chain_ipm(lmi, algorithm="dual-scaling")
+    pd, ds = pdipm.solve_chain_pd(lmi), interior.solve_chain_ipm(lmi, algorithm="dual-scaling")
     assert pd.status == "optimal" and pd.rho == pytest.approx(ds.rho, rel=1e-7)
 
 
@@ -169,9 +170,9 @@ def test_an_lmi_too_large_for_the_interior_point_is_refused_up_front(monkeypatch
     certified from the structured solver."""
     net = mlp([20, 16, 16, 16, 4], seed=9)
     lmi = ChainLMI.from_network(net)
-    need = ipm.ipm_bytes(lmi.order, 48)
+    need = common.ipm_bytes(lmi.order, 48)
     assert need >= 8 * 11 * lmi.order ** 2
-    monkeypatch.setattr(ipm, "IPM_MAX_BYTES", need - 1)
-    assert "GiB" in ipm.ipm_reason(lmi)
+    monkeypatch.setattr(common, "IPM_MAX_BYTES", need - 1)
+    assert "GiB" in interior.ipm_reason(lmi)
     out = lipverify.bound(net, method="lipsdp-neuron", solver="ipm")
     assert out.certified and out.solver != "ipm" and "not used" in out.details["ipm"]

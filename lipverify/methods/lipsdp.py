@@ -228,7 +228,7 @@ IPM_AUTO_MAX_ORDER = 3000
 
 def _use_ipm(lmi, solver: str, details: dict) -> bool:
     """Whether the interior-point solver takes this LMI (``auto`` or ``ipm`` requested)."""
-    from ..solvers.interior.potential import ipm_reason
+    from ..solvers.interior import ipm_reason
 
     if solver not in ("auto", "ipm"):
         return False
@@ -255,7 +255,7 @@ def _lipsdp_ipm(lmi, details: dict, clock: Clock) -> MethodOutput:
     Its optimality gap comes from its own dual point.
     With a time limit the start is certified first (the bound returned if time runs out) and
     the solver gets what is left after one more certification."""
-    from ..solvers.interior.potential import solve_chain_ipm
+    from ..solvers.interior import solve_chain_ipm
 
     dag = lmi.kind == "dag"
     start = lmi.anchor() if dag else ldlt_fast_params(lmi)

@@ -14,12 +14,12 @@ class InteriorPoint(Solver):
     capabilities = Capabilities(qc_kinds=frozenset({"slope"}))
 
     def takes(self, lmi):
-        from .interior.potential import ipm_reason
+        from .interior import ipm_reason
 
         return super().takes(lmi) or ipm_reason(lmi)
 
     def solve(self, lmi, start=None, time_limit=None) -> SolveResult:
-        from .interior.potential import solve_chain_ipm
+        from .interior import solve_chain_ipm
 
         res = solve_chain_ipm(lmi, start, time_limit=time_limit)
         return SolveResult(res.params, math.sqrt(max(res.rho, 0.0)), res.status, self.name,

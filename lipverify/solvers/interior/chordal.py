@@ -34,7 +34,7 @@ import numpy as np
 from ...lmi import blocktri
 from ...lmi.chain import ChainLMI, assemble_tridiagonal
 from ...numerics import eigvalsh_batched
-from .potential import IPMResult, neuron_form, on_balanced, strict_start
+from .common import IPMResult, neuron_form, on_balanced, strict_start
 from .primal_dual import (
     LANCZOS_ORDER,
     SIGMA_POWER,

@@ -45,7 +45,7 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 from ...numerics import lambda_min
-from .potential import (
+from .common import (
     Blocks,
     IPMResult,
     NeuronForm,
