@@ -12,6 +12,7 @@ from rich.table import Table
 
 import lipverify
 from lipverify.errors import LipverifyError
+from lipverify.status import Outcome
 
 from .common import (
     EXIT_INVALID_CERT,
@@ -90,7 +91,7 @@ def bound(
             err.print(f"method auto -> {result.method}")
         for w in result.warnings:
             note(w)
-    if result.status == "unsound":
+    if result.status.outcome is Outcome.UNSOUND:
         sys.exit(EXIT_UNSOUND)
 
 
@@ -196,6 +197,7 @@ def write_csv(path: str, results) -> None:
         for r in results:
             d = r.to_dict()
             d["layers"] = "-".join(map(str, r.layers))
+            d["status"] = str(r.status)
             d["output_rows"] = "" if r.output_rows is None else ",".join(map(str, r.output_rows))
             writer.writerow({k: d[k] for k in CSV_FIELDS})
 

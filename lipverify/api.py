@@ -15,6 +15,7 @@ from .methods import get_method
 from .numerics import as_numerical_error, blas_threads
 from .options import LoadOptions, unknown_option
 from .results import BoundResult, MethodOutput
+from .status import Outcome, Status
 
 NORMS = ("l2", "linf")
 
@@ -204,7 +205,7 @@ def _result(network, name, info, out: MethodOutput, elapsed: float, lower, norm,
     certified = out.certified and info.kind == "upper"
     if lower is not None and info.kind == "upper" and out.bound < lower * (1 - 1e-9):
         certified = False
-        status = "unsound"
+        status = Status(Outcome.UNSOUND, "below the lower bound")
         warnings.append(f"bound {out.bound:.8g} is below the lower bound {lower:.8g}: a bug")
     details = dict(out.details)
     if method == "auto":

@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .status import Status, as_status
+
 
 def _num(x: float | None) -> float | str | None:
     """JSON has no inf/nan: encode them as strings so nothing is lost."""
@@ -28,12 +30,15 @@ class MethodOutput:
 
     bound: float
     certified: bool
-    status: str = "ok"
+    status: Status = field(default_factory=Status)
     solver: str | None = None
     solver_value: float | None = None
     margin: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "status", as_status(self.status))
 
 
 class FrozenDict(dict):
@@ -78,7 +83,7 @@ class BoundResult:
     certified: bool
     kind: str
     solver: str | None
-    status: str
+    status: Status
     time_s: float
     lower_bound: float | None
     layers: tuple[int, ...]
@@ -93,10 +98,12 @@ class BoundResult:
     def __post_init__(self):
         if not isinstance(self.details, FrozenDict):
             object.__setattr__(self, "details", FrozenDict(self.details))
+        object.__setattr__(self, "status", as_status(self.status))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["details"] = dict(self.details)
+        d["status"] = self.status.to_dict()
         for key in ("bound", "lower_bound", "solver_value", "margin"):
             d[key] = _num(d[key])
         d["layers"] = list(self.layers)
@@ -116,6 +123,8 @@ class BoundResult:
         if d.get("output_rows") is not None:
             d["output_rows"] = tuple(d["output_rows"])
         d["warnings"] = tuple(d.get("warnings", ()))
+        # plain text in results stored by 0.1.0 and earlier
+        d["status"] = Status.from_dict(d.get("status", "ok"))
         return cls(**d)
 
     def __str__(self) -> str:

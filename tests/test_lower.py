@@ -21,6 +21,7 @@ from lipverify.ir.linear import Compose, Conv2d, Dense, Diagonal, IndexMap, Line
 from lipverify.ir.network import Affine, Network, Node, Term
 from lipverify.ir.torch_eval import to_torch
 from lipverify.methods.lower import lower_bound
+from lipverify.status import Status
 
 RNG = np.random.default_rng(0)
 RELU = SlopeRestricted.named("relu")
@@ -158,7 +159,7 @@ def test_relu_exact_constant_2_sqrt_2():
         out = lower_bound(net, seed=seed)  # default settings: 0 misses in 100 bias draws
         assert abs(out.bound - true) < 1e-6
         assert out.bound <= true * (1 + 1e-9)
-        assert not out.certified and out.status == "ok" and out.solver is None
+        assert not out.certified and out.status == Status() and out.solver is None
         assert len(out.details["witness_x"]) == 2
 
 

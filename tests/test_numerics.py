@@ -141,13 +141,13 @@ def _net():
 
 
 def _break_smooth_solver(monkeypatch):
-    import lipverify.methods.lipsdp as lipsdp
+    import lipverify.methods.pipeline as pipeline
 
     def broken(*a, **k):
         raise np.linalg.LinAlgError("Internal Error.")
 
-    monkeypatch.setattr(lipsdp, "minimize_rho", broken)
-    monkeypatch.setattr(lipsdp, "_use_ipm", lambda *a: False)
+    monkeypatch.setattr(pipeline, "minimize_rho", broken)
+    monkeypatch.setattr(pipeline, "use_ipm", lambda *a: False)
 
 
 def test_a_failure_mid_solve_is_a_solver_error_with_the_best_certified_bound(monkeypatch):

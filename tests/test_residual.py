@@ -139,15 +139,15 @@ def _nets():
 @pytest.mark.parametrize("per_neuron", [True, False])
 def test_chained_lmi_matches_monolithic(per_neuron):
     """§5b against §5a: same optimum (both solved by Clarabel, certified on §5a)."""
-    from lipverify.lmi.banded import max_cone, solve_chained
-    from lipverify.lmi.dag import solve_dag
+    from lipverify.lmi.banded import max_cone
     from lipverify.solvers.choose import get_backend
+    from lipverify.solvers.conic import solve_banded, solve_dag
 
     backend = get_backend("clarabel")
     for name, net in _nets():
         lmi = DagLMI.from_network(net, per_neuron)
-        mono = certify_dag(lmi, solve_dag(lmi, backend)[0])[0]
-        chained = certify_dag(lmi, solve_chained(lmi, backend)[0])[0]
+        mono = certify_dag(lmi, solve_dag(lmi, backend).params)[0]
+        chained = certify_dag(lmi, solve_banded(lmi, backend).params)[0]
         assert chained == pytest.approx(mono, rel=1e-5), name
         if name != "chain":
             assert max_cone(lmi) < lmi.order, name
@@ -166,10 +166,8 @@ def test_structured_dag_solver_reaches_the_conic_optimum():
 
 def test_monolithic_form_on_request():
     net = next(_nets())[1]
-    from lipverify.methods.lipsdp import _lipsdp_dag
-
-    mono = _lipsdp_dag(net, True, "clarabel", None, form="full")
-    chained = _lipsdp_dag(net, True, "clarabel", None)
+    mono = lipverify.bound(net, method="lipsdp-neuron", solver="clarabel", form="full")
+    chained = lipverify.bound(net, method="lipsdp-neuron", solver="clarabel")
     assert mono.details["form"].startswith("monolithic")
     assert chained.details["form"].startswith("chained")
     assert chained.bound == pytest.approx(mono.bound, rel=1e-6)

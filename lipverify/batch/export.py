@@ -61,7 +61,7 @@ def table_rows(records: Sequence[JobRecord]) -> list[dict[str, str]]:
             "lower_bound": "" if res is None or res.lower_bound is None
             else f"{res.lower_bound:.10g}",
             "tightness": "" if tight is None else f"{tight:.4g}",
-            "result_status": "" if res is None else res.status,
+            "result_status": "" if res is None else str(res.status),
             "solver": "" if res is None else (res.solver or ""),
             "time_s": "" if res is None else f"{res.time_s:.3f}",
             "layers": "" if res is None else "-".join(map(str, res.layers)),

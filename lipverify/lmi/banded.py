@@ -53,32 +53,3 @@ def max_cone(lmi: DagLMI) -> int:
     """Largest PSD cone of the chained form (without building it)."""
     _, steps, _ = state_maps(lmi)
     return max(a.shape[1] + b.shape[1] for a, b, _ in steps)
-
-
-def solve_chained(lmi: DagLMI, backend, time_limit=None):
-    """Minimise rho over the chained LMI with a conic backend; returns (multipliers, status)."""
-    import cvxpy as cp
-
-    from ..solvers.conic import psd, run_problem
-
-    q0, steps, c_out = state_maps(lmi)
-    rho = cp.Variable(nonneg=True, name="rho")
-    params = [cp.Variable(qc.num_params(), name=f"t{k}") for k, qc in enumerate(lmi.qcs, 1)]
-    cons = [c for qc, p in zip(lmi.qcs, params) for c in qc.constraints(p)]
-    store = rho * np.eye(q0.shape[1])  # P_0 = rho I on s_0 = Q_0^T x (||s_0|| <= ||x||)
-    for k, ((a, b, h), qc, p) in enumerate(zip(steps, lmi.qcs, params), start=1):
-        d_prev, n_k = a.shape[1], b.shape[1]
-        nxt = (c_out.T @ c_out if k == len(steps)
-               else cp.Variable((a.shape[0], a.shape[0]), symmetric=True, name=f"P{k}"))
-        gvv, gvw, gww = qc.cvx_blocks(p)
-        ab = np.hstack([a, b])
-        r = -(ab.T @ nxt @ ab) - cp.bmat([[h.T @ gvv @ h, h.T @ gvw],
-                                          [(h.T @ gvw).T, gww]])
-        first = cp.bmat([[store, np.zeros((d_prev, n_k))],
-                         [np.zeros((n_k, d_prev)), np.zeros((n_k, n_k))]])
-        cons.append(psd(first + r))
-        store = nxt
-    _, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
-    if rho.value is None or any(p.value is None for p in params):
-        return None, status
-    return np.concatenate([np.asarray(p.value, dtype=np.float64).ravel() for p in params]), status

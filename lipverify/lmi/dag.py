@@ -89,7 +89,7 @@ class DagLMI(LMI):
         out, out_rad = stack(network.output)
         return cls(tuple(sizes), tuple(pres), tuple(radii), out, out_rad, tuple(qcs))
 
-    def _select(self, k: int) -> np.ndarray:
+    def select(self, k: int) -> np.ndarray:
         offs = np.concatenate([[0], np.cumsum(self.sizes)])
         s = np.zeros((self.sizes[k], self.order))
         s[:, offs[k] : offs[k + 1]] = np.eye(self.sizes[k])
@@ -287,28 +287,3 @@ def certify_dag(lmi: DagLMI, params):
         if anchor is None:
             anchor = lmi.anchor()
         theta = min(1.0, 1e-6 if theta == 0.0 else 2.0 * theta)
-
-
-def solve_dag(lmi: DagLMI, backend, time_limit=None):
-    """Monolithic LMI with a conic backend; returns multipliers (or None)."""
-    import cvxpy as cp
-
-    from ..solvers.conic import psd, run_problem
-
-    rho = cp.Variable(nonneg=True)
-    params = [cp.Variable(qc.num_params()) for qc in lmi.qcs]
-    cons = [c for qc, p in zip(lmi.qcs, params) for c in qc.constraints(p)]
-    n0 = lmi.sizes[0]
-    e0 = np.zeros((lmi.order, lmi.order))
-    e0[:n0, :n0] = np.eye(n0)
-    m = rho * e0 - lmi.out.T @ lmi.out
-    for k, (qc, p) in enumerate(zip(lmi.qcs, params), start=1):
-        gvv, gvw, gww = qc.cvx_blocks(p)
-        v, s = lmi.pres[k - 1], lmi._select(k)
-        cross = v.T @ gvw @ s
-        m = m - (v.T @ gvv @ v + cross + cross.T + s.T @ gww @ s)
-    cons.append(psd(m))
-    _, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
-    if rho.value is None or any(p.value is None for p in params):
-        return None, status
-    return np.concatenate([np.asarray(p.value, dtype=np.float64).ravel() for p in params]), status

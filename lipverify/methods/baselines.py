@@ -18,6 +18,7 @@ from ..ir.linear import Conv2d, LinearOp, power_iteration
 from ..ir.network import Network
 from ..numerics import round_up
 from ..results import MethodOutput
+from ..status import Outcome, Status
 from . import register_method
 
 #: l2 ``naive``: a Conv2d whose dense matrix has more entries (n_in * n_out) than this gets
@@ -113,6 +114,6 @@ def power(network: Network, *, norm: str = "l2", **_) -> MethodOutput:
     return MethodOutput(
         bound=value,
         certified=False,
-        status="estimate",
+        status=Status(Outcome.ESTIMATE),
         warnings=("power iteration underestimates norms: not a bound",),
     )

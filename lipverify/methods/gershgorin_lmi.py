@@ -35,6 +35,7 @@ from ..ir.network import Network
 from ..lmi.dag import DagLMI, certify_dag
 from ..options import LPOptions
 from ..results import MethodOutput
+from ..status import Outcome, Status
 from . import register_method
 
 #: Largest LMI order handled (the LP has up to ~order^2 / 2 auxiliary variables).
@@ -317,21 +318,20 @@ def gershgorin_lmi(network: Network, *, norm: str = "l2", time_limit: float | No
     details = {"order": lmi.order, "form": "monolithic (§5a), scaled Gershgorin LP (§5)", **info}
     if best["params"] is None:
         out = info["lp_outcomes"]
-        status = (f"infeasible: the Gershgorin LP is infeasible for all {info['lp_solves']} "
-                  "scalings tried" if out["not solved"] == 0 else
-                  f"no Gershgorin LP solved: {out['infeasible']} infeasible, "
-                  f"{out['not solved']} not solved (time limit or numerical trouble)")
+        status = (Status(Outcome.INFEASIBLE, f"the Gershgorin LP is infeasible for all "
+                         f"{info['lp_solves']} scalings tried") if out["not solved"] == 0 else
+                  Status(Outcome.STOPPED, f"no Gershgorin LP solved: {out['infeasible']} "
+                         f"infeasible, {out['not solved']} not solved (time limit or numerical "
+                         "trouble)"))
         if info["budget_exhausted"]:
-            status += "; search budget exhausted (time_limit / max_lps)"
+            status = status.with_(note="search budget exhausted (time_limit / max_lps)")
         return MethodOutput(bound=math.inf, certified=False, status=status, solver="highs",
                             details=details)
     lp_bound = math.sqrt(best["rho"])
     details["scaling"] = (2.0 ** best["log_c"]).tolist()
     bound, params, rho, theta = certify_dag(lmi, best["params"])
     ok = math.isfinite(bound)
-    status = "ok" if ok else "not certified"
-    if ok and theta > 0:
-        status += f"; repaired (theta={theta:.3g})"
+    status = Status(theta=theta) if ok else Status(Outcome.NOT_CERTIFIED)
     details["certificate"] = {"kind": "lipsdp-dag", "multipliers": "neuron", "rho": rho,
                               "theta": theta, "params": params.tolist()}
     return MethodOutput(bound=bound, certified=ok, status=status, solver="highs",

@@ -28,6 +28,7 @@ from ..ir.network import Network
 from ..ir.torch_eval import to_torch
 from ..numerics import UNIT_ROUNDOFF, eigh_all
 from ..results import MethodOutput
+from ..status import Status
 
 #: Standard deviations of the Gaussian sample groups (plus one uniform [0, 1] group).
 SCALES = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -308,4 +309,4 @@ def _lower_bound(network, norm, samples, steps, seed, time_limit, top, smooth_be
     }
     if network.input_dim <= 64:
         details["witness_x"] = witness_x.tolist()
-    return MethodOutput(bound=ratio, certified=False, status="ok", solver=None, details=details)
+    return MethodOutput(bound=ratio, certified=False, status=Status(), solver=None, details=details)

@@ -23,6 +23,7 @@ from ..ir.network import Affine, Network, Node, Term
 from ..numerics import round_up
 from ..options import SplitOptions
 from ..results import MethodOutput
+from ..status import Outcome, Status
 from . import register_method
 
 #: Largest LMI order per segment (input block plus its nodes).
@@ -108,17 +109,18 @@ def lipsdp_split(network: Network, *, norm: str = "l2", time_limit: float | None
         try:
             out = lipsdp_neuron(sub, norm="l2", time_limit=share, **options)
         except NotApplicableError as exc:
-            out = replace(base, status=f"naive ({exc})")
+            out = replace(base, status=Status(Outcome.FALLBACK, f"naive ({exc})"))
         if not out.certified or out.bound > base.bound:
-            out = replace(base, status=f"naive (lipsdp {out.bound:.6g}: {out.status})")
+            out = replace(base, status=Status(Outcome.FALLBACK, f"naive (lipsdp {out.bound:.6g}: "
+                                                               f"{out.status})"))
         certified = certified and out.certified
         total = round_up(total * out.bound)
         parts.append({"nodes": [a + 1, min(b, len(network.nodes))], "order": sub.input_dim
                       + sum(n.width for n in sub.nodes), "bound": out.bound,
-                      "certified": out.certified, "status": out.status})
+                      "certified": out.certified, "status": str(out.status)})
     return MethodOutput(
         bound=total,
         certified=certified and math.isfinite(total),
-        status=f"{len(segments)} segments",
+        status=Status(detail=f"{len(segments)} segments"),
         details={"segments": parts},
     )

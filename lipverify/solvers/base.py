@@ -14,8 +14,6 @@ Adding a solver is one file in this package and one line in ``lipverify/solvers/
 from __future__ import annotations
 
 import importlib.util
-import math
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -101,15 +99,8 @@ class ConicSolver(Solver):
     """A cvxpy conic solver on the chordal chain LMI (§3) or the chained DAG LMI (§5b)."""
 
     def solve(self, lmi, start=None, time_limit=None) -> SolveResult:
-        from ..lmi.banded import solve_chained
-        from .conic import solve_chain
+        from .conic import solve_banded, solve_chain
 
         if lmi.kind == "chain":
             return solve_chain(lmi, self, time_limit)
-        t0 = time.perf_counter()
-        params, status = solve_chained(lmi, self, time_limit)
-        value = None
-        if params is not None:
-            rho = lmi.rho_star(lmi.project(params))
-            value = math.sqrt(rho) if math.isfinite(rho) else None
-        return SolveResult(params, value, status, self.name, time.perf_counter() - t0)
+        return solve_banded(lmi, self, time_limit)

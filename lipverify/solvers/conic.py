@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from ..errors import SolverError
+from ..lmi.banded import state_maps
 from ..lmi.chain import ChainLMI, balance
 from .base import SolveResult
 from .choose import Backend
@@ -117,3 +118,61 @@ def solve_linf(lmi: ChainLMI, backend: Backend, time_limit: float | None = None)
         + [np.asarray(p.value, dtype=np.float64).ravel() for p in params]
     )
     return SolveResult(x, float(rho.value), status, backend.name, seconds)
+
+
+def _value(lmi, params) -> float | None:
+    """The solver's bound ``sqrt(rho*)`` at its (projected) multipliers."""
+    rho = lmi.rho_star(lmi.project(params))
+    return math.sqrt(rho) if math.isfinite(rho) else None
+
+
+def solve_banded(lmi, backend: Backend, time_limit: float | None = None) -> SolveResult:
+    """Minimise rho over the chained (banded) LMI of a DAG (§5b) with a conic backend."""
+    import cvxpy as cp
+
+    q0, steps, c_out = state_maps(lmi)
+    rho = cp.Variable(nonneg=True, name="rho")
+    params = [cp.Variable(qc.num_params(), name=f"t{k}") for k, qc in enumerate(lmi.qcs, 1)]
+    cons = [c for qc, p in zip(lmi.qcs, params) for c in qc.constraints(p)]
+    store = rho * np.eye(q0.shape[1])  # P_0 = rho I on s_0 = Q_0^T x (||s_0|| <= ||x||)
+    for k, ((a, b, h), qc, p) in enumerate(zip(steps, lmi.qcs, params), start=1):
+        d_prev, n_k = a.shape[1], b.shape[1]
+        nxt = (c_out.T @ c_out if k == len(steps)
+               else cp.Variable((a.shape[0], a.shape[0]), symmetric=True, name=f"P{k}"))
+        gvv, gvw, gww = qc.cvx_blocks(p)
+        ab = np.hstack([a, b])
+        r = -(ab.T @ nxt @ ab) - cp.bmat([[h.T @ gvv @ h, h.T @ gvw],
+                                          [(h.T @ gvw).T, gww]])
+        first = cp.bmat([[store, np.zeros((d_prev, n_k))],
+                         [np.zeros((n_k, d_prev)), np.zeros((n_k, n_k))]])
+        cons.append(psd(first + r))
+        store = nxt
+    seconds, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
+    if rho.value is None or any(p.value is None for p in params):
+        return SolveResult(None, None, status, backend.name, seconds)
+    x = np.concatenate([np.asarray(p.value, dtype=np.float64).ravel() for p in params])
+    return SolveResult(x, _value(lmi, x), status, backend.name, seconds)
+
+
+def solve_dag(lmi, backend: Backend, time_limit: float | None = None) -> SolveResult:
+    """Minimise rho over the monolithic DAG LMI (§5a) with a conic backend (for checking)."""
+    import cvxpy as cp
+
+    rho = cp.Variable(nonneg=True)
+    params = [cp.Variable(qc.num_params()) for qc in lmi.qcs]
+    cons = [c for qc, p in zip(lmi.qcs, params) for c in qc.constraints(p)]
+    n0 = lmi.sizes[0]
+    e0 = np.zeros((lmi.order, lmi.order))
+    e0[:n0, :n0] = np.eye(n0)
+    m = rho * e0 - lmi.out.T @ lmi.out
+    for k, (qc, p) in enumerate(zip(lmi.qcs, params), start=1):
+        gvv, gvw, gww = qc.cvx_blocks(p)
+        v, s = lmi.pres[k - 1], lmi.select(k)
+        cross = v.T @ gvw @ s
+        m = m - (v.T @ gvv @ v + cross + cross.T + s.T @ gww @ s)
+    cons.append(psd(m))
+    seconds, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
+    if rho.value is None or any(p.value is None for p in params):
+        return SolveResult(None, None, status, backend.name, seconds)
+    x = np.concatenate([np.asarray(p.value, dtype=np.float64).ravel() for p in params])
+    return SolveResult(x, _value(lmi, x), status, backend.name, seconds)

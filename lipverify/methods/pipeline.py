@@ -1,0 +1,344 @@
+"""The one LipSDP pipeline (FORMULATIONS.md §1-§3, §5, §8), for chains and residual DAGs alike:
+
+    start -> solver -> warm start -> polish -> certify -> gap
+
+* **start**: multipliers that are already certifiable: ECLipsE-Fast's closed form on a chain
+  (§2b), the anchor on a DAG (§8 step 4).
+* **solver**: the interior point (slope QCs, order <= 3000), or a conic solver on the
+  chordal / chained form (§3, §5b); a solver that fails or is not installed hands over to
+  the structured solver, and the status says so.
+* **warm start**: when no solver point was better than the start, the few-variable layer
+  problem (§1.3), expanded per neuron.
+* **polish**: the structured solver on rho* (§2) from the best point so far.
+* **certify**: the single §8 gate (:func:`lipverify.certify.gate.certify`) on the exact
+  float64 weights; the reported bound is never worse than the certified start.
+* **gap**: the measured optimality gap from a dual bound (a quality figure only).
+
+One :class:`~lipverify.runtime.clock.Clock` serves every stage: each asks for what is left
+after a reserve (the measured cost of one certification), so the last certificate fits.
+The status is a typed :class:`~lipverify.status.Status`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..certify.gate import Certificate, certify, certify_if_better
+from ..errors import SolverError
+from ..ir.network import Network
+from ..lmi.chain import LMI, node_qcs
+from ..numerics import as_numerical_error
+from ..results import MethodOutput
+from ..runtime.clock import Clock
+from ..solvers.choose import BACKENDS, choose_backend, estimate_cone
+from ..solvers.sequential import ldlt_fast_params
+from ..solvers.smooth_rho import minimize_rho
+from ..status import Outcome, Status
+
+#: mu / rho schedules of the structured solver: from scratch, and polishing a solver's point.
+SMOOTH_STAGES = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9)
+POLISH_STAGES = (1e-6, 1e-7, 1e-8, 1e-9)
+#: ``auto`` runs the interior-point solver on slope-QC LMIs up to this order (its dense
+#: inverse and n x n Newton matrix cost O(N^3) per iteration; larger LMIs use ``smooth``).
+IPM_AUTO_MAX_ORDER = 3000
+#: Residual networks above this order skip the chained conic solve (structured solver only).
+CHAINED_MAX_ORDER = 1500
+#: The structured solver stage always gets at least this long on a DAG (its start is cheap).
+DAG_MIN_SECONDS = 1.0
+
+
+def multiplier_kind(per_neuron: bool | str) -> str:
+    return per_neuron if isinstance(per_neuron, str) else ("neuron" if per_neuron else "layer")
+
+
+def certificate_record(cert: Certificate, kind: str, multipliers: str) -> dict:
+    """The JSON record :func:`lipverify.save_certificate` writes (certificate kinds registry)."""
+    record = {"kind": kind, "multipliers": multipliers, "rho": cert.rho,
+              "params": np.asarray(cert.params).tolist(), "theta": cert.theta}
+    if kind == "lipsdp-l2":
+        record.update(eps=cert.margin, message=cert.message)
+    return record
+
+
+def output(cert: Certificate, status: Status, *, solver: str | None, solver_value,
+           details: dict, kind: str = "lipsdp-l2", warnings=()) -> MethodOutput:
+    """The method output of a §8 certificate (``certified`` only when the gate passed)."""
+    details = {**details, "certificate": certificate_record(
+        cert, kind, details.get("multipliers", "neuron"))}
+    if not cert.ok:
+        status = replace(status, outcome=Outcome.NOT_CERTIFIED, detail=cert.message)
+    return MethodOutput(bound=cert.bound, certified=cert.ok, status=status, solver=solver,
+                        solver_value=solver_value,
+                        margin=cert.margin if kind == "lipsdp-l2" else None, details=details,
+                        warnings=tuple(warnings))
+
+
+@contextmanager
+def keep_best(best: Callable[[], MethodOutput | None]):
+    """A numerical failure inside the block leaves with the best certified output so far."""
+    try:
+        yield
+    except Exception as exc:
+        err = as_numerical_error(exc, "lipsdp")
+        if err is None:
+            raise
+        if err.best is None:
+            err.best = best()
+        if err is exc:
+            raise
+        raise err from exc
+
+
+@dataclass
+class Candidates:
+    """The start stage and the bookkeeping of every later candidate.
+
+    On a chain each candidate is certified as it comes (a certificate is a few clique
+    factorisations), keeping the best certificate. On a DAG a certificate is a dense
+    factorisation of the whole LMI, so candidates are ranked by ``rho*`` and only the winner
+    is certified (:meth:`final`)."""
+
+    lmi: LMI
+    clock: Clock
+    certified: Certificate | None = None
+    ranked: list = field(default_factory=list)
+
+    @classmethod
+    def start(cls, lmi: LMI, clock: Clock) -> Candidates:
+        out = cls(lmi, clock)
+        if lmi.kind == "chain":
+            out.certified = certify(lmi, ldlt_fast_params(lmi))
+        else:
+            anchor = lmi.anchor()
+            out.ranked.append((lmi.rho_star(anchor), anchor))
+        return out
+
+    @property
+    def chain(self) -> bool:
+        return self.lmi.kind == "chain"
+
+    def best_params(self) -> np.ndarray:
+        return self.certified.params if self.chain else min(self.ranked, key=_rho)[1]
+
+    def best_rho(self) -> float:
+        return self.certified.rho if self.chain else min(self.ranked, key=_rho)[0]
+
+    def add(self, params) -> bool:
+        """Offer ``params``; True when they are now the best candidate."""
+        if self.chain:
+            before = self.certified
+            self.certified = certify_if_better(self.lmi, params, before, self.clock.deadline)
+            return self.certified is not before
+        rho = self.lmi.rho_star(params)
+        if not math.isfinite(rho):  # repair by blending toward the anchor (§8 step 4)
+            repaired = certify(self.lmi, params)
+            params = repaired.params
+            rho = self.lmi.rho_star(params) if repaired.ok else math.inf
+        if not math.isfinite(rho):
+            return False
+        best = rho <= self.best_rho()
+        self.ranked.append((rho, params))
+        return best
+
+    def final(self) -> Certificate:
+        """The certificate to report: the best that passes the §8 gate."""
+        if self.chain:
+            return self.certified
+        cert = None
+        for _, params in sorted(self.ranked, key=_rho):
+            cert = certify(self.lmi, params, self.clock.deadline)
+            if cert.ok:
+                break
+        return cert
+
+
+def _rho(candidate) -> float:
+    return candidate[0]
+
+
+def use_ipm(lmi: LMI, solver: str, details: dict) -> bool:
+    """Whether the interior-point solver takes this LMI (``auto`` or ``ipm`` requested)."""
+    from ..solvers.interior import ipm_reason
+
+    if solver not in ("auto", "ipm"):
+        return False
+    reason = ipm_reason(lmi)
+    if reason is None and solver == "auto" and lmi.order > IPM_AUTO_MAX_ORDER:
+        reason = f"order {lmi.order} > {IPM_AUTO_MAX_ORDER} (auto limit; --solver ipm forces it)"
+    if reason is not None:
+        details["ipm"] = f"not used: {reason}"
+    return reason is None
+
+
+def with_gap(lmi: LMI, cert: Certificate, status: Status, details: dict,
+             clock: Clock) -> Status:
+    """The gap stage: the optimality gap of the certified point from a dual bound
+    (:mod:`lipverify.solvers.gap`); skipped once the time limit is reached."""
+    import time
+
+    from ..solvers.gap import gap
+
+    if not math.isfinite(cert.rho):
+        return status
+    if clock.expired():
+        return status.with_gap(None, "time limit")
+    t0 = time.perf_counter()
+    g = gap(lmi, cert.params, cert.rho)
+    details["dual_lower"], details["gap"] = g["lower"], g["gap"]
+    details["gap_seconds"] = time.perf_counter() - t0
+    return status.with_gap(g["gap"], None if g["gap"] is not None else "no dual bound")
+
+
+def run_ipm(lmi: LMI, details: dict, clock: Clock) -> tuple[Certificate, Status, float]:
+    """Solver stage, interior point (:mod:`lipverify.solvers.interior`), then the §8 gate.
+    Its gap comes from its own dual point. With a time limit the start is certified first
+    (the bound returned if time runs out), and the solver gets what is left after one more
+    certification."""
+    from ..solvers.interior import solve_chain_ipm
+
+    start = lmi.anchor() if lmi.kind == "dag" else ldlt_fast_params(lmi)
+    first, reserve = None, 0.0
+    if clock.limit is not None:
+        first = certify(lmi, start)
+        reserve = 2.0 * clock.elapsed()
+    res = solve_chain_ipm(lmi, start, time_limit=clock.left(reserve))
+    details.update(ipm_iterations=res.iterations, solve_seconds=res.seconds,
+                   ipm_status=res.status, ipm_algorithm=res.algorithm)
+    cert = certify(lmi, res.params, clock.deadline)
+    optimal = res.status == "optimal"
+    status = Status.solved("" if optimal else f"interior point: {res.status}",
+                           solver_optimal=optimal, timed_out=res.status == "time limit")
+    if not optimal:  # stopped early: never worse than its certified start
+        if first is None:
+            first = certify(lmi, start, clock.deadline)
+        if first.bound < cert.bound:
+            cert, details["ipm_start_better"] = first, True
+            name = "anchor" if lmi.kind == "dag" else "ldlt-fast"
+            status = status.with_(note=f"its start ({name}) certified lower")
+    if res.lower is not None and cert.ok:
+        low = math.sqrt(max(res.lower, 0.0))
+        details["dual_lower"], details["gap"] = low, (cert.bound - low) / cert.bound
+        status = status.with_gap(details["gap"])
+    else:
+        status = status.with_gap(None, "no dual point" if cert.ok else "not certified")
+    return cert, status, math.sqrt(max(res.rho, 0.0))
+
+
+def solver_stage(lmi: LMI, backend, cands: Candidates, clock: Clock, reserve: float,
+                 details: dict, conic: Callable) -> tuple[Status, float | None, bool]:
+    """A conic solver on the LMI (``conic(lmi, backend, time_limit)`` -> SolveResult).
+    Returns the status, the solver's value and whether its point beat the start."""
+    try:
+        result = conic(lmi, backend, clock.left(reserve))
+    except SolverError as exc:
+        return Status(Outcome.CONVERGED, f"{backend.name} failed ({exc}); structured solver "
+                      "used"), None, False
+    if result.params is None:
+        return Status(Outcome.CONVERGED, f"{backend.name} status {result.status}; structured "
+                      "solver used"), None, False
+    if result.seconds is not None:
+        details["solve_seconds"] = result.seconds
+    optimal = result.status == "optimal"
+    status = Status.solved("" if optimal else f"solver {result.status}", solver_optimal=optimal)
+    won = cands.add(lmi.project(result.params))
+    if not won and cands.chain:  # a poor (e.g. time-limited) solve
+        status = status.with_(note="started from ldlt-fast, which was better")
+    return status, result.value, won
+
+
+def warm_stage(network: Network, lmi: LMI, cands: Candidates, clock: Clock,
+               reserve: float, details: dict) -> None:
+    """Cold start: solve the few-variable layer problem first, expand it per neuron."""
+    if clock.expired(2.0 * reserve):
+        return
+    if lmi.kind == "chain":
+        from ..lmi.chain import ChainLMI
+
+        layer = ChainLMI.from_network(network, per_neuron=False)
+        start = layer.project(ldlt_fast_params(layer))
+        if not math.isfinite(layer.rho_star(start)):  # a solver start needs no certificate
+            start = certify(layer, start).params
+    else:
+        layer = replace(lmi, qcs=node_qcs(network, False))
+        start = layer.anchor()
+    lp, _, _ = minimize_rho(layer, start, time_limit=clock.left(2.0 * reserve, share=1 / 3))
+    if cands.add(np.concatenate([qc.from_layer(p) for qc, p in
+                                 zip(lmi.qcs, layer.split(lp))])):
+        details["warm_start"] = "lipsdp-layer"
+
+
+def run(network: Network, lmi: LMI, *, per_neuron: bool | str, solver: str, clock: Clock,
+        conic: Callable, cone: int, conic_only: bool = False, ipm: bool = True,
+        details: dict) -> MethodOutput:
+    """The pipeline for one l2 LMI (chain or DAG); ``conic`` solves it with a conic backend
+    whose largest cone is ``cone`` (``conic_only``: no other solver; ``ipm``: the interior
+    point may take it)."""
+    if ipm and use_ipm(lmi, solver, details):
+        if lmi.kind == "dag":
+            details["form"] = "monolithic (§5a), interior point"
+        cert, status, value = run_ipm(lmi, details, clock)
+        return output(cert, status, solver="ipm", solver_value=value, details=details,
+                      kind="lipsdp-" + ("l2" if lmi.kind == "chain" else "dag"))
+    kind = "lipsdp-l2" if lmi.kind == "chain" else "lipsdp-dag"
+    try:
+        backend = choose_backend(cone, solver, conic_only=conic_only)
+    except SolverError as exc:
+        if conic_only:
+            raise
+        if lmi.kind == "chain":
+            return fallback(lmi, exc, details)
+        backend, details["conic"] = BACKENDS["smooth"], str(exc)
+    cands = Candidates.start(lmi, clock)
+
+    def best() -> MethodOutput | None:
+        if not cands.chain:
+            return None
+        return output(cands.certified, Status(Outcome.FALLBACK, "ldlt-fast",
+                                              fallback_from="the SDP stage"),
+                      solver=None, solver_value=None, details=details)
+
+    with keep_best(best):
+        # what one certification costs: kept in reserve so the last certificate always fits
+        reserve = 2.0 * clock.elapsed()
+        status, value, stages = Status(Outcome.CONVERGED, "structured solver"), None, \
+            SMOOTH_STAGES
+        if not backend.structured:
+            status, value, won = solver_stage(lmi, backend, cands, clock, reserve, details,
+                                              conic)
+            stages = POLISH_STAGES if won else SMOOTH_STAGES
+        if per_neuron and stages is SMOOTH_STAGES:
+            warm_stage(network, lmi, cands, clock, reserve, details)
+        info: dict = {"timed_out": True}
+        floor = DAG_MIN_SECONDS if lmi.kind == "dag" else 0.0
+        if not clock.expired(reserve) or floor:
+            left = clock.left(reserve)
+            params, rho, info = minimize_rho(lmi, cands.best_params(), rel_mu=stages,
+                                             time_limit=None if left is None
+                                             else max(left, floor))
+            details["smooth"] = info
+            if backend.structured and value is None:
+                value = math.sqrt(rho) if math.isfinite(rho) else None
+            cands.add(params)
+        cert = cands.final()
+        status = with_gap(lmi, cert, status, details, clock)
+        status = status.with_(theta=cert.theta, timed_out=bool(info.get("timed_out")))
+        details["seconds_total"] = clock.elapsed()
+        return output(cert, status, solver=backend.name, solver_value=value,
+                      details=details, kind=kind)
+
+
+def fallback(lmi: LMI, exc: Exception, details: dict) -> MethodOutput:
+    """No solver fits or runs: the certified ldlt-fast bound, saying so."""
+    cert = certify(lmi, ldlt_fast_params(lmi))
+    return output(cert, Status(Outcome.FALLBACK, f"ldlt-fast ({exc})"), solver=None,
+                  solver_value=None, details=details,
+                  warnings=(f"SDP not solved ({exc}); reporting the certified ldlt-fast bound",))
+
+
+def estimate_chain_cone(lmi: LMI, form: str) -> int:
+    return estimate_cone(lmi.sizes) if form == "chordal" else lmi.order
