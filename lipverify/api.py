@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 
+from .certify.record import CertificateRecord
 from .errors import LipverifyError, NotApplicableError, NumericalError, SolverError, UsageError
 from .importers import load
 from .ir.network import Network
@@ -217,7 +218,6 @@ def _result(network, name, info, out: MethodOutput, elapsed: float, lower, norm,
         method=name,
         norm=norm,
         bound=float(out.bound),
-        certified=bool(certified and math.isfinite(out.bound)),
         kind=info.kind,
         solver=out.solver,
         status=status,
@@ -231,6 +231,8 @@ def _result(network, name, info, out: MethodOutput, elapsed: float, lower, norm,
         details=details,
         warnings=(*network.provenance.notes, *warnings),
         version=lipverify_version(),
+        certificate=CertificateRecord.of(details.pop("certificate", None),
+                                         bool(certified and math.isfinite(out.bound))),
     )
 
 

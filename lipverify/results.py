@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .certify.record import CertificateRecord
 from .status import Status, as_status
 
 
@@ -71,16 +72,16 @@ class FrozenDict(dict):
 class BoundResult:
     """One bound on one network.
 
-    ``bound`` is a certified upper bound on the Lipschitz constant when
-    ``certified`` is true; otherwise it is an estimate or a lower bound, as
-    ``kind`` says (``upper``, ``estimate`` or ``lower``).
+    ``bound`` is a certified upper bound on the Lipschitz constant when ``certified`` is true
+    (derived from ``certificate``: it passed the §8 check on the exact float64 weights, or is
+    proved by the method's own rounding analysis); otherwise it is an estimate or a lower
+    bound, as ``kind`` says (``upper``, ``estimate`` or ``lower``).
     """
 
     model: str
     method: str
     norm: str
     bound: float
-    certified: bool
     kind: str
     solver: str | None
     status: Status
@@ -94,6 +95,11 @@ class BoundResult:
     details: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     version: str = ""
+    certificate: CertificateRecord | None = None
+
+    @property
+    def certified(self) -> bool:
+        return self.certificate is not None and self.certificate.ok
 
     def __post_init__(self):
         if not isinstance(self.details, FrozenDict):
@@ -102,6 +108,8 @@ class BoundResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["certified"] = self.certified
+        d["certificate"] = None if self.certificate is None else self.certificate.to_dict()
         d["details"] = dict(self.details)
         d["status"] = self.status.to_dict()
         for key in ("bound", "lower_bound", "solver_value", "margin"):
@@ -125,6 +133,11 @@ class BoundResult:
         d["warnings"] = tuple(d.get("warnings", ()))
         # plain text in results stored by 0.1.0 and earlier
         d["status"] = Status.from_dict(d.get("status", "ok"))
+        certified = bool(d.pop("certified", False))
+        if d.get("certificate") is not None:
+            d["certificate"] = CertificateRecord.from_dict(d["certificate"])
+        else:  # stored by 0.1.0 and earlier: the payload sat in details
+            d["certificate"] = CertificateRecord.of(d["details"].get("certificate"), certified)
         return cls(**d)
 
     def __str__(self) -> str:

@@ -60,8 +60,8 @@ def test_groupsort_cliques():
     r = lipverify.bound(net, method="lipsdp-neuron")
     assert r.certified and r.bound <= 1 + 1e-6
     lmi = ChainLMI.from_network(net)
-    params = np.asarray(r.details["certificate"]["params"])
-    rho = r.details["certificate"]["rho"]
+    params = np.asarray(r.certificate.body["params"])
+    rho = r.certificate.body["rho"]
     cc = ChordalCertificate(lmi, params)
     assert cc.ok and cc.check(rho * (1 + 1e-6))
 

@@ -100,8 +100,8 @@ def test_certifier_repairs_or_rejects_infeasible_points():
     lmi = ChainLMI.from_network(net)
     best = lipverify.bound(net, method="lipsdp-neuron")
     params = (
-        np.asarray(best.details["certificate"]["params"])
-        if "params" in best.details["certificate"]
+        np.asarray(best.certificate.body["params"])
+        if "params" in best.certificate.body
         else None
     )
     from lipverify.solvers.sequential import ldlt_fast_params

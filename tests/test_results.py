@@ -46,3 +46,33 @@ def test_details_are_read_only_and_round_trip():
         assert twin.details == r.details
         with pytest.raises(TypeError):
             twin.details["x"] = 1
+
+
+def test_certified_derives_from_the_certificate_record():
+    from lipverify.certify.record import DIRECT
+    from lipverify.status import Outcome
+
+    net = lipverify.Network.sequential([np.eye(2), 3 * np.eye(2)], [SlopeRestricted.named("relu")])
+    sdp = lipverify.bound(net, method="lipsdp-neuron")
+    assert sdp.certified and sdp.certificate.kind == "lipsdp-l2" and sdp.certificate.ok
+    assert sdp.certificate.body["rho"] == pytest.approx(9.0, rel=1e-6)
+    assert sdp.status.outcome is Outcome.OPTIMAL and sdp.status.gap <= 1e-6
+    naive = lipverify.bound(net, method="naive")
+    assert naive.certified and naive.certificate.kind == DIRECT
+    low = lipverify.bound(net, method="lower")
+    assert not low.certified and low.certificate is None
+    back = BoundResult.from_dict(json.loads(sdp.to_json()))
+    assert back == sdp and back.status == sdp.status and back.certified
+
+
+def test_results_stored_by_0_1_0_still_load():
+    """Text status and the certificate payload in details (the 0.1.0 format)."""
+    net = lipverify.Network.sequential([np.eye(2), 3 * np.eye(2)], [SlopeRestricted.named("relu")])
+    new = lipverify.bound(net, method="lipsdp-neuron").to_dict()
+    old = {k: v for k, v in new.items() if k != "certificate"}
+    old["status"] = "optimal; optimality gap 1.00e-09"
+    old["details"] = {**new["details"], "certificate": new["certificate"]["body"]}
+    back = BoundResult.from_dict(old)
+    assert back.certified and back.certificate.kind == "lipsdp-l2"
+    assert back.status.optimal and "optimality gap 1.00e-09" in back.status.detail
+    assert BoundResult.from_dict({**old, "certified": False}).certified is False

@@ -31,7 +31,8 @@ class CheckResult:
 
 
 def certificate_dict(result: BoundResult) -> dict:
-    cert = result.details.get("certificate")
+    record = result.certificate
+    cert = record.body if record is not None and record.kind in CERTIFICATE_KINDS else None
     if not cert and "lmi_bound" in result.details:  # l_inf: the naive product was tighter
         raise UsageError(
             f"{result.method} reported the naive product (tighter than its l_inf LMI, "
