@@ -92,10 +92,11 @@ def smallest_margin(check, rho_star: float, steps: int = 3, first: float | None 
     """``(rho, eps)`` with ``check(rho)`` true for ``rho = rho* (1 + eps) + eps unit``, eps
     small: ``first`` (if given, then 1e-12 below it), else 1e-12, then one jump to 1e-6 and a
     log-bisection back down (each check is a Cholesky, so few of them), else upward by 10x
-    to 1e-1. ``unit`` is an absolute 1 of rho in the checked scale (``1 / out`` on a
-    balanced chain). None if nothing passes."""
+    to 1e-1. ``unit`` scales the absolute part with the network (``ABSOLUTE_MARGIN`` times
+    its scale of rho in the checked units), so a constant of 1e-11 certifies as tightly as
+    one of 1e3. None if nothing passes."""
 
-    def rho_of(eps):  # ``unit``: what an absolute 1 of rho is in this scale (balanced chains)
+    def rho_of(eps):
         return rho_star * (1.0 + eps) + eps * unit
 
     if first is not None and check(rho_of(first)):  # a margin that usually passes
@@ -121,6 +122,9 @@ def smallest_margin(check, rho_star: float, steps: int = 3, first: float | None 
     return rho_of(10.0**hi), 10.0**hi
 
 
+#: The absolute part of a certificate's margin, relative to the network's scale of rho (the
+#: squared product of its layer norms; a DAG's anchor rho*).
+ABSOLUTE_MARGIN = 1e-6
 #: LMIs up to this order try the dense check first (cheap, and the tightest when it passes).
 SMALL_ORDER = 500
 #: A certified margin this small (relative, in rho) ends the search.
@@ -139,7 +143,8 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
         return min(min(found)[1] if found else math.inf, local)
 
     def dense(steps: int) -> None:
-        hit = smallest_margin(lambda r: _verify_dense(lmi, params, r), rho_star, steps=steps)
+        hit = smallest_margin(lambda r: _verify_dense(lmi, params, r), rho_star, steps=steps,
+                              unit=scale)
         if hit is not None:
             found.append(hit)
 
@@ -149,6 +154,9 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
             found.append((hit[0] * out, hit[0] * out / max(rho_star, 1e-300) - 1.0))
             local = min(local, hit[1])
 
+    # the absolute part of the margin, relative to the network's scale of rho (balanced
+    # units -> original): negligible beside rho* unless L is below 1e-5 of the norm product
+    scale = ABSOLUTE_MARGIN * (bal[2] if 0 < bal[2] < math.inf else 1.0)
     small = lmi.order <= SMALL_ORDER
     if small:
         dense(3)
@@ -158,13 +166,13 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
         cliques = chain_cliques(scaled, p_scaled)  # shared by both splittings
         backward = ChordalCertificate(scaled, p_scaled, cliques=cliques)
         if backward.ok:
-            add(smallest_margin(backward.check, backward.rho_star, first=1e-9, unit=1 / out),
-                out)
+            add(smallest_margin(backward.check, backward.rho_star, first=1e-9,
+                                unit=scale / out), out)
         if best() > GOOD_MARGIN:  # pivots ill-conditioned backward, or margins amplified
             forward = ForwardChordal(scaled, p_scaled, cliques=cliques)
             r0 = forward.rho_estimate(rho_star / out)  # the backward rho*, balanced units
             if math.isfinite(r0):
-                add(smallest_margin(forward.check, r0, first=1e-9, unit=1 / out), out)
+                add(smallest_margin(forward.check, r0, first=1e-9, unit=scale / out), out)
     if not small and best() > 1e-6 and lmi.order <= LARGE_ORDER:
         dense(3)
     if not found:

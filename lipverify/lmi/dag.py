@@ -270,16 +270,19 @@ def verify_dag(lmi: DagLMI, params, rho: float) -> bool:
 
 def certify_dag(lmi: DagLMI, params):
     """§8 for the monolithic LMI: project, blend toward the anchor if needed, inflate, check."""
+    from ..certify.gate import ABSOLUTE_MARGIN, LARGE_ORDER, smallest_margin
+
     p = lmi.project(params)
-    anchor, theta = None, 0.0
+    anchor, theta, unit = None, 0.0, None
     while True:
         q = p if theta == 0.0 else (1.0 - theta) * p + theta * anchor
         rho = lmi.rho_star(q)
         if math.isfinite(rho):
-            from ..certify.gate import LARGE_ORDER, smallest_margin
-
+            if unit is None:  # the absolute margin, relative to the network's scale of rho
+                unit = lmi.rho_star(lmi.anchor())
+                unit = ABSOLUTE_MARGIN * (unit if 0 < unit < math.inf else 1.0)
             found = smallest_margin(lambda r, q=q: verify_dag(lmi, q, r), rho,
-                                    steps=3 if lmi.order <= LARGE_ORDER else 1)
+                                    steps=3 if lmi.order <= LARGE_ORDER else 1, unit=unit)
             if found is not None:
                 return round_up(math.sqrt(found[0])), q, found[0], theta
         if theta >= 1.0:
