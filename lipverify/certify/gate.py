@@ -259,12 +259,37 @@ def certify_chain(lmi: ChainLMI, params, deadline: float | None = None,
 
 def certify(lmi, params, deadline: float | None = None) -> Certificate:
     """The one §8 gate for every LMI kind: the :class:`Certificate` of ``params`` for a chain
-    (:func:`certify_chain`) or, monolithically, a DAG (:func:`~lipverify.lmi.dag.certify_dag`).
-    ``ok`` is true only when the check passed on the exact float64 weights."""
+    (:func:`certify_chain`), an l-infinity output row (kind ``"linf-row"``,
+    :func:`certify_linf_row`, §1.4) or, monolithically, a DAG
+    (:func:`~lipverify.lmi.dag.certify_dag`). ``ok`` is true only when the check passed on
+    the exact float64 weights."""
     if lmi.kind == "chain":
         return certify_chain(lmi, params, deadline)
+    if lmi.kind == "linf-row":
+        return certify_linf_row(lmi, params, deadline)
     from ..lmi.dag import certify_dag
 
     bound, q, rho, theta = certify_dag(lmi, params)
     ok = math.isfinite(bound)
     return Certificate(ok, bound, rho, q, theta, 0.0, "certified" if ok else "not certified")
+
+
+def certify_linf_row(lmi, params, deadline: float | None = None) -> Certificate:
+    """§8 on the bordered l-infinity LMI of one output row (FORMULATIONS.md §1.4; §8
+    "l-infinity"), for a :class:`~lipverify.lmi.linf.LinfRowLMI`: project ``[tau, T]``, take
+    the best point of the segment toward the feasible start (§8 step 4), polish it (unless
+    past ``deadline``), inflate ``rho = rho* (1 + eps) + eps`` and check by Cholesky
+    (:func:`~lipverify.lmi.linf.best_blend`). ``params`` None certifies the start itself.
+
+    Here the bound is ``rho`` itself (rounded up once), not ``sqrt(rho)``; ``rho`` is the
+    value the check passed at and ``margin`` its ``eps``."""
+    from ..lmi.linf import best_blend
+
+    c = best_blend(lmi, params, deadline)
+    if c.ok:
+        message = "certified" + (" (polished)" if c.polished else "")
+    else:
+        message = "not certified: " + (
+            "P(tau, T) is not positive definite" if c.margin == 0.0
+            else "the bordered matrix failed the check at every margin")
+    return Certificate(c.ok, c.bound, c.rho, c.params, c.theta, c.margin, message)

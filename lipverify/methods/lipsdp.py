@@ -12,9 +12,9 @@ from __future__ import annotations
 from ..certify.gate import certify
 from ..errors import NotApplicableError, SolverError
 from ..ir.network import Network
-from ..lmi import linf
 from ..lmi.chain import ChainLMI
 from ..lmi.dag import DagLMI
+from ..lmi.linf import LinfRowLMI
 from ..options import SDPOptions, SolverOptions
 from ..results import MethodOutput
 from ..runtime.clock import Clock
@@ -162,24 +162,26 @@ def lipsdp_linf(
     time_limit: float | None = None,
     **_,
 ) -> MethodOutput:
-    """§1.4 per output row, solved by a conic backend and certified on the bordered matrix
-    (§8); the reported bound is the max over rows (l_inf -> l_inf)."""
+    """§1.4 per output row (the ``linf-row`` LMI kind), solved by a conic backend and
+    certified by the §8 gate on the bordered matrix; the reported bound is the max over rows
+    (l_inf -> l_inf). One clock covers every row."""
     rows, ok, statuses, certs = [], True, set(), []
-    backend = None
+    backend, clock = None, Clock(time_limit)
     for j in range(network.output_dim):
-        lmi = _chain(network.select_outputs([j]), per_neuron)
+        row = LinfRowLMI.from_network(network.select_outputs([j]), per_neuron)
         if backend is None:
-            backend = choose_backend(lmi.order + 1, solver, conic_only=True)
+            backend = choose_backend(row.order, solver, conic_only=True)
         params, row_status = None, "no solver"
-        for be in _with_fallback(backend, lmi.order + 1):
+        share = 1.0 / (network.output_dim - j)  # an equal share of what is left per row
+        for be in _with_fallback(backend, row.order):
             try:
-                result = solve_linf(lmi, be, time_limit)
+                result = solve_linf(row.chain, be, clock.left(share=share))
                 params, row_status = result.params, f"{be.name} {result.status}"
                 break
             except SolverError as exc:  # next solver; else the polished start, certified
                 row_status = f"{be.name} failed ({exc}); structured start"
         statuses.add(row_status)
-        cert = linf.best_blend(lmi, params)
+        cert = certify(row, params, clock.deadline)
         ok = ok and cert.ok
         rows.append(cert.bound)
         certs.append({"rho": cert.bound, "params": cert.params.tolist()})
