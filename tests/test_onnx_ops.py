@@ -873,6 +873,24 @@ def test_shape_with_start_end_opset15():
     check(make_model(nodes, [1, 2, 3], inits, opset=15))
 
 
+@pytest.mark.parametrize("src", ["x", "W"])
+@pytest.mark.parametrize("op,attrs", [("Size", {}), ("Shape", {"start": -1})])
+def test_size_and_shape_of_input_or_constant(op, attrs, src):
+    """Of the input: read from the symbolic shape; of a constant: folded."""
+    nodes = [
+        node(op, [src], ["s"], **attrs),
+        node("Cast", ["s"], ["sf"], to=FLOAT),
+        node("Mul", ["x", "sf"]),
+    ]
+    check(make_model(nodes, [1, 3], {"W": rand(3, 2)}, opset=18))
+
+
+def test_concat_of_constants_only():
+    nodes = [node("Concat", ["W", "V"], ["C"], axis=1), node("MatMul", ["x", "C"])]
+    net = check(make_model(nodes, [1, 3], {"W": rand(3, 2), "V": rand(3, 1)}))
+    assert net.widths == [3, 3]
+
+
 def test_unused_branch_is_ignored():
     """Dead nodes (even non-Lipschitz ones) do not reach the output and are dropped."""
     nodes = [node("Sign", ["x"], ["dead"]), node("Relu", ["x"])]
@@ -1032,6 +1050,20 @@ def test_unknown_op_refused():
     ]
     probs = _refused(make_model(nodes, [1, 3], {"W": rand(3, 3)}, opset=13))
     assert probs == [("ein", "Einsum")]
+
+
+def test_constant_with_unsupported_attribute_refused():
+    """Refused with the attribute named, listed together with the other problems."""
+    nodes = [
+        helper.make_node("Constant", [], ["c"], name="cs", value_string="a"),
+        node("Add", ["x", "c"], ["a"]),
+        node("Einsum", ["x"], ["e"], name="ein", equation="ij->ij"),
+        node("Sum", ["a", "e"]),
+    ]
+    with pytest.raises(UnsupportedModelError) as exc_info:
+        network_from_onnx(make_model(nodes, [1, 3]))
+    assert problems_of(exc_info) == [("cs", "Constant"), ("ein", "Einsum")]
+    assert exc_info.value.problems[0].why == "Constant with attribute value_string"
 
 
 def test_custom_domain_op_refused():

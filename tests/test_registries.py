@@ -11,7 +11,8 @@ from lipverify.errors import LipverifyError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lipverify.importers import IMPORTERS, register_importer
-from lipverify.importers.onnx_registry import CONVERTERS, converter
+from lipverify.importers.onnx_movement import MOVEMENT
+from lipverify.importers.onnx_registry import CONVERTERS, converter, get_converter, supported_ops
 from lipverify.methods import METHODS, get_method, register_method
 
 
@@ -24,6 +25,30 @@ def test_duplicate_onnx_converter_is_refused():
                                              "already registered"):
         converter("Relu")(_other)
     assert all(v for v in CONVERTERS.values())
+
+
+STRUCTURAL_OPS = ("Constant", "Shape", "Size", "Concat")
+
+
+@pytest.mark.parametrize("op", STRUCTURAL_OPS)
+def test_structural_onnx_ops_go_through_the_registry(op):
+    fn = get_converter(op, 13)
+    assert fn is not None and fn.__module__ == "lipverify.importers.onnx_ops.structural"
+    with pytest.raises(LipverifyError, match=f"ONNX converters: '{op} \\(since opset 1\\)' is "
+                                             "already registered"):
+        converter(op)(_other)
+    assert get_converter(op, 13) is fn
+
+
+def test_supported_onnx_ops_are_the_registries_keys():
+    import inspect
+
+    from lipverify.importers import onnx_import
+
+    assert supported_ops() == sorted({*CONVERTERS, *MOVEMENT})
+    assert set(STRUCTURAL_OPS) <= set(supported_ops())
+    source = inspect.getsource(onnx_import)
+    assert not [op for op in STRUCTURAL_OPS if f'"{op}"' in source]  # no special cases
 
 
 def test_duplicate_method_and_importer_are_refused():
@@ -178,3 +203,13 @@ def test_every_certificate_kind_checks_and_rejects(kind):
     for row in body.get("rows", [body]):
         row["rho"] = float(row["rho"]) * 0.25
     assert not lipverify.check_certificate(net, bad).valid
+
+
+def test_data_movement_ops_refuse_a_duplicate():
+    from lipverify.errors import LipverifyError
+    from lipverify.importers.onnx_movement import MOVEMENT, movement
+
+    before = MOVEMENT["Reshape"]
+    with pytest.raises(LipverifyError, match="already registered"):
+        movement("Reshape")(lambda x, arg, fill: x)
+    assert MOVEMENT["Reshape"] is before

@@ -24,14 +24,15 @@ from .onnx_registry import (
     CONVERTERS,
     FLOAT_TYPES,
     POISON,
+    Converter,
     Ctx,
     Unsupported,
     Value,
-    concat_values,
     get_converter,
     is_sym,
     move,
     node_attrs,
+    takes_constants,
 )
 from .symbolic import Builder
 
@@ -94,7 +95,7 @@ def _run_movement(node, attrs, ins) -> Value:
     return move(x, lambda t, fill: fn(t, arg, pad_value if fill is None else fill))
 
 
-def _fold(node, ins, opset: int) -> list[np.ndarray]:
+def _evaluate(node, ins, opset: int) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
     feeds = {name: v for name, v in zip(node.input, ins) if name}
@@ -105,11 +106,7 @@ def _fold(node, ins, opset: int) -> list[np.ndarray]:
 
 
 def _known(op: str, opset: int) -> bool:
-    return (
-        op in MOVEMENT
-        or op in ("Concat", "Constant", "Shape", "Size")
-        or bool(get_converter(op, opset))
-    )
+    return op in MOVEMENT or bool(get_converter(op, opset))
 
 
 def _problem_key(node, ins) -> str | None:
@@ -208,32 +205,10 @@ def _convert(ctx: Ctx, node, ins: list, problems: list[Problem]) -> list[Value]:
             problems.append(Problem(label, node.op_type, "operation not supported"))
         return [POISON] * n_out
     try:
-        if node.op_type == "Constant":
-            return [_constant(node)]
-        if not any(is_sym(v) for v in ins):
-            if node.op_type in MOVEMENT:
-                return [_run_movement(node, attrs, ins)]
-            if node.op_type == "Concat":
-                return [concat_values(attrs, ins)]
-            return _fold(node, ins, ctx.opset)
-        key = _problem_key(node, ins)
-        if key:
-            raise Unsupported(NON_LIPSCHITZ[key])
-        if node.op_type == "Shape":
-            shape = np.array(ins[0].shape, dtype=np.int64)
-            return [shape[attrs.get("start", 0) : attrs.get("end", None)]]
-        if node.op_type == "Size":
-            return [np.array(ins[0].size, dtype=np.int64)]
-        if node.op_type == "Concat":
-            return [concat_values(attrs, ins)]
-        if node.op_type in MOVEMENT:
-            if node.op_type == "Dropout" and n_out > 1 and ctx.consumers.get(node.output[1], 0):
-                raise Unsupported("Dropout mask output is boolean: not Lipschitz")
-            return [_run_movement(node, attrs, ins)] + [POISON] * (n_out - 1)
         fn = get_converter(node.op_type, ctx.opset)
-        if fn is None:
-            raise Unsupported("operation not supported (run `lipverify ops` for the list)")
-        return fn(ctx, node, attrs, ins)
+        if not any(is_sym(v) for v in ins):
+            return _fold(ctx, node, attrs, ins, fn)
+        return _trace(ctx, node, attrs, ins, fn)
     except Unsupported as exc:
         problems.append(Problem(label, node.op_type, str(exc)))
     except (ValueError, IndexError, ModelLoadError) as exc:
@@ -241,19 +216,28 @@ def _convert(ctx: Ctx, node, ins: list, problems: list[Problem]) -> list[Value]:
     return [POISON] * n_out
 
 
-def _constant(node) -> np.ndarray:
-    from onnx import numpy_helper
+def _fold(ctx: Ctx, node, attrs: dict, ins: list, fn: Converter | None) -> list[Value]:
+    """A node of constants: by its converter if that takes constants, else evaluated."""
+    if takes_constants(fn):
+        return fn(ctx, node, attrs, ins)
+    if node.op_type in MOVEMENT:
+        return [_run_movement(node, attrs, ins)]
+    return _evaluate(node, ins, ctx.opset)
 
-    attr = node.attribute[0]
-    if attr.name == "value":
-        arr = numpy_helper.to_array(attr.t)
-    elif attr.name in ("value_float", "value_int"):
-        arr = np.array(attr.f if attr.name == "value_float" else attr.i)
-    elif attr.name in ("value_floats", "value_ints"):
-        arr = np.array(list(attr.floats if attr.name == "value_floats" else attr.ints))
-    else:
-        raise Unsupported(f"Constant with attribute {attr.name}")
-    return arr.astype(np.float64) if arr.dtype.kind == "f" else arr
+
+def _trace(ctx: Ctx, node, attrs: dict, ins: list, fn: Converter | None) -> list[Value]:
+    """A node of input-dependent values: a data movement or its registered converter."""
+    key = _problem_key(node, ins)
+    if key:
+        raise Unsupported(NON_LIPSCHITZ[key])
+    if node.op_type in MOVEMENT:
+        n_out = len(node.output)
+        if node.op_type == "Dropout" and n_out > 1 and ctx.consumers.get(node.output[1], 0):
+            raise Unsupported("Dropout mask output is boolean: not Lipschitz")
+        return [_run_movement(node, attrs, ins)] + [POISON] * (n_out - 1)
+    if fn is None:
+        raise Unsupported("operation not supported (run `lipverify ops` for the list)")
+    return fn(ctx, node, attrs, ins)
 
 
 def _live(nodes: list, output: str) -> list:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..errors import check_unique
+
 INT_MAX = 2**62
 
 #: op type -> fn(x, arg, fill) -> tensor; ``arg(pos, attr, default)`` reads an input or attribute;
@@ -21,8 +23,11 @@ MOVEMENT: dict[str, Callable] = {}
 
 
 def movement(*ops: str):
+    """Register ``fn`` as the data movement of ``ops`` (a duplicate op name is refused)."""
+
     def deco(fn):
         for op in ops:
+            check_unique("ONNX data-movement ops", op, MOVEMENT.get(op), fn)
             MOVEMENT[op] = fn
         return fn
 

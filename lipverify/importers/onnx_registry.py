@@ -3,7 +3,8 @@
 A converter is ``fn(ctx, node, attrs, ins) -> outputs``, registered for one or more op types
 (and the first opset it applies to) by :func:`converter`; ops of our own fused spellings are
 registered as ``lipverify.Op`` (:mod:`.onnx_patterns`). A second, different converter for the
-same op and opset is refused.
+same op and opset is refused. A node whose inputs are all constant is folded by the ONNX reference
+runtime, unless its converter was registered with ``takes_constants=True``.
 """
 
 from __future__ import annotations
@@ -49,8 +50,12 @@ Converter = Callable[[Ctx, object, dict, list], list]
 CONVERTERS: dict[str, list[tuple[int, Converter]]] = {}
 
 
-def converter(*ops: str, since: int = 1):
+def converter(*ops: str, since: int = 1, takes_constants: bool = False):
+    """Register ``fn`` for ``ops``; ``takes_constants``: it also folds all-constant inputs."""
+
     def deco(fn: Converter) -> Converter:
+        if takes_constants:
+            fn._takes_constants = True  # type: ignore[attr-defined]
         for op in ops:
             entries = CONVERTERS.setdefault(op, [])
             same = [f for v, f in entries if v == since]
@@ -72,9 +77,14 @@ def get_converter(op: str, opset: int) -> Converter | None:
     return best
 
 
+def takes_constants(fn: Converter | None) -> bool:
+    """Whether ``fn`` converts all-constant inputs itself (else the node is folded)."""
+    return getattr(fn, "_takes_constants", False)
+
+
 def supported_ops() -> list[str]:
-    """Every ONNX op type the importer handles (for ``lipverify ops``)."""
-    return sorted({*CONVERTERS, *MOVEMENT, "Concat", "Constant", "Shape", "Size"})
+    """Every ONNX op type the importer handles (for ``lipverify ops``): the registries' keys."""
+    return sorted({*CONVERTERS, *MOVEMENT})
 
 
 # ----------------------------------------------------------------- helpers
