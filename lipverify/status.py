@@ -10,7 +10,7 @@ Every method returns a :class:`Status`; tests and callers read its fields (``out
 True
 >>> str(Status.solved(gap=2e-9))
 'optimal; optimality gap 2.00e-09'
->>> Status.solved(gap=0.3).outcome is Outcome.STOPPED   # "optimal" needs a small gap
+>>> Status.solved(gap=0.3).outcome is Outcome.CONVERGED   # "optimal" needs a small gap
 True
 """
 
@@ -33,7 +33,8 @@ class Outcome(enum.StrEnum):
     #: an SDP solved to optimality: measured gap <= GAP_TOLERANCE, or the solver said so
     #: and no gap could be measured
     OPTIMAL = "optimal"
-    #: the structured solver converged (its gap is reported separately when measured)
+    #: a solver converged, but no gap within the tolerance proves it optimal (the measured
+    #: gap, when there is one, is in ``Status.gap``)
     CONVERGED = "converged"
     #: the solver stopped before the optimum (iteration limit, line search, time, gap too big)
     STOPPED = "stopped"
@@ -75,10 +76,8 @@ class Status:
                solver_optimal: bool = True, **flags) -> Status:
         """An SDP stage's status: optimal only if the solver said so *and* the measured gap
         (when there is one) is within :data:`GAP_TOLERANCE`."""
-        ok = solver_optimal and (gap is None or gap <= GAP_TOLERANCE)
-        if solver_optimal and not ok:
-            detail = detail or "gap above tolerance"
-        return cls(Outcome.OPTIMAL if ok else Outcome.STOPPED, detail, gap=gap, **flags)
+        status = cls(Outcome.OPTIMAL if solver_optimal else Outcome.STOPPED, detail, **flags)
+        return status.with_gap(gap) if gap is not None else status
 
     def with_(self, **changes) -> Status:
         """A copy with fields changed (``notes`` given as one string are appended)."""
@@ -90,8 +89,9 @@ class Status:
         """The measured gap recorded; an OPTIMAL outcome becomes STOPPED when it is too big."""
         out = replace(self, gap=gap, gap_note=note if gap is None else None)
         if self.outcome is Outcome.OPTIMAL and gap is not None and gap > GAP_TOLERANCE:
-            out = replace(out, outcome=Outcome.STOPPED,
-                          detail=self.detail or "solver reported optimal, gap above tolerance")
+            out = replace(out, outcome=Outcome.CONVERGED,
+                          detail=self.detail or "solver reported optimal, measured gap above "
+                          "tolerance")
         return out
 
     @property
@@ -104,7 +104,7 @@ class Status:
             head = f"{head}: {self.detail}"
         parts = [head]
         if self.fallback_from:
-            parts.append(f"after {self.fallback_from} failed")
+            parts.append(f"{self.fallback_from} did not finish")
         parts.extend(self.notes)
         if self.gap is not None:
             parts.append(f"optimality gap {self.gap:.2e}")

@@ -224,8 +224,10 @@ def run_ipm(lmi: LMI, details: dict, clock: Clock) -> tuple[Certificate, Status,
         low = math.sqrt(max(res.lower, 0.0))
         details["dual_lower"], details["gap"] = low, (cert.bound - low) / cert.bound
         status = status.with_gap(details["gap"])
+    elif cert.ok:  # no dual point of its own (stopped early): the gap stage measures it
+        status = with_gap(lmi, cert, status, details, clock)
     else:
-        status = status.with_gap(None, "no dual point" if cert.ok else "not certified")
+        status = status.with_gap(None, "not certified")
     return cert, status, math.sqrt(max(res.rho, 0.0))
 
 
@@ -278,13 +280,17 @@ def run(network: Network, lmi: LMI, *, per_neuron: bool | str, solver: str, cloc
     """The pipeline for one l2 LMI (chain or DAG); ``conic`` solves it with a conic backend
     whose largest cone is ``cone`` (``conic_only``: no other solver; ``ipm``: the interior
     point may take it)."""
-    if ipm and use_ipm(lmi, solver, details):
-        if lmi.kind == "dag":
-            details["form"] = "monolithic (§5a), interior point"
-        cert, status, value = run_ipm(lmi, details, clock)
-        return output(cert, status, solver="ipm", solver_value=value, details=details,
-                      kind="lipsdp-" + ("l2" if lmi.kind == "chain" else "dag"))
     kind = "lipsdp-l2" if lmi.kind == "chain" else "lipsdp-dag"
+    if ipm and use_ipm(lmi, solver, details):
+        first = dict(details)
+        if lmi.kind == "dag":
+            first["form"] = "monolithic (§5a), interior point"
+        cert, status, value = run_ipm(lmi, first, clock)
+        out = output(cert, status, solver="ipm", solver_value=value, details=first, kind=kind)
+        if solver != "auto" or out.status.optimal or clock.expired():
+            return out
+        return safety_net(out, network, lmi, per_neuron=per_neuron, clock=clock, conic=conic,
+                          cone=cone, details=details)
     try:
         backend = choose_backend(cone, solver, conic_only=conic_only)
     except SolverError as exc:
@@ -330,6 +336,23 @@ def run(network: Network, lmi: LMI, *, per_neuron: bool | str, solver: str, cloc
         details["seconds_total"] = clock.elapsed()
         return output(cert, status, solver=backend.name, solver_value=value,
                       details=details, kind=kind)
+
+
+def safety_net(out: MethodOutput, network: Network, lmi: LMI, *, per_neuron, clock: Clock,
+               conic: Callable, cone: int, details: dict) -> MethodOutput:
+    """The interior point stopped above the gap tolerance: where a conic solver takes the
+    problem, run the pipeline again with it (solve, polish, certify, gap) and report the
+    better certified bound, saying what happened."""
+    try:
+        choose_backend(cone, "auto", conic_only=True)
+    except SolverError:
+        return out
+    second = run(network, lmi, per_neuron=per_neuron, solver="auto", clock=clock, conic=conic,
+                 cone=cone, conic_only=True, ipm=False,
+                 details={**details, "ipm_stopped": str(out.status)})
+    if second.certified and (not out.certified or second.bound < out.bound):
+        return replace(second, status=second.status.with_(fallback_from="ipm"))
+    return out
 
 
 def fallback(lmi: LMI, exc: Exception, details: dict) -> MethodOutput:
