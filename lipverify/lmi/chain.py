@@ -9,7 +9,6 @@ certificate (:mod:`lipverify.certify.gate`) is built on top.
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -21,6 +20,7 @@ from ..ir.linear import Dense, power_iteration
 from ..ir.network import Network
 from ..numerics import lambda_max, physical_memory, power_of_two_scale, spectral_norm
 from ..qc import QC, Blocks, qc_for
+from .base import LMI
 
 
 def quad(w: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -35,54 +35,6 @@ def rmul(w_t: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 def as_matrix(g: np.ndarray) -> np.ndarray:
     return np.diag(g) if g.ndim == 1 else g
-
-
-class LMI(ABC):
-    """The LMI contract (FORMULATIONS.md §1, §5): what solvers, certificates and the dual bound
-    call, for every kind. ``kind`` is ``"chain"`` (:class:`ChainLMI`, §1-§3) or ``"dag"``
-    (:class:`~lipverify.lmi.dag.DagLMI`, §5a); callers branch on it, never on the class.
-    Bookkeeping shared by every kind: one QC per activation node, parameters concatenated.
-    """
-
-    kind: ClassVar[str] = ""
-    qcs: tuple[QC, ...]
-    sizes: list[int] | tuple[int, ...]
-
-    @abstractmethod
-    def assemble(self, params, rho: float, absolute: bool = False) -> np.ndarray:
-        """The dense matrix ``M(rho, params)`` (``absolute``: of absolute values)."""
-
-    @abstractmethod
-    def rho_star(self, params) -> float:
-        """The smallest rho with ``M(rho, params) >= 0``; inf when none."""
-
-    @abstractmethod
-    def anchor(self) -> np.ndarray:
-        """Strictly feasible multipliers (§8 step 4)."""
-
-    @abstractmethod
-    def soft_rho(self, params, mu: float):
-        """``(rho*, F_mu, grad F_mu)`` of the smoothed maximum eigenvalue (§2)."""
-
-    @abstractmethod
-    def node_inputs(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(columns, V)``: the coordinates of ``M`` that feed activation node ``k`` (1-based)
-        and the pre-activation map restricted to them."""
-
-    @property
-    def order(self) -> int:
-        return sum(self.sizes)
-
-    @property
-    def param_sizes(self) -> list[int]:
-        return [qc.num_params() for qc in self.qcs]
-
-    def split(self, params) -> list[np.ndarray]:
-        return np.split(np.asarray(params, dtype=np.float64), np.cumsum(self.param_sizes)[:-1])
-
-    def project(self, params) -> np.ndarray:
-        """Exact projection onto the multiplier set (§8 step 3)."""
-        return np.concatenate([qc.project(p) for qc, p in zip(self.qcs, self.split(params))])
 
 
 @dataclass(frozen=True, eq=False)
@@ -319,6 +271,3 @@ def is_exact_balance(lmi: ChainLMI, scaled: ChainLMI, factors: np.ndarray, out: 
             return False
     return True
 
-
-#: the former name of :class:`LMI`'s bookkeeping base
-MultiplierSet = LMI

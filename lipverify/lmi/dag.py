@@ -27,7 +27,8 @@ from ..ir.network import Network
 from ..numerics import gamma, lambda_max, round_up, spectral_norm
 from ..qc import QC
 from ..solvers.smooth_rho import soft_max_eig
-from .chain import LMI, MAX_CERTIFICATE_BYTES, dense_certificate_bytes, node_qcs
+from .base import LMI
+from .chain import MAX_CERTIFICATE_BYTES, dense_certificate_bytes, node_qcs
 
 
 def _quad(a: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:

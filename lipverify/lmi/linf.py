@@ -26,7 +26,8 @@ from ..errors import NotApplicableError
 from ..ir.network import Network
 from ..numerics import gamma, lambda_max, round_up
 from ..qc import QC
-from .chain import LMI, ChainLMI, assemble_tridiagonal
+from .base import LMI
+from .chain import ChainLMI, assemble_tridiagonal
 
 
 @dataclass(frozen=True, eq=False)

@@ -31,7 +31,8 @@ import numpy as np
 from ..certify.gate import Certificate, certify, certify_if_better
 from ..errors import SolverError
 from ..ir.network import Network
-from ..lmi.chain import LMI, node_qcs
+from ..lmi.base import LMI
+from ..lmi.chain import node_qcs
 from ..numerics import as_numerical_error
 from ..results import MethodOutput
 from ..runtime.clock import Clock
