@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import lipverify
@@ -16,7 +17,7 @@ def methods():
     for col in ("name", "kind", "norms", "what it does"):
         table.add_column(col)
     for m in lipverify.list_methods():
-        table.add_row(m.name, m.kind, ",".join(m.norms), m.summary)
+        table.add_row(m.name, m.kind, ",".join(m.norms), escape(m.summary))
     Console().print(table)
 
 
@@ -31,7 +32,7 @@ def solvers():
     for b in BACKENDS.values():
         ok, why = b.availability()
         cone = "any" if b.max_cone >= 10**9 else str(b.max_cone)
-        table.add_row(b.name, ("yes: " if ok else "no: ") + why, cone, b.summary)
+        table.add_row(b.name, escape(("yes: " if ok else "no: ") + why), cone, escape(b.summary))
     Console().print(table)
 
 
@@ -47,7 +48,7 @@ def qcs():
     for col in ("activation kind", "constraint"):
         table.add_column(col)
     for kind in QC_REGISTRY:
-        table.add_row(kind, QC_SUMMARY.get(kind, ""))
+        table.add_row(kind, escape(QC_SUMMARY.get(kind, "")))
     Console().print(table)
     table = Table(title="elementwise activations (kind slope)")
     for col in ("name", "slope interval"):

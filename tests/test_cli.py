@@ -210,3 +210,4 @@ def test_solvers_and_qcs_list_their_registries():
     assert all(kind in res.output for kind in QC_REGISTRY)
     assert all(name in res.output for name in ELEMENTWISE)
     assert "[-0.128904, 1.1289]" in res.output and "slope interval" in res.output
+    assert "slopes in [alpha, beta]" in res.output  # not eaten as rich markup

@@ -19,7 +19,6 @@ from typing import ClassVar
 
 import numpy as np
 import scipy.linalg
-import scipy.optimize
 
 from ..certify.rump import certify_pd
 from ..errors import NotApplicableError
@@ -261,6 +260,8 @@ def minimize(lmi: ChainLMI | LinfRowLMI, start=None, max_iter: int = 3000):
     bounds = [(0.0, None)] * lmi.sizes[0] + [
         (lo, None) for qc in lmi.qcs for lo in qc.lower_bounds()
     ]
+    import scipy.optimize  # lazily: listing methods stays fast
+
     scipy.optimize.minimize(
         fun,
         x0,

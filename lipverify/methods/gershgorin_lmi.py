@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import linprog
 
 from ..errors import NotApplicableError
 from ..ir.network import Network
@@ -215,6 +214,8 @@ def _solve_lp(parts: _Parts, scale: np.ndarray, time_limit: float | None = None)
     obj = np.zeros(1 + n_par + n_aux)
     obj[0] = 1.0
     options = {} if time_limit is None else {"time_limit": max(time_limit, 1.0)}
+    from scipy.optimize import linprog  # lazily: listing methods stays fast
+
     res = linprog(obj, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs", options=options)
     if res.status != 0 or res.x is None:
         return res.status, math.inf, None

@@ -18,7 +18,6 @@ import time
 import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
-import scipy.optimize
 
 from ..lmi.chain import ChainLMI, balance
 from ..numerics import blas_threads, eigh_top
@@ -136,6 +135,8 @@ def _minimize_rho(
     best iterate seen (not the smoothed value), ``inf`` when ``start`` has no finite ``rho*``
     (``info["infeasible_start"]``: nothing to descend from).
     """
+    import scipy.optimize  # lazily: listing methods stays fast
+
     soft = lmi.soft_rho
     x = lmi.project(start)
     rho0 = lmi.rho_star(x)
