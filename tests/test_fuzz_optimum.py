@@ -171,7 +171,10 @@ def _solve_chain(ws, kind, act) -> float:
     rho = cp.Variable()
     m = ab.T @ q @ ab - rho * e0 + last
     prob = cp.Problem(cp.Minimize(rho), [(m + m.T) / 2 << 0])
-    prob.solve(solver="CLARABEL", tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    try:
+        prob.solve(solver="CLARABEL", tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    except cp.error.SolverError:  # no reference from this pass
+        return math.nan, None, False
     if rho.value is None:
         return math.nan, None, False
     params = np.concatenate([np.ravel(v.value) for v in variables])
