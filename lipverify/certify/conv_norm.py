@@ -187,11 +187,17 @@ def _certify_chunk(a: np.ndarray, b: np.ndarray) -> float:
     return round_up(math.sqrt(round_up(fro2 * (1.0 + gamma(2 * m * n + 4)))))
 
 
-def certified_conv_norm(op: Conv2d) -> float:
+def certified_conv_norm(op: Conv2d, extra_rel: float = 0.0) -> float:
     """Rigorous upper bound on ``||op||_2`` (exact map) via the circulant embedding of §7.
 
     Never materialises the ``n_out x n_in`` matrix; cost is one small SVD-sized problem per
     frequency of an ``ceil(E_h/s_h) x ceil(E_w/s_w)`` grid (see the module docstring).
+
+    ``extra_rel``: the exact kernel may differ from the stored one by ``extra_rel |K|``
+    entrywise on top of the op's own ``kernel_rel_error`` (a scale folded into the kernel,
+    :func:`lipverify.ir.linear._fold_diagonal`). It enters the radius of ``fl(P)`` like a
+    rounded kernel: ``|Delta P(w)| <= sum_taps |Delta K|`` since every exact twiddle has
+    modulus 1.
 
     >>> import numpy as np
     >>> from lipverify.ir.linear import Conv2d
@@ -233,8 +239,7 @@ def certified_conv_norm(op: Conv2d) -> float:
     # own rounding radius (as LinearOp.dense_with_radius), x1.01 for computing it.
     tau = TWIDDLE_ERROR
     coef = gamma(kh * kw + 4) * (1.0 + tau) + tau
-    if not op.exact_dense:
-        coef += gamma(op.rounding_depth + 2) * 1.01
+    coef += op.kernel_rel_error + extra_rel * 1.01
     absk = np.abs(kflat)
     rad = np.zeros((g, og, cr))
     for ph in range(n_phase):
