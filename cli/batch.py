@@ -20,11 +20,14 @@ from lipverify.batch.store import DEFAULT_DB
 from lipverify.errors import UsageError
 
 from .common import (
+    GIB,
+    SECONDS,
     err,
     handle_errors,
     load_options,
     note,
     parse_rows,
+    parse_shape,
 )
 
 
@@ -38,11 +41,7 @@ def _explicit_load_options(load_opts: dict) -> dict:
     given = {k: v for k, v in load_opts.items() if v not in (None, False)
              and ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     if "input_shape" in given:
-        try:
-            given["input_shape"] = [int(v) for v in given["input_shape"].split(",")]
-        except ValueError:
-            raise UsageError("--input-shape: expected comma-separated sizes, e.g. 1,28,28") \
-                from None
+        given["input_shape"] = list(parse_shape(given["input_shape"]))
     return given
 
 
@@ -87,8 +86,9 @@ def _progress_callback(progress, task):
 @click.option("--shard", help="Run only part i of N (i from 0), e.g. $SLURM_ARRAY_TASK_ID/8.")
 @click.option("--force", is_flag=True, help="Redo jobs already in the database.")
 @click.option("--retry-errors", is_flag=True, help="Redo only the jobs that failed.")
-@click.option("--time-limit", type=float, help="Solver seconds per job (part of the job key).")
-@click.option("--memory-limit", type=float,
+@click.option("--time-limit", type=SECONDS,
+              help="Solver seconds per job (part of the job key).")
+@click.option("--memory-limit", type=GIB,
               help="GiB of address space per local worker; default: physical memory / jobs.")
 @click.option("--output-rows", help="Bound only these output rows of every model, e.g. 7.")
 @click.option("--plugin", "plugins", multiple=True,
@@ -204,13 +204,16 @@ def results_export(db, fmt, output):
 @handle_errors
 def results_plot(db, out):
     """Plot bounds, tightness and time against size (PNG and PDF, one set per norm)."""
-    from lipverify.batch import plot_results
+    from lipverify.batch.plots import plot_results  # (the lazy wrapper takes no notes)
 
     records = _records(db)
     if not any(r.status == "ok" for r in records):
         raise UsageError(f"{db}: no finished job to plot yet; run `lipverify batch` first")
-    for path in plot_results(records, out):
+    notes: list[str] = []
+    for path in plot_results(records, out, notes=notes):
         err.print(f"wrote {path}")
+    for text in notes:
+        note(text)
 
 
 @results_group.command("merge")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import lipverify
@@ -17,12 +19,15 @@ from lipverify.status import Outcome
 from .common import (
     EXIT_INVALID_CERT,
     EXIT_UNSOUND,
+    SECONDS,
     err,
     handle_errors,
     load_options,
     loader_kwargs,
     note,
+    output_file,
     parse_rows,
+    write_file,
 )
 
 
@@ -55,13 +60,14 @@ from .common import (
 )
 @click.option(
     "--time-limit",
-    type=float,
+    type=SECONDS,
     help="Seconds for the solver; the best certified "
     "bound found so far is returned when it runs out.",
 )
 @click.option(
     "--save-certificate",
     type=click.Path(dir_okay=False),
+    callback=output_file,
     help="Write the multipliers and rho to this JSON file (see `lipverify check`).",
 )
 @load_options
@@ -105,7 +111,8 @@ def bound(
 )
 @click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
 @click.option("--output-rows", help="Bound only these output rows, e.g. 7.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV here.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), callback=output_file,
+              help="Also write a CSV here.")
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
@@ -156,7 +163,7 @@ def compare(models, methods, norm, output_rows, csv_path, fmt, **load_opts):
     else:
         err.print(table)
     for what, why in failures:
-        err.print(f"[red]skipped[/] {what}: {why}", highlight=False)
+        err.print(f"[red]skipped[/] {escape(what)}: {escape(why)}", highlight=False)
     if csv_path:
         write_csv(csv_path, results)
         err.print(f"wrote {csv_path}")
@@ -191,15 +198,17 @@ CSV_FIELDS = (
 
 
 def write_csv(path: str, results) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for r in results:
-            d = r.to_dict()
-            d["layers"] = "-".join(map(str, r.layers))
-            d["status"] = str(r.status)
-            d["output_rows"] = "" if r.output_rows is None else ",".join(map(str, r.output_rows))
-            writer.writerow({k: d[k] for k in CSV_FIELDS})
+    """The results as CSV, written all or nothing (a UsageError naming ``path`` if it cannot)."""
+    fh = io.StringIO()
+    writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for r in results:
+        d = r.to_dict()
+        d["layers"] = "-".join(map(str, r.layers))
+        d["status"] = str(r.status)
+        d["output_rows"] = "" if r.output_rows is None else ",".join(map(str, r.output_rows))
+        writer.writerow({k: d[k] for k in CSV_FIELDS})
+    write_file(path, fh.getvalue(), "CSV file")
 
 
 @click.command()

@@ -15,9 +15,25 @@ import click
 import lipverify
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Main(click.Group):
+    """The root group: an error no command handled (a bug, a raw numerical failure) is one
+    "error:" line and its exit code, like every other; the traceback only with ``--debug``."""
+
+    def invoke(self, ctx):
+        from .common import passes_through, report_error
+
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if passes_through(exc):
+                raise
+            report_error(exc, bool(ctx.params.get("debug")))
+
+
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(lipverify.__version__, prog_name="lipverify")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--debug", is_flag=True,
+              help="Show the full traceback of an error (before its one-line message).")
 def main(debug):
     """Certified upper bounds on the Lipschitz constant of neural networks."""
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
 
 from .certify.record import CertificateRecord
 from .errors import LipverifyError, NotApplicableError, NumericalError, SolverError, UsageError
@@ -94,6 +97,9 @@ def bound(
     """
     if norm not in NORMS:
         raise UsageError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    output_rows = check_output_rows(output_rows)
+    _check_lower_bound(lower_bound)
+    _check_time_limit(options.get("time_limit"))
     load_opts, options = split_options(options)
     _check_solver(options.get("solver", "auto"))
     network = load(model, **load_opts)
@@ -135,11 +141,75 @@ def bound(
         lower = float(lower_bound)
     elif lower_bound and info.kind != "lower":
         try:
-            lower = _run(get_method("lower"), network, norm, {}).bound
+            lower = _run(get_method("lower"), network, norm,
+                         {"time_limit": lower_time_limit(options.get("time_limit"))}).bound
         except SolverError as exc:
             fell_back.append(f"sampled lower bound not computed ({exc})")
     return _result(network, name, info, out, elapsed, lower, norm, output_rows, method,
                    fell_back)
+
+
+#: The sampled lower bound beside a bound takes this share of its time limit (so the whole
+#: call stays within limit + 10%), and at most LOWER_MAX_SECONDS without one.
+LOWER_SHARE = 0.1
+LOWER_MAX_SECONDS = 30.0
+
+
+def lower_time_limit(limit: float | None) -> float:
+    """Seconds for the sampled lower bound run beside a method with time limit ``limit``.
+
+    >>> lower_time_limit(None), lower_time_limit(60.0), lower_time_limit(1.0)
+    (30.0, 6.0, 0.5)
+    """
+    if limit is None:
+        return LOWER_MAX_SECONDS
+    return min(max(LOWER_SHARE * limit, 0.5), LOWER_MAX_SECONDS)
+
+
+def _real(value) -> bool:
+    """A real number (int, float, numpy scalar), never a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def check_output_rows(rows) -> list[int] | None:
+    """``output_rows`` as a list of ints: None, or a non-empty sequence (list, tuple, range,
+    1-D integer array) of integers. A string, a bare number, a bool, a float or a set is a
+    ``UsageError`` naming the argument (the range is checked against the network later).
+
+    >>> check_output_rows((0, 3))
+    [0, 3]
+    """
+    if rows is None:
+        return None
+    hint = "a list of output row indices, e.g. [0, 3], or None"
+    if isinstance(rows, np.ndarray):
+        if rows.ndim != 1:
+            raise UsageError(f"output_rows must be {hint}; got an array of shape {rows.shape}")
+        rows = rows.tolist()
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise UsageError(f"output_rows must be {hint}; got {type(rows).__name__} {rows!r}")
+    bad = [r for r in rows if not isinstance(r, numbers.Integral) or isinstance(r, np.bool_ | bool)]
+    if bad:
+        raise UsageError(f"output_rows must be {hint}; {bad[0]!r} ({type(bad[0]).__name__}) is "
+                         "not an integer")
+    if not rows:
+        raise UsageError(f"output_rows is empty; pass {hint}")
+    return [int(r) for r in rows]
+
+
+def _check_lower_bound(value) -> None:
+    if isinstance(value, (bool, np.bool_)):
+        return
+    if not (_real(value) and math.isfinite(value) and value >= 0):
+        raise UsageError(f"lower_bound must be True, False or a finite number >= 0 (a known "
+                         f"lower bound); got {value!r}")
+
+
+def _check_time_limit(value) -> None:
+    """``time_limit``: None or a finite positive number of seconds, whichever method runs."""
+    if value is not None and not (_real(value) and math.isfinite(value) and value > 0):
+        raise UsageError(f"bad value {value!r} for time_limit: expected a positive number "
+                         "of seconds (finite) or None")
 
 
 def split_options(options: dict) -> tuple[dict, dict]:
@@ -247,6 +317,12 @@ def compare(
     Returns a pandas DataFrame (one row per model and method) when pandas is
     installed, else a list of :class:`BoundResult` records.
     """
+    if isinstance(models, (str, bytes)) or not isinstance(models, Iterable):
+        raise UsageError(f"models must be a list of models (paths, Networks or modules); got "
+                         f"{type(models).__name__} {models!r}")
+    if isinstance(methods, (str, bytes)) or not isinstance(methods, Iterable):
+        raise UsageError(f"methods must be a list of method names, e.g. ['naive', 'lower']; got "
+                         f"{methods!r}")
     results = []
     load_opts, _ = split_options(options)
     for model in models:

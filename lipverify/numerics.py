@@ -151,11 +151,16 @@ def _symmetric(a, what: str) -> np.ndarray:
 
 
 def power_of_two_scale(a: np.ndarray) -> float:
-    """An exact power of two ``s`` with ``max |a / s|`` in [0.5, 1) (1.0 for a zero matrix)."""
+    """An exact power of two ``s`` with ``max |a / s|`` in [0.5, 1) (1.0 for a zero matrix;
+    at most 2^1023, so entries of 2^1023 and above give [1, 2) instead of overflowing).
+
+    >>> power_of_two_scale(np.array([3.0])), power_of_two_scale(np.array([1e308]))
+    (4.0, 8.98846567431158e+307)
+    """
     top = float(np.max(np.abs(a))) if a.size else 0.0
     if top == 0.0:
         return 1.0
-    return math.ldexp(1.0, math.frexp(top)[1])
+    return math.ldexp(1.0, min(math.frexp(top)[1], 1023))
 
 
 def _residual_ok(a: np.ndarray, w: np.ndarray, v: np.ndarray) -> bool:

@@ -27,6 +27,48 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def parse_bool(value, name: str, *, allow_none: bool = False) -> bool | None:
+    """A strict boolean: ``True``/``False``, the ints 0 and 1, or the words
+    true/false, yes/no, on/off, 1/0 (any case). Anything else (``"maybe"``, ``2``, a
+    float, ``None`` unless ``allow_none``) is a :class:`~lipverify.errors.UsageError`
+    naming the option, never a silent "truthy".
+
+    >>> parse_bool("No", "trust_pickle"), parse_bool(1, "keep_softmax")
+    (False, True)
+    >>> try:
+    ...     parse_bool("maybe", "trust_pickle")
+    ... except UsageError as exc:
+    ...     print(exc)
+    bad value 'maybe' for trust_pickle: expected true or false (also yes/no, on/off, 1/0)
+    """
+    if isinstance(value, bool):
+        return value
+    if value is None and allow_none:
+        return None
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"):
+        return bool(value)  # numpy.bool_ (not a subclass of bool)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    if isinstance(value, int) and abs(value) >= 10**18:
+        shown = "a very large integer"
+    elif isinstance(value, (str, int, float, type(None))):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    else:
+        shown = f"a {type(value).__name__}"
+    raise UsageError(f"bad value {shown} for {name}: expected true or false "
+                     "(also yes/no, on/off, 1/0)")
+
+
 #: value checks by name: (predicate, what a good value is)
 CHECKS = {
     "positive": (lambda v: _number(v) and v > 0, "a positive number"),
@@ -58,6 +100,11 @@ class Options:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.metadata.get("check") == "bool":  # strict: "no" is False, "maybe" an error
+                allow_none = f.default is None or "None" in str(f.type)
+                object.__setattr__(self, f.name, parse_bool(value, f.name,
+                                                            allow_none=allow_none))
+                continue
             if value is None or value is f.default:
                 continue
             meta = f.metadata
@@ -173,6 +220,8 @@ class LoadOptions(Options):
 #: The loader options a model file (CLI flag, manifest entry) can set.
 FILE_LOAD_KEYS = ("layout", "activation", "keep_softmax", "trust_pickle", "input_shape",
                   "nnet_normalize")
+#: The boolean loader options, parsed strictly (:func:`parse_bool`) wherever they are read.
+BOOL_LOAD_KEYS = tuple(f.name for f in fields(LoadOptions) if f.metadata.get("check") == "bool")
 #: Options of :func:`lipverify.bound` itself, besides the method's and the loader's.
 BOUND_KEYS = ("lower_bound",)
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..options import (
+    BOOL_LOAD_KEYS,
     BOUND_KEYS,
     FILE_LOAD_KEYS,
     LowerOptions,
@@ -38,6 +39,7 @@ from ..options import (
     SolverOptions,
     SplitOptions,
     float_options,
+    parse_bool,
 )
 
 #: The options records of the built-in methods; plugins' methods add theirs at check time.
@@ -229,9 +231,15 @@ def _check_option(key: str, value) -> str | None:
     from ..options import unknown_option
 
     classes = list(dict.fromkeys([*_OPTION_CLASSES, *(m.options for m in list_methods())]))
-    if key == "lower_bound":
-        ok = isinstance(value, bool) or _is_number(value)
-        return None if ok else f"bad value {value!r} for lower_bound"
+    if key == "lower_bound":  # true/false (strict: "no" is false) or a known lower bound
+        if _is_number(value):
+            return None
+        try:
+            parse_bool(value, key)
+        except UsageError:
+            return (f"bad value {value!r} for lower_bound: expected true or false (also "
+                    "yes/no, on/off) or a number")
+        return None
     owners = [c for c in classes if key in c.names()]
     if not owners:
         known = [*(n for c in classes for n in c.names()), *BOUND_KEYS]
@@ -261,9 +269,33 @@ def _option_sets(value, problems: list[str]) -> list[dict]:
                 problems.append(f"{where}: {problem}" + (
                     " (per-model options go under the model entry)" if key in MODEL_KEYS
                     else ""))
-        out.append({k: float(v) if k in FLOAT_OPTIONS and _is_number(v) else v
-                    for k, v in opts.items() if v is not None})
+        out.append({k: _job_value(k, v) for k, v in opts.items() if v is not None})
     return out or [{}]
+
+
+def _bool_options() -> set[str]:
+    """Method options declared boolean (built-in records and plugins' methods)."""
+    from dataclasses import fields
+
+    from ..methods import list_methods
+
+    classes = {*_OPTION_CLASSES, *(m.options for m in list_methods())}
+    return {f.name for c in classes for f in fields(c) if f.metadata.get("check") == "bool"}
+
+
+def _job_value(key: str, value):
+    """An option's value as the jobs get it: seconds as floats, booleans parsed strictly
+    ("no" is False, never a truthy string). A bad value is already a listed problem."""
+    if key in FLOAT_OPTIONS and _is_number(value):
+        return float(value)
+    try:
+        if key == "lower_bound" and not _is_number(value):
+            return parse_bool(value, key)
+        if key in _bool_options():
+            return parse_bool(value, key)
+    except UsageError:
+        pass
+    return value
 
 
 def _models(value, base: Path, problems: list[str]) -> list[ModelSpec]:
@@ -288,14 +320,30 @@ def _models(value, base: Path, problems: list[str]) -> list[ModelSpec]:
         ]
         problems += _check_model_options(where, opts)
         files, why = _expand(entry["path"], base)
-        if why and not entry.get("optional", False):
+        optional = _flag(entry, "optional", where, problems)
+        if why and not optional:
             problems.append(f"{where}: {why}")
         specs += [ModelSpec(f, _display(f), opts) for f in files]
     return specs
 
 
+def _flag(entry: dict, key: str, where: str, problems: list[str]) -> bool:
+    """A boolean entry key, parsed strictly ("no" is false; "maybe" is a listed problem)."""
+    try:
+        return bool(parse_bool(entry.get(key, False), key))
+    except UsageError as exc:
+        problems.append(f"{where}: {exc}")
+        return False
+
+
 def _check_model_options(where: str, opts: dict) -> list[str]:
     problems = []
+    for key in BOOL_LOAD_KEYS:  # trust_pickle above all: "no" must never mean yes
+        if key in opts:
+            try:
+                opts[key] = parse_bool(opts[key], key)
+            except UsageError as exc:
+                problems.append(f"{where}: {exc}")
     rows = opts.get("output_rows")
     if rows is not None and not (
         isinstance(rows, list) and rows and all(isinstance(r, int) and r >= 0 for r in rows)

@@ -4,10 +4,14 @@
   bars are not certified upper bounds (estimates, lower bounds, failed checks);
 * ``batch-tightness-<norm>``: upper bound / best witnessed lower bound, log scale (1 = tight);
 * ``batch-time-<norm>``: time against network size (neurons) per method, log-log.
+
+A value a log axis cannot show (NaN, infinite, zero or negative: a stored failed bound) is left
+out of its plot, and :func:`plot_results` says which in ``notes``.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +62,29 @@ def _variant(r: JobRecord) -> str:
 
 #: Above this many models the bar charts are horizontal (one row per model).
 HORIZONTAL = 12
+#: Left-out values listed by name in a note (the rest are counted).
+NAMED_SKIPS = 5
+
+
+def _plottable(value) -> bool:
+    """A value a log axis can show: a finite number above 0."""
+    try:
+        return math.isfinite(value) and value > 0
+    except TypeError:
+        return False
+
+
+def _skip_note(notes: list[str] | None, what: str, skipped: list[str]) -> None:
+    if notes is None or not skipped:
+        return
+    named = ", ".join(skipped[:NAMED_SKIPS])
+    more = f" and {len(skipped) - NAMED_SKIPS} more" if len(skipped) > NAMED_SKIPS else ""
+    notes.append(f"{what}: left out {len(skipped)} value(s) a log scale cannot show "
+                 f"(NaN, infinite or <= 0): {named}{more}")
+
+
+def _where(r: JobRecord) -> str:
+    return f"{r.model} [{r.method}]"
 
 
 def _figure(n_groups: int, horizontal: bool = False):
@@ -110,37 +137,49 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def plot_bounds(records, out: Path, norm: str) -> list[Path]:
+def plot_bounds(records, out: Path, norm: str, notes: list[str] | None = None) -> list[Path]:
     models, series = _model_labels(records), _series_labels(records)
     table: dict[str, dict[str, float]] = defaultdict(dict)
     hatched = set()
+    skipped = []
     for r in records:
         model = models[r.model_sha256, tuple(r.options.get("output_rows") or ())]
+        if not _plottable(r.result.bound):
+            skipped.append(f"{_where(r)} = {r.result.bound}")
+            continue
         table[series[r.key]][model] = r.result.bound
         if not (r.result.kind == "upper" and r.result.certified):
             hatched.add((series[r.key], model))
-    order = sorted(set(models.values()))
+    _skip_note(notes, f"batch-bounds-{norm}", skipped)
+    order = sorted({m for row in table.values() for m in row})
     fig, ax = _figure(len(order), len(order) > HORIZONTAL)
-    _bars(ax, table, hatched, order, _colors(series))
+    if table:
+        _bars(ax, table, hatched, order, _colors(series))
     _value_label(ax, f"Lipschitz bound ({norm})", len(order))
     ax.set_title(f"Lipschitz bounds ({norm}); hatched: not a certified upper bound",
                  fontsize=10)
     return _save(fig, out, f"batch-bounds-{norm}")
 
 
-def plot_tightness(records, out: Path, norm: str) -> list[Path]:
+def plot_tightness(records, out: Path, norm: str, notes: list[str] | None = None) -> list[Path]:
     models, series = _model_labels(records), _series_labels(records)
     lows = best_lower_bounds(records)
     table: dict[str, dict[str, float]] = defaultdict(dict)
     hatched = set()
+    skipped = []
     for r in records:
         low = lows.get(group_key(r))
         if r.result.kind != "upper" or not low:
             continue
         model = models[r.model_sha256, tuple(r.options.get("output_rows") or ())]
-        table[series[r.key]][model] = r.result.bound / low
+        ratio = r.result.bound / low if _plottable(r.result.bound) and _plottable(low) else None
+        if not _plottable(ratio):
+            skipped.append(f"{_where(r)} = {r.result.bound} / {low}")
+            continue
+        table[series[r.key]][model] = ratio
         if not r.result.certified:
             hatched.add((series[r.key], model))
+    _skip_note(notes, f"batch-tightness-{norm}", skipped)
     order = sorted({m for row in table.values() for m in row})
     fig, ax = _figure(len(order), len(order) > HORIZONTAL)
     if table:
@@ -152,12 +191,17 @@ def plot_tightness(records, out: Path, norm: str) -> list[Path]:
     return _save(fig, out, f"batch-tightness-{norm}")
 
 
-def plot_times(records, out: Path, norm: str) -> list[Path]:
+def plot_times(records, out: Path, norm: str, notes: list[str] | None = None) -> list[Path]:
     series = _series_labels(records)
     points: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    skipped = []
     for r in records:
         neurons = sum(r.result.layers[1:])
+        if not (_plottable(r.result.time_s) or r.result.time_s == 0) or neurons <= 0:
+            skipped.append(f"{_where(r)} time {r.result.time_s}")
+            continue
         points[series[r.key]].append((neurons, max(r.result.time_s, 1e-4)))
+    _skip_note(notes, f"batch-time-{norm}", skipped)
     fig, ax = _figure(6)
     colors = _colors(series)
     for name, pts in sorted(points.items()):
@@ -178,8 +222,10 @@ def plot_times(records, out: Path, norm: str) -> list[Path]:
 PLOTS = (plot_bounds, plot_tightness, plot_times)
 
 
-def plot_results(records: Sequence[JobRecord], out: str | Path = "results") -> list[Path]:
-    """Write every plot, per norm, as PNG and PDF into ``out``; return the files written."""
+def plot_results(records: Sequence[JobRecord], out: str | Path = "results",
+                 notes: list[str] | None = None) -> list[Path]:
+    """Write every plot, per norm, as PNG and PDF into ``out``; return the files written.
+    Values a log axis cannot show are left out, each plot's listed in ``notes`` when given."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ok = [r for r in records if r.status == "ok" and r.result is not None]
@@ -187,5 +233,5 @@ def plot_results(records: Sequence[JobRecord], out: str | Path = "results") -> l
     for norm in sorted({r.norm for r in ok}):
         subset = [r for r in ok if r.norm == norm]
         for plot in PLOTS:
-            written += plot(subset, out, norm)
+            written += plot(subset, out, norm, notes)
     return written

@@ -58,7 +58,35 @@ def certificate_dict(result: BoundResult) -> dict:
 
 
 def save_certificate(result: BoundResult, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(certificate_dict(result), allow_nan=False))
+    """Write ``result``'s certificate to ``path`` as JSON, all or nothing: a temporary file
+    beside it, renamed into place. A missing folder or an unwritable path is a
+    :class:`UsageError` naming it; no partial file is ever left behind."""
+    import os
+    from contextlib import suppress
+
+    from ..errors import NumericalError
+
+    try:
+        text = json.dumps(certificate_dict(result), allow_nan=False)
+    except ValueError:
+        raise NumericalError(f"{path}: the certificate of {result.method} holds NaN or Inf "
+                             "values; not written") from None
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory; give a file name for the certificate")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path}: cannot write the certificate: the folder {path.parent} "
+                         "does not exist")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        with open(tmp, "x") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with suppress(OSError):
+            tmp.unlink()
+        raise UsageError(f"{path}: cannot write the certificate ({exc.strerror or exc})") \
+            from None
 
 
 #: certificate kind -> checker(network, body) -> CheckResult; ``lipverify check`` dispatches

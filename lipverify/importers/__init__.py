@@ -3,7 +3,9 @@
 Loaders take ``(path, **options)``; options they do not understand are ignored.
 Common options: ``layout`` ("out-in" | "in-out"), ``activation`` (name of the
 hidden activation for weight files that do not store one, default "relu"),
-``trust_pickle`` (allow unpickling whole-model files), ``keep_softmax``.
+``trust_pickle`` (allow unpickling: whole-model ``.pt`` files, ``.pt2`` archives with
+pickled or code-carrying parts, ``.npz`` object arrays; off by default), ``keep_softmax``.
+Boolean options are parsed strictly (:func:`~lipverify.options.parse_bool`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ModelLoadError, UsageError, check_unique
+from ..errors import LipverifyError, ModelLoadError, UsageError, check_unique
 from ..ir.network import Network
 from ..options import LoadOptions
 
@@ -47,7 +49,9 @@ def load(source, **options) -> Network:
     ...
     lipverify.errors.ModelLoadError: does-not-exist.onnx: no such file; check the path
     """
-    LoadOptions.from_dict(options)  # unknown keys and bad values: UsageError, listed
+    checked = LoadOptions.from_dict(options)  # unknown keys and bad values: UsageError
+    # the loaders get the checked values: booleans parsed strictly ("no" is False)
+    options = {k: getattr(checked, k) for k in options}
     if isinstance(source, Network):
         return source
     _load_builtin()
@@ -68,7 +72,12 @@ def load(source, **options) -> Network:
         )
     try:
         return IMPORTERS[suffix](path, **options)
-    except (ModelLoadError, UsageError):
+    except LipverifyError:
         raise
     except MemoryError as exc:
         raise ModelLoadError(f"{source}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a hostile file must not end in a traceback
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ModelLoadError(
+            f"{source}: cannot load the {suffix} file ({type(exc).__name__}: {text})"
+        ) from exc

@@ -8,11 +8,12 @@ node is collected and reported once, all together.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelLoadError, Problem, UnsupportedModelError
+from ..errors import ModelLoadError, Problem, UnsupportedModelError, UsageError
 from ..ir.network import Network, Provenance
 from . import (
     onnx_ops,  # noqa: F401  (registers the converters)
@@ -23,16 +24,20 @@ from .onnx_patterns import FUSED_DOMAIN, fuse_patterns
 from .onnx_registry import (
     CONVERTERS,
     FLOAT_TYPES,
+    MAX_TENSOR_ELEMENTS,
     POISON,
     Converter,
     Ctx,
+    InvalidModel,
     Unsupported,
     Value,
+    check_tensor,
     get_converter,
     is_sym,
     move,
     node_attrs,
     takes_constants,
+    tensor_array,
 )
 from .symbolic import Builder
 
@@ -120,18 +125,52 @@ def _problem_key(node, ins) -> str | None:
     return op if op in NON_LIPSCHITZ else None
 
 
+#: (op, input position) where an infinite constant means something: an open clipping bound, a
+#: -inf padding before a max. Anywhere else an infinite initializer is refused at load.
+INF_OK_INPUTS = {("Clip", 1), ("Clip", 2), ("Pad", 2)}
+
+
+def _initializers(graph, where: str) -> dict[str, np.ndarray]:
+    """Every initializer as an array, each checked against its declared shape and type before
+    it is allocated, and refused (naming it) when it holds NaN, or +-inf outside
+    :data:`INF_OK_INPUTS`."""
+    uses: dict[str, set] = {}
+    for node in graph.node:
+        for pos, name in enumerate(node.input):
+            uses.setdefault(name, set()).add((node.op_type, pos))
+    values = {}
+    for init in graph.initializer:
+        inf_ok = uses.get(init.name, set()) <= INF_OK_INPUTS
+        values[init.name] = tensor_array(init, f"{where}: initializer {init.name!r}", inf_ok)
+    return values
+
+
+def _input_shape(inp, where: str) -> tuple[int, ...]:
+    """The data input's shape; an unknown (symbolic) size is 1, and so is an explicit 0 in
+    the leading (batch) position of a rank >= 2 input; a negative size, or 0 elsewhere, is
+    refused naming the input."""
+    dims = inp.type.tensor_type.shape.dim
+    shape = []
+    for k, d in enumerate(dims):
+        known = d.HasField("dim_value")
+        if known and (d.dim_value < 0 or (d.dim_value == 0 and (k > 0 or len(dims) < 2))):
+            raise InvalidModel(f"{where}: input {inp.name!r} has size {d.dim_value} in dimension "
+                               f"{k} of its shape; sizes must be positive")
+        shape.append(d.dim_value if known and d.dim_value > 0 else 1)
+    if math.prod(shape) > MAX_TENSOR_ELEMENTS:
+        raise InvalidModel(f"{where}: input {inp.name!r} declares shape {shape}, above "
+                           f"{MAX_TENSOR_ELEMENTS:,} elements")
+    return tuple(shape) or (1,)
+
+
 def network_from_onnx(
     model, *, name: str = "model", provenance: Provenance | None = None, keep_softmax: bool = False
 ) -> Network:
     """Convert an in-memory ``onnx.ModelProto`` to a :class:`Network`."""
-    from onnx import numpy_helper
-
     graph = model.graph
+    where = provenance.path if provenance is not None and provenance.path else name
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    values: dict[str, Value] = {}
-    for init in graph.initializer:
-        arr = numpy_helper.to_array(init)
-        values[init.name] = arr.astype(np.float64) if arr.dtype.kind == "f" else arr
+    values: dict[str, Value] = dict(_initializers(graph, where))
     inputs = [i for i in graph.input if i.name not in values]
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs) or "none"
@@ -144,10 +183,12 @@ def network_from_onnx(
     if not graph.output:
         raise ModelLoadError(f"{name}: the graph has no output")
     dims = inputs[0].type.tensor_type.shape.dim
-    input_shape = tuple(d.dim_value if d.dim_value > 0 else 1 for d in dims) or (1,)
+    input_shape = _input_shape(inputs[0], where)
     if not dims:
         raise ModelLoadError(f"{name}: input {inputs[0].name} has no shape information")
 
+    for node in graph.node:  # before the pattern matcher reads any tensor attribute
+        _check_attributes(node, where)
     nodes = fuse_patterns(list(graph.node), values)
     out_name = graph.output[0].name
     nodes = _live(nodes, out_name)
@@ -157,7 +198,7 @@ def network_from_onnx(
             consumers[i] = consumers.get(i, 0) + 1
 
     builder = Builder(input_shape)
-    ctx = Ctx(builder, opset, keep_softmax, out_name, consumers)
+    ctx = Ctx(builder, opset, keep_softmax, out_name, consumers, source=where)
     values[inputs[0].name] = builder.input()
     problems: list[Problem] = []
     for node in nodes:
@@ -181,6 +222,20 @@ def network_from_onnx(
     return builder.network(out, name, prov)
 
 
+def _check_attributes(node, where: str) -> None:
+    """Any node, whatever its op: a NaN float attribute is a broken file (no op means NaN),
+    and a tensor attribute must hold what its shape declares (:func:`check_tensor`)."""
+    label = node.name or (node.output[0] if node.output else "?")
+    for a in node.attribute:
+        vals = [a.f] if a.type == a.FLOAT else list(a.floats) if a.type == a.FLOATS else []
+        if any(math.isnan(v) for v in vals):
+            raise InvalidModel(f"{where}: node {label!r} ({node.op_type}): attribute "
+                               f"{a.name} is NaN; fix or re-export the model")
+        tensors = [a.t] if a.type == a.TENSOR else list(a.tensors) if a.type == a.TENSORS else []
+        for t in tensors:
+            check_tensor(t, f"{where}: node {label!r} ({node.op_type}): attribute {a.name}")
+
+
 def _convert(ctx: Ctx, node, ins: list, problems: list[Problem]) -> list[Value]:
     n_out = len(node.output)
     label = node.name or node.output[0]
@@ -191,6 +246,8 @@ def _convert(ctx: Ctx, node, ins: list, problems: list[Problem]) -> list[Value]:
         except Unsupported as exc:
             problems.append(Problem(label, node.op_type, str(exc)))
             return [POISON] * n_out
+        except UsageError as exc:
+            raise InvalidModel(f"{ctx.source}: node {label!r} ({node.op_type}): {exc}") from None
     if node.domain not in ("", "ai.onnx"):  # never mistake a custom op for a standard one
         problems.append(
             Problem(label, node.op_type, f"custom op of domain {node.domain!r}: not supported")
@@ -211,6 +268,10 @@ def _convert(ctx: Ctx, node, ins: list, problems: list[Problem]) -> list[Value]:
         return _trace(ctx, node, attrs, ins, fn)
     except Unsupported as exc:
         problems.append(Problem(label, node.op_type, str(exc)))
+    except InvalidModel:
+        raise
+    except UsageError as exc:  # a parameter the file gives is out of range (an alpha of NaN)
+        raise InvalidModel(f"{ctx.source}: node {label!r} ({node.op_type}): {exc}") from None
     except (ValueError, IndexError, ModelLoadError) as exc:
         problems.append(Problem(label, node.op_type, f"cannot convert: {exc}"))
     return [POISON] * n_out

@@ -9,12 +9,13 @@ runtime, unless its converter was registered with ``takes_constants=True``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import check_unique
+from ..errors import ModelLoadError, check_unique
 from ..ir.linear import Diagonal
 from .onnx_movement import MOVEMENT
 from .symbolic import Builder, Sym
@@ -24,6 +25,11 @@ FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 class Unsupported(Exception):
     """Raised by a converter: the node is reported with this reason."""
+
+
+class InvalidModel(ModelLoadError):
+    """The file itself is wrong (a truncated tensor, a NaN parameter): the import stops with
+    this one-line message instead of listing the node as unsupported."""
 
 
 class Poison:
@@ -43,6 +49,8 @@ class Ctx:
     consumers: dict[str, int]
     notes: list[str] = field(default_factory=list)
     sorted_cache: dict = field(default_factory=dict)
+    #: the file (or model name) messages start with
+    source: str = "model"
 
 
 Converter = Callable[[Ctx, object, dict, list], list]
@@ -85,6 +93,84 @@ def takes_constants(fn: Converter | None) -> bool:
 def supported_ops() -> list[str]:
     """Every ONNX op type the importer handles (for ``lipverify ops``): the registries' keys."""
     return sorted({*CONVERTERS, *MOVEMENT})
+
+
+# ----------------------------------------------------------------- tensors
+#: Largest tensor (elements) an ONNX file may declare; a larger one is refused before any
+#: allocation (a few bytes of protobuf can declare petabytes).
+MAX_TENSOR_ELEMENTS = 2**31
+#: Packed element types: bits per element (raw data and int32_data hold the packed bytes,
+#: except the 6-bit types, whose int32_data holds one element per entry).
+_PACKED_BITS = {21: 4, 22: 4, 23: 4, 25: 2, 26: 2, 27: 6, 28: 6}
+
+
+def _declared_size(tensor, where: str) -> int:
+    """Elements ``tensor`` declares, after checking its dims against the cap."""
+    dims = [int(d) for d in tensor.dims]
+    if any(d < 0 for d in dims):
+        raise InvalidModel(f"{where}: negative dimension in its shape {dims}")
+    n = math.prod(dims)
+    if n > MAX_TENSOR_ELEMENTS:
+        raise InvalidModel(f"{where}: declares {n:,} elements (shape {dims}), above the "
+                           f"{MAX_TENSOR_ELEMENTS:,} this importer accepts")
+    return n
+
+
+def check_tensor(tensor, where: str) -> None:
+    """Refuse a TensorProto whose stored data does not hold exactly what its dims and data type
+    declare (short, missing, surplus or external data, an unknown type), before
+    ``numpy_helper.to_array`` allocates anything. ``where`` names the tensor in messages."""
+    from onnx import TensorProto, helper
+
+    n = _declared_size(tensor, where)
+    if tensor.HasField("segment"):
+        raise InvalidModel(f"{where}: segmented tensors are not supported")
+    if tensor.data_location == TensorProto.EXTERNAL:
+        raise InvalidModel(f"{where}: its data is stored outside the model and was not loaded "
+                           "(keep the external data file beside the .onnx file)")
+    try:
+        np_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        storage = helper.tensor_dtype_to_field(tensor.data_type)
+    except (KeyError, TypeError, ValueError):
+        raise InvalidModel(f"{where}: unknown or undefined data type {tensor.data_type}") \
+            from None
+    bits = _PACKED_BITS.get(tensor.data_type)
+    if tensor.data_type == TensorProto.STRING:
+        have, want, unit = len(tensor.string_data), n, "strings"
+    elif tensor.HasField("raw_data"):
+        want = -(-n * bits // 8) if bits else n * np_dtype.itemsize
+        have, unit = len(tensor.raw_data), "bytes of raw data"
+    else:
+        per = 2 if np_dtype.kind == "c" else 1
+        want = -(-n * bits // 8) if bits in (2, 4) else n * per
+        have, unit = len(getattr(tensor, storage)), f"{storage} entries"
+    if have != want:
+        shape = "x".join(map(str, tensor.dims)) or "scalar"
+        what = "no data" if have == 0 else f"{have} {unit}"
+        raise InvalidModel(f"{where}: holds {what} but its shape {shape} and type "
+                           f"{TensorProto.DataType.Name(tensor.data_type)} need {want} {unit} "
+                           "(truncated or corrupt file)")
+
+
+def tensor_array(tensor, where: str, allow_inf: bool = False) -> np.ndarray:
+    """A TensorProto as an array (float64 for floating types), checked first
+    (:func:`check_tensor`); NaN, and unless ``allow_inf`` +-inf, are refused naming it."""
+    from onnx import numpy_helper
+
+    check_tensor(tensor, where)
+    try:
+        arr = numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as exc:
+        raise InvalidModel(f"{where}: unreadable tensor data ({exc})") from None
+    if arr.dtype.kind == "c":
+        raise InvalidModel(f"{where}: complex numbers are not supported")
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.float64)
+        nan, inf = int(np.isnan(arr).sum()), 0 if allow_inf else int(np.isinf(arr).sum())
+        if nan or inf:
+            raise InvalidModel(f"{where}: holds NaN/Inf values ({nan} NaN, {inf} infinite); "
+                               "fix or re-export the model")
+    return arr
 
 
 # ----------------------------------------------------------------- helpers

@@ -16,7 +16,10 @@ onnxscript optimizer, which folds its shape arithmetic to the same forms.
 File loaders: ``.pt2`` (``torch.export.save``), ``.ts`` (TorchScript) and
 ``.pt``/``.pth``, which may hold a TorchScript archive, a state dict (weights
 only: the architecture must come from Python), or a whole pickled model (loaded
-only with ``trust_pickle=True``).
+only with ``trust_pickle=True``). Files are dispatched on their content, not their
+suffix. Nothing is unpickled by default: ``torch.load(weights_only=True)``, and .pt2
+archives through :func:`_load_pt2_safely` (torch.export.load unpickles); what needs
+more raises :class:`~lipverify.errors.UntrustedPickleError` unless ``trust_pickle=True``.
 """
 
 from __future__ import annotations
@@ -157,9 +160,10 @@ def _torch_load(path: Path, *, weights_only: bool):
             return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as exc:
         message = str(exc)
-        if weights_only and ("Unsupported global" in message or "GLOBAL" in message):
+        if weights_only and ("Unsupported" in message or "GLOBAL" in message):
+            # a global or an opcode the safe unpickler refuses: only full unpickling reads it
             found = re.search(r"GLOBAL (\S+)", message)
-            what = f" ({found.group(1)})" if found else ""
+            what = f" ({found.group(1)[:80]})" if found else " (a general pickle)"
             raise UntrustedPickleError(
                 f"{path}: the file pickles Python objects{what}, most likely a whole model; "
                 "unpickling can run arbitrary code. Pass trust_pickle=True (CLI --trust-pickle) "
@@ -355,8 +359,11 @@ def export_onnx(module, x):
 
 
 # ----------------------------------------------------------------------- modules
-def _prepare(module, state_dict, name: str):
-    """Deep copy, load the state dict, float64, eval. Returns (module, sha256, notes)."""
+def _prepare(module, state_dict, name: str, trust_pickle: bool = False):
+    """Deep copy, load the state dict, float64, eval. Returns (module, sha256, notes).
+
+    A state dict file is read with the safe (weights_only) unpickler; one that pickles
+    Python objects needs ``trust_pickle=True``."""
     import torch
 
     try:
@@ -371,7 +378,12 @@ def _prepare(module, state_dict, name: str):
             path = Path(state_dict)
             if not path.is_file():
                 raise ModelLoadError(f"{state_dict}: no such file; check the state_dict path")
-            loaded = _torch_load(path, weights_only=True)
+            try:
+                loaded = _torch_load(path, weights_only=True)
+            except UntrustedPickleError:
+                if not trust_pickle:
+                    raise
+                loaded = _torch_load(path, weights_only=False)
             sd, key = _find_state_dict(loaded)
             if sd is None:
                 raise ModelLoadError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
@@ -458,6 +470,7 @@ def _network_from_module(
     digest: str | None,
     fmt: str,
     notes: list[str],
+    trust_pickle: bool = False,
 ) -> Network:
     import torch
 
@@ -491,7 +504,7 @@ def _network_from_module(
                 "pass input_shape= without the batch dimension, e.g. input_shape=(1, 28, 28)"
             )
     x = _example(input_shape, example_input)
-    module, sha, more = _prepare(module, state_dict, name)
+    module, sha, more = _prepare(module, state_dict, name, trust_pickle)
     digest = digest or sha  # a file's own digest, else the state dict's
     _run_eagerly(module, x, guessed, name)
     model, how = export_onnx(module, x)
@@ -512,6 +525,7 @@ def load_module(
     state_dict=None,
     keep_softmax: bool = False,
     name: str | None = None,
+    trust_pickle: bool = False,
     **_ignored,
 ) -> Network:
     """Network of a PyTorch ``nn.Module``, ``ExportedProgram`` or TorchScript module.
@@ -519,9 +533,14 @@ def load_module(
     ``input_shape`` excludes the batch dimension (``(784,)``, ``(3, 32, 32)``);
     ``example_input`` includes it. When neither is given and the first layer is
     ``nn.Linear``, the shape is ``(in_features,)``. ``state_dict`` (a dict or a
-    .pt/.pth path) is loaded first, strictly. The module itself is not modified:
-    a float64 eval-mode copy is exported.
+    .pt/.pth path) is loaded first, strictly; a file through the safe unpickler
+    (``trust_pickle=True`` for one that pickles Python objects). The module itself is
+    not modified: a float64 eval-mode copy is exported.
     """
+    from ..options import parse_bool
+
+    trust_pickle = parse_bool(trust_pickle, "trust_pickle")
+    keep_softmax = parse_bool(keep_softmax, "keep_softmax")
     name = name or _type_name(module)
     return _network_from_module(
         module,
@@ -534,12 +553,14 @@ def load_module(
         digest=None,
         fmt="torch-module",
         notes=[],
+        trust_pickle=trust_pickle,
     )
 
 
 # -------------------------------------------------------------------------- files
 def _zip_kind(path: Path) -> str | None:
-    """ "torchscript", "pt2", "torch-save" or None (not a zip), read without unpickling."""
+    """ "torchscript", "pt2", "pt2-legacy", "torch-save" or None (not a zip), read without
+    unpickling."""
     if not zipfile.is_zipfile(path):
         return None
     try:
@@ -550,6 +571,8 @@ def _zip_kind(path: Path) -> str | None:
     inner = {n.split("/", 1)[1] if "/" in n else n for n in names}
     if "archive_format" in inner or any(n.startswith("models/") for n in inner):
         return "pt2"
+    if "serialized_exported_program.json" in names:
+        return "pt2-legacy"  # torch <= 2.7 layout
     if "constants.pkl" in inner or any(n.startswith("code/") for n in inner):
         return "torchscript"
     return "torch-save"
@@ -565,14 +588,346 @@ def _load_torchscript(path: Path):
         raise ModelLoadError(f"{path}: cannot load TorchScript archive ({_one_line(exc)})") from exc
 
 
-def _load_exported(path: Path):
+def _untrusted(path: Path, what: str) -> UntrustedPickleError:
+    """The refusal of a file part that only unpickling (or running its code) could read."""
+    return UntrustedPickleError(
+        f"{path}: {what}; loading it could run arbitrary code. Pass trust_pickle=True "
+        "(CLI --trust-pickle) only if the file comes from a trusted source"
+    )
+
+
+# ------------------------------------------------------------ .pt2 without unpickling
+# torch.export.load is not safe on untrusted files (torch 2.13): it unpickles weights and
+# constants saved with ``use_pickle`` (weights_only=False), custom and opaque objects, and
+# retries the sample inputs / legacy state dicts with weights_only=False when the safe
+# unpickler refuses them; it feeds the program's symbolic expressions to sympy.sympify (an
+# eval), and ExportedProgram.module() exec's the archive's guard code and generates Python
+# from its node names and argument names. There is no weights_only switch. So an archive is
+# read here: tensors through torch.load(weights_only=True) or as raw storage, and the
+# program JSON is checked field by field before torch's deserializer sees it. Anything that
+# would need more is refused unless trust_pickle=True (then torch.export.load reads it).
+
+#: Names, targets, module paths, devices, versions: no quote, bracket, space or newline, so
+#: nothing can break out of the Python that FX generates from them.
+_NAME_TEXT = re.compile(r"[A-Za-z0-9_.:+\-]*")
+#: String arguments of operators (repr'd by FX): printable ASCII.
+_ARG_TEXT = re.compile(r"[\x20-\x7e]*")
+#: Operators a graph node may call: ATen, prims and higher-order ops (not custom namespaces,
+#: not arbitrary torch.* callables such as torch.save or torch.hub.load).
+_OP_TARGET = re.compile(
+    r"torch\.ops\.(aten|prims|higher_order)\.[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?"
+)
+_DENIED_OPS = ("from_file", "_load", "load", "save")  # ATen ops that touch files
+_SYM_TARGETS = frozenset(
+    [f"_operator.{n}" for n in ("getitem", "eq", "ne", "le", "ge", "lt", "gt", "neg", "pos",
+                                "mul", "add", "sub", "floordiv", "mod", "pow", "truediv",
+                                "and_", "or_", "lshift", "rshift")]
+    + [f"math.{n}" for n in ("trunc", "ceil", "floor", "sqrt")]
+    + [f"torch.{n}" for n in ("sym_not", "sym_int", "sym_float", "sym_ite", "sym_max",
+                              "sym_min", "sym_sqrt", "_sym_sqrt", "sym_sum")]
+)
+#: Functions a symbolic shape expression may call (sympy's and torch.utils._sympy's).
+_SYM_FUNCS = frozenset(
+    "Symbol Integer Float Rational Add Mul Pow Max Min Abs Mod floor ceiling Eq Ne Lt Le Gt "
+    "Ge StrictLessThan StrictGreaterThan LessThan GreaterThan Equality Unequality And Or Not "
+    "Piecewise ITE FloorDiv ModularIndexing Where PythonMod CleanDiv CeilToInt FloorToInt "
+    "CeilDiv LShift RShift PowByNatural FloatPow FloatTrueDiv IntTrueDiv "
+    "IsNonOverlappingAndDenseIndicator TruncToFloat TruncToInt RoundToInt RoundDecimal "
+    "ToFloat Identity OpaqueUnaryFn_sqrt".split()
+)
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_MAX_JSON_DEPTH = 200
+
+
+def _check_sym_expr(text: str) -> str | None:
+    """Why ``text`` is not a plain symbolic shape expression (None: it is).
+
+    sympy.sympify evaluates its string argument as Python, so only calls of known sympy
+    functions on symbol names, numbers and arithmetic are let through.
+    """
+    import ast
+
+    if len(text) > 4000:
+        return "is too long for a shape expression"
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return "is not a shape expression"
+    allowed = (ast.Expression, ast.Call, ast.Name, ast.Load, ast.Constant, ast.keyword,
+               ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.Add, ast.Sub, ast.Mult,
+               ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.USub, ast.UAdd, ast.Not, ast.Eq,
+               ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.And, ast.Or, ast.BitAnd,
+               ast.BitOr)
+    for node in ast.walk(tree):
+        if not isinstance(node, allowed):
+            return f"contains Python code ({type(node).__name__})"
+        if isinstance(node, ast.Call) and not (
+            isinstance(node.func, ast.Name) and node.func.id in _SYM_FUNCS
+        ):
+            return "calls a function that is not a sympy shape function"
+        if isinstance(node, ast.Name) and not _IDENT.fullmatch(node.id):
+            return f"names {node.id[:40]!r}"
+        if isinstance(node, ast.keyword) and not (node.arg and _IDENT.fullmatch(node.arg)
+                                                  and isinstance(node.value, ast.Constant)):
+            return "has a keyword argument that is not a plain flag"
+        if isinstance(node, ast.Constant):
+            v = node.value
+            if isinstance(v, str) and not _IDENT.fullmatch(v):
+                return "holds a string that is not a symbol name"
+            if not isinstance(v, (str, int, float, bool, type(None))):
+                return "holds a constant that is not a number"
+            if isinstance(v, int) and abs(v) > 2**63:
+                return "holds an integer out of range"
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            exp = node.right.operand if isinstance(node.right, ast.UnaryOp) else node.right
+            if not (isinstance(exp, ast.Constant) and isinstance(exp.value, int)
+                    and abs(exp.value) <= 64):
+                return "raises to a power that is not a small integer"
+    return None
+
+
+def _check_spec(text: str, depth: int = 0) -> bool:
+    """A pytree spec (JSON whose strings are names or nested JSON): safe to hand to torch."""
+    import json
+
+    if depth > 8:
+        return False
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return bool(_NAME_TEXT.fullmatch(text))
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str) and not (_NAME_TEXT.fullmatch(v) or (
+                v[:1] in "[{\"" and _check_spec(v, depth + 1))):
+            return False
+    return True
+
+
+def _clean_program_json(data, path: Path, member: str) -> tuple[object, int]:
+    """Check the program JSON of a .pt2 archive; drop node metadata (stack traces, free
+    text) and the guard code (Python). Returns the cleaned JSON and the guards dropped."""
+    dropped = 0
+
+    def refuse(where: str, why: str):
+        return _untrusted(path, f"{member} field {where or '(top)'} {why}")
+
+    def walk(value, where: str, depth: int):
+        nonlocal dropped
+        if depth > _MAX_JSON_DEPTH:
+            raise refuse(where, "is nested too deeply")
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if not _NAME_TEXT.fullmatch(key):
+                    raise refuse(where, f"has a key {key[:40]!r} that is not a plain name")
+                here = f"{where}.{key}" if where else key
+                if key == "metadata" and isinstance(item, dict):
+                    out[key] = {}  # stack traces, module paths: free text we do not need
+                elif key == "guards_code" and isinstance(item, list):
+                    dropped += len(item)  # Python source: exec'd by ExportedProgram.module()
+                    out[key] = []
+                elif key == "expr_str" and isinstance(item, str):
+                    why = _check_sym_expr(item)
+                    if why:
+                        raise refuse(here, f"(a shape expression eval'd by sympy) {why}")
+                    out[key] = item
+                elif key in ("in_spec", "out_spec") and isinstance(item, str):
+                    if not _check_spec(item):
+                        raise refuse(here, "is not a plain pytree spec")
+                    out[key] = item
+                elif key in ("target", "as_operator") and isinstance(item, str):
+                    op = item.rsplit(".", 2)
+                    if not (item in _SYM_TARGETS or (
+                            _OP_TARGET.fullmatch(item) and op[-2] not in _DENIED_OPS
+                            and op[-1] not in _DENIED_OPS)):
+                        raise refuse(here, f"calls {item[:60]!r}, not an ATen/prims operator")
+                    out[key] = item
+                elif key in ("as_string", "as_strings"):
+                    items = item if isinstance(item, list) else [item]
+                    if not all(isinstance(t, str) and _ARG_TEXT.fullmatch(t) for t in items):
+                        raise refuse(here, "holds a string argument with control characters")
+                    out[key] = item
+                else:
+                    out[key] = walk(item, here, depth + 1)
+            return out
+        if isinstance(value, list):
+            return [walk(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+        if isinstance(value, str) and not _NAME_TEXT.fullmatch(value):
+            raise refuse(where, f"holds {value[:40]!r}, not a plain name")
+        return value
+
+    return walk(data, "", 0), dropped
+
+
+def _read_json(reader, name: str, path: Path):
+    import json
+
+    try:
+        raw = reader.read_bytes(name)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: the .pt2 archive has no {name} ({_one_line(exc)})") from exc
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ModelLoadError(f"{path}: {name} is not valid JSON ({_one_line(exc)})") from exc
+
+
+def _weights_only_bytes(data: bytes, path: Path, member: str):
+    """A torch.save payload inside an archive, through the safe (weights_only) unpickler."""
+    import pickle
+
     import torch
 
     try:
         with _quiet():
-            return torch.export.load(str(path))
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f" ({found.group(1)[:80]})" if found else ""
+        raise _untrusted(path, f"{member} pickles Python objects{what}") from exc
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: {member} is corrupt ({_one_line(exc)})") from exc
+
+
+def _payload(reader, names, path: Path, model: str, kind: str, serde):
+    """Weights (``kind="weights"``) or constants of ``model`` as tensors, never unpickled."""
+    import torch
+
+    base = serde.C.WEIGHTS_DIR if kind == "weights" else serde.C.CONSTANTS_DIR
+    legacy = f"{base}{model}.pt"
+    if legacy in names:  # an older layout: one torch.save file
+        loaded = _weights_only_bytes(reader.read_bytes(legacy), path, legacy)
+        if not isinstance(loaded, dict):
+            raise ModelLoadError(f"{path}: {legacy} holds a {type(loaded).__name__}, not a dict")
+        return loaded
+    fmt = (serde.C.WEIGHTS_CONFIG_FILENAME_FORMAT if kind == "weights"
+           else serde.C.CONSTANTS_CONFIG_FILENAME_FORMAT)
+    member = fmt.format(model)
+    raw, _ = _clean_program_json(_read_json(reader, member, path), path, member)
+    config = serde.to_dataclass(serde.schema.PayloadConfig, raw)
+    tensor_prefix = serde.C.TENSOR_CONSTANT_FILENAME_PREFIX
+    for fqn, meta in config.config.items():
+        tensor_file = meta.path_name.startswith(tensor_prefix) or kind == "weights"
+        if meta.use_pickle or not tensor_file:
+            raise _untrusted(path, f"{member} entry {fqn} ({meta.path_name}) is a pickled object")
+    files = serde.build_file_map(reader, config, base)
+    out = {}
+    for fqn, meta in config.config.items():
+        tm = meta.tensor_meta
+        if tm is None or meta.path_name not in files:
+            raise ModelLoadError(f"{path}: {member} entry {fqn}: no tensor data")
+        tensor = torch.as_strided(
+            files[meta.path_name],
+            size=serde.size(tm.sizes),
+            stride=serde.stride(tm.strides),
+            storage_offset=serde.offset(tm.storage_offset),
+        )
+        if kind == "weights" and meta.is_param:
+            tensor = torch.nn.Parameter(tensor, requires_grad=tm.requires_grad)
+        out[fqn] = tensor
+    return out
+
+
+def _pt2_serde():
+    """torch's .pt2 reading pieces that do not unpickle (ImportError: this torch lacks them)."""
+    from types import SimpleNamespace
+
+    from torch._export.serde import schema
+    from torch._export.serde.serialize import (
+        ExportedProgramDeserializer,
+        _dict_to_dataclass,
+        deserialize_size,
+        deserialize_storage_offset,
+        deserialize_stride,
+    )
+    from torch.export.pt2_archive import constants
+    from torch.export.pt2_archive._package import PT2ArchiveReader, _build_file_map
+
+    return SimpleNamespace(
+        schema=schema, C=constants, Reader=PT2ArchiveReader, build_file_map=_build_file_map,
+        to_dataclass=_dict_to_dataclass, Deserializer=ExportedProgramDeserializer,
+        size=deserialize_size, stride=deserialize_stride, offset=deserialize_storage_offset,
+    )
+
+
+def _load_pt2_safely(path: Path):
+    """The ExportedProgram "model" of a .pt2 archive, read without unpickling or eval.
+
+    Returns ``(program, notes)``; raises :class:`UntrustedPickleError` for any part that
+    only unpickling or running the archive's code could read, ImportError when this torch
+    lacks the pieces.
+    """
+    serde = _pt2_serde()
+    C = serde.C
+    try:
+        reader = serde.Reader(str(path))
+        version = reader.read_string(C.ARCHIVE_VERSION_PATH)
+        names = set(reader.get_file_names())
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not a readable .pt2 archive ({_one_line(exc)})") from exc
+    if version.strip() != C.ARCHIVE_VERSION_VALUE:
+        raise ModelLoadError(
+            f"{path}: .pt2 archive_version {version[:20]!r}; this torch reads version "
+            f"{C.ARCHIVE_VERSION_VALUE} (re-save it with this torch's torch.export.save)"
+        )
+    model = "model"
+    member = C.MODELS_FILENAME_FORMAT.format(model)
+    if member not in names:
+        raise ModelLoadError(f"{path}: the .pt2 archive holds no program {member}")
+    try:
+        data, dropped = _clean_program_json(_read_json(reader, member, path), path, member)
+        inputs = C.SAMPLE_INPUTS_FILENAME_FORMAT.format(model)
+        example = (_weights_only_bytes(reader.read_bytes(inputs), path, inputs)
+                   if inputs in names else None)
+        if example is not None and not isinstance(example, tuple):
+            raise ModelLoadError(f"{path}: {inputs} holds a {type(example).__name__}, not a tuple")
+        state_dict = _payload(reader, names, path, model, "weights", serde)
+        constants = _payload(reader, names, path, model, "constants", serde)
+        serialized = serde.to_dataclass(serde.schema.ExportedProgram, data)
+        with _quiet():
+            program = serde.Deserializer(None).deserialize(
+                serialized, state_dict, constants, example
+            )
+    except (ModelLoadError, UsageError):
+        raise
+    except Exception as exc:  # malformed JSON fields, bad shapes: torch raises many types
+        raise ModelLoadError(f"{path}: cannot load the .pt2 program ({_one_line(exc)})") from exc
+    notes = ["read without unpickling (checked program JSON, tensors as raw storage)"]
+    if dropped:
+        notes.append(f"{dropped} runtime input guard(s) of the archive not loaded (Python code)")
+    return program, notes
+
+
+def _load_exported(path: Path, trust_pickle: bool = False, legacy: bool = False):
+    """``(program, notes)`` of a .pt2 archive: the safe reader, or with ``trust_pickle``
+    torch.export.load for archives the safe reader refuses (and for the old layout)."""
+    import torch
+
+    try:
+        if legacy:
+            raise _untrusted(path, "an old (torch <= 2.7) .pt2 layout, which only "
+                             "torch.export.load reads, and it unpickles its parts")
+        return _load_pt2_safely(path)
+    except UntrustedPickleError:
+        if not trust_pickle:
+            raise
+    except ImportError as exc:  # torch internals moved: no safe reader
+        if not trust_pickle:
+            raise _untrusted(path, "this torch offers no way to read a .pt2 archive without "
+                             f"unpickling ({_one_line(exc, 120)})") from exc
+    try:
+        with _quiet():
+            program = torch.export.load(str(path))
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot load the .pt2 program ({_one_line(exc)})") from exc
+    return program, ["loaded with torch.export.load (trust_pickle=True)"]
 
 
 def _from_file(obj, path: Path, fmt: str, notes, *, input_shape, keep_softmax) -> Network:
@@ -590,38 +945,27 @@ def _from_file(obj, path: Path, fmt: str, notes, *, input_shape, keep_softmax) -
     )
 
 
-@register_importer(".pt2")
-def load_exported_file(path, *, input_shape=None, keep_softmax=False, **_ignored) -> Network:
-    """A ``torch.export.save`` archive."""
-    path = Path(path)
-    program = _load_exported(path)
-    return _from_file(
-        program, path, "torch-export", [], input_shape=input_shape, keep_softmax=keep_softmax
-    )
-
-
-@register_importer(".pt", ".pth", ".ts")
-def load_torch_file(
-    path, *, trust_pickle=False, input_shape=None, keep_softmax=False, **_ignored
-) -> Network:
-    """TorchScript archive, whole pickled model (trusted only), or refuse a bare state dict."""
+def _load_torch_path(path: Path, trust_pickle, input_shape, keep_softmax) -> Network:
+    """Any PyTorch file, dispatched on its content (not its suffix: a renamed file gets the
+    same checks): .pt2 archive, TorchScript archive, or a torch.save pickle."""
     import torch
 
+    from ..options import parse_bool
+
+    trust_pickle = parse_bool(trust_pickle, "trust_pickle")
+    keep_softmax = parse_bool(keep_softmax, "keep_softmax")
     path = Path(path)
     kind = _zip_kind(path)
-    if kind == "torchscript" or (path.suffix.lower() == ".ts" and kind != "pt2"):
-        module = _load_torchscript(path)
+    if kind in ("pt2", "pt2-legacy"):
+        program, notes = _load_exported(path, trust_pickle, legacy=kind == "pt2-legacy")
+        return _from_file(
+            program, path, "torch-export", notes, input_shape=input_shape,
+            keep_softmax=keep_softmax,
+        )
+    if kind == "torchscript" or path.suffix.lower() == ".ts":
+        module = _load_torchscript(path)  # torch's C++ loader: no Python unpickling
         return _from_file(
             module, path, "torchscript", [], input_shape=input_shape, keep_softmax=keep_softmax
-        )
-    if kind == "pt2":
-        return _from_file(
-            _load_exported(path),
-            path,
-            "torch-export",
-            [],
-            input_shape=input_shape,
-            keep_softmax=keep_softmax,
         )
 
     try:
@@ -651,3 +995,22 @@ def load_torch_file(
         f"{path}: holds a {type(obj).__name__}, not a model; save a TorchScript module, a "
         "torch.export program (.pt2) or ONNX"
     )
+
+
+@register_importer(".pt2")
+def load_exported_file(
+    path, *, trust_pickle=False, input_shape=None, keep_softmax=False, **_ignored
+) -> Network:
+    """A ``torch.export.save`` archive, read without unpickling (see :func:`_load_pt2_safely`);
+    archives with pickled parts need ``trust_pickle=True``. A file that is really a
+    TorchScript archive or a torch.save pickle is loaded as such, with the same checks."""
+    return _load_torch_path(path, trust_pickle, input_shape, keep_softmax)
+
+
+@register_importer(".pt", ".pth", ".ts")
+def load_torch_file(
+    path, *, trust_pickle=False, input_shape=None, keep_softmax=False, **_ignored
+) -> Network:
+    """TorchScript archive, .pt2 archive, whole pickled model (trusted only), or refuse a bare
+    state dict."""
+    return _load_torch_path(path, trust_pickle, input_shape, keep_softmax)

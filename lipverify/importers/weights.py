@@ -22,7 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AmbiguousLayoutError, LipverifyError, ModelLoadError, UsageError
+from ..errors import (
+    AmbiguousLayoutError,
+    LipverifyError,
+    ModelLoadError,
+    UntrustedPickleError,
+    UsageError,
+)
 from ..ir.activations import Activation, SlopeRestricted
 from ..ir.linear import Conv2d, LinearOp
 from ..ir.network import Network, Provenance
@@ -48,15 +54,44 @@ def _reading(path: Path, what: str) -> Iterator[None]:
         raise ModelLoadError(f"{path}: no such file; check the path") from None
     except Exception as exc:  # noqa: BLE001 - see docstring
         msg = (str(exc).strip().splitlines() or [""])[0]
-        if "allow_pickle" in msg:
+        if "allow_pickle" in msg:  # numpy takes any file that is not zip nor .npy for a pickle
+            if _looks_pickled(path):
+                raise _untrusted_npz(path, "the file is a pickle, not an .npz archive") from None
             raise ModelLoadError(
-                f"{path}: holds pickled object arrays, which are not loaded; save plain "
-                "numeric arrays, e.g. np.savez(file, w1=W1, w2=W2, b1=b1, ...)"
+                f"{path}: cannot read {what}: not a zip archive; the file is corrupt, truncated "
+                "or not in this format"
             ) from None
         raise ModelLoadError(
             f"{path}: cannot read {what} ({type(exc).__name__}: {msg}); "
             "the file is corrupt, truncated or not in this format"
         ) from exc
+
+
+def _looks_pickled(path: Path) -> bool:
+    """A pickle of protocol 2 or later (every pickle Python 3 writes by default)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _untrusted_npz(path: Path, what: str) -> UntrustedPickleError:
+    return UntrustedPickleError(
+        f"{path}: {what}; unpickling it could run arbitrary code. Save plain numeric arrays "
+        "(np.savez(file, w1=W1, b1=b1, ...)), or pass trust_pickle=True (CLI --trust-pickle) "
+        "only if the file comes from a trusted source"
+    )
+
+
+def _numeric_object_array(arr: np.ndarray) -> np.ndarray:
+    """A trusted object array holding numbers (or one array) as a numeric array, if it can be."""
+    value = arr.item() if arr.shape == () else arr.tolist()
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return arr  # _as_matrix reports "holds object data, not numbers"
 
 
 def parse_activation(spec: str | Activation) -> Activation:
@@ -161,7 +196,12 @@ def _as_matrix(where: Path, name: str, arr) -> np.ndarray:
         raise ModelLoadError(f"{where}: {name} holds {arr.dtype} data, not numbers")
     if np.iscomplexobj(arr):
         raise ModelLoadError(f"{where}: {name} holds complex numbers")
-    return arr.astype(np.float64)
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():  # NaN/Inf stored, or a float128 beyond float64's range
+        nan, inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        raise ModelLoadError(f"{where}: {name} holds NaN/Inf values ({nan} NaN, {inf} infinite "
+                             "or beyond float64); fix or re-export the weights")
+    return arr
 
 
 def _as_bias(where: Path, name: str, arr) -> np.ndarray:
@@ -230,16 +270,37 @@ def _numbered_arrays(where: Path, keys: list[str]) -> tuple[list[str], list[str 
 
 # --------------------------------------------------------------------------------- .npz
 @register_importer(".npz")
-def load_npz(path, *, layout=None, activation="relu", **_ignored) -> Network:
+def load_npz(
+    path, *, layout=None, activation="relu", trust_pickle=False, **_ignored
+) -> Network:
     """NumPy archive of weights ``w1..wk`` (optional biases ``b1..bk``), one dense layer each.
 
     Also accepted: ``W0..``, ``weight_1..``, ``fc1.weight``/``0.weight`` style keys.
     The storage orientation is inferred (see :func:`_orient`); ``layout`` forces it.
+    Object arrays are pickles: refused (:class:`UntrustedPickleError`) unless
+    ``trust_pickle=True``.
     """
+    from ..options import parse_bool
+
+    trust = parse_bool(trust_pickle, "trust_pickle")
     path = Path(path)
+    arrays = {}
     with _reading(path, "the .npz archive"):
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: np.array(data[k]) for k in data.files}
+        data = np.load(path, allow_pickle=trust)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ModelLoadError(f"{path}: holds a {type(data).__name__}, not an .npz archive")
+        with data:
+            for key in data.files:
+                try:
+                    arrays[key] = np.array(data[key])
+                except ValueError as exc:
+                    if "allow_pickle" in str(exc):
+                        raise _untrusted_npz(
+                            path, f"array {key[:60]!r} is an object array (a pickle)"
+                        ) from None
+                    raise
+                if arrays[key].dtype == object:
+                    arrays[key] = _numeric_object_array(arrays[key])
     wkeys, bkeys, ignored = _numbered_arrays(path, list(arrays))
     if not wkeys:
         raise ModelLoadError(
@@ -455,11 +516,16 @@ class _Tokens:
                 if not tok:
                     continue
                 try:
-                    self.items.append((float(tok), lineno))
+                    value = float(tok)
                 except ValueError:
                     raise ModelLoadError(
                         f"{path}: line {lineno}: {tok[:30]!r} is not a number"
                     ) from None
+                if not math.isfinite(value):
+                    raise ModelLoadError(
+                        f"{path}: line {lineno}: {tok[:30]!r} is not a finite number"
+                    )
+                self.items.append((value, lineno))
         self.pos = 0
         self.last_line = lines[-1][0] if lines else 0
 
@@ -496,6 +562,9 @@ def load_nnet(path, *, layout=None, activation="relu", nnet_normalize=False, **_
     raw inputs and returns ``y * range_out + mean_out``; the reference input
     clipping to ``[min, max]`` is not (it is not linear) - bound over that box.
     """
+    from ..options import parse_bool
+
+    nnet_normalize = parse_bool(nnet_normalize, "nnet_normalize")
     path = Path(path)
     with _reading(path, "the .nnet file"):
         text = path.read_text(encoding="utf-8")

@@ -15,13 +15,27 @@ Elementwise functions are looked up by name in :data:`ELEMENTWISE`, one
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ModelLoadError
+from ..errors import UsageError
 from ..numerics import round_up
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of an elementwise activation: its name, its default (None: required),
+    whether +-inf is a meaningful value (an open clipping bound) and, besides being a number
+    (never NaN), what else a good value must satisfy (``valid``, described by ``good``)."""
+
+    name: str
+    default: float | None = None
+    infinite: bool = False
+    valid: Callable[[float], bool] | None = None
+    good: str = ""
 
 
 @dataclass(frozen=True)
@@ -32,13 +46,46 @@ class Elementwise:
     so this module never imports torch); ``slopes(*params) -> (alpha, beta)`` must enclose
     every difference quotient (FORMULATIONS.md §0); ``smooth(t, x, sharpness, *params)``, for
     piecewise-linear kinds only, is a softplus surrogate whose Jacobian varies smoothly (the
-    sampled lower bound's ascent, §6.4).
+    sampled lower bound's ascent, §6.4). ``params`` declares the parameters (count, defaults,
+    ranges); ``check(*params)`` returns what is wrong with them together (e.g. min > max), or
+    None.
     """
 
     numpy: Callable
     torch: Callable
     slopes: Callable[..., tuple[float, float]]
     smooth: Callable | None = None
+    params: tuple[Param, ...] = ()
+    check: Callable[..., str | None] | None = None
+
+    def arguments(self, name: str, values) -> tuple[float, ...]:
+        """``values`` checked against :attr:`params`, as floats; a wrong count, a non-number,
+        NaN, an unwanted infinity or an out-of-range value is a :class:`UsageError` naming the
+        parameter."""
+        values = tuple(values)
+        spec = self.params
+        required = sum(p.default is None for p in spec)
+        if not required <= len(values) <= len(spec):
+            names = ", ".join(p.name for p in spec) or "none"
+            count = f"{required}" if required == len(spec) else f"{required} to {len(spec)}"
+            raise UsageError(f"activation {name} takes {count} parameter(s) ({names}), "
+                             f"got {len(values)}")
+        out = []
+        for p, v in zip(spec, values):
+            if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
+                raise UsageError(f"activation {name}: parameter {p.name} must be a number, "
+                                 f"got {v!r}")
+            v = float(v)
+            finite = math.isfinite(v) or (p.infinite and not math.isnan(v))
+            if not finite or (p.valid is not None and not p.valid(v)):
+                good = p.good or ("a number, not NaN" if p.infinite else "a finite number")
+                raise UsageError(f"activation {name}: parameter {p.name} must be {good}, "
+                                 f"got {v:g}")
+            out.append(v)
+        problem = self.check(*out) if self.check is not None else None
+        if problem:
+            raise UsageError(f"activation {name}: {problem}")
+        return tuple(out)
 
 
 def _sigmoid(x):
@@ -105,6 +152,18 @@ def _gelu(x, k=1.0):
     return 0.5 * x * (1.0 + erf(k * x / math.sqrt(2.0)))
 
 
+def _clip_bounds(lo: float = -1.0, hi: float = 1.0) -> str | None:
+    if lo > hi:
+        return f"min {lo:g} is above max {hi:g}"
+    if lo == math.inf or hi == -math.inf:
+        return f"clipping to [{lo:g}, {hi:g}] leaves no finite value"
+    return None
+
+
+def _ordered_slopes(a: float, b: float) -> str | None:
+    return None if a <= b else f"lower slope {a:g} is above upper slope {b:g}"
+
+
 #: name -> :class:`Elementwise`. Adding an activation is one entry here (and, for ONNX, one
 #: converter line naming it).
 ELEMENTWISE: dict[str, Elementwise] = {
@@ -113,29 +172,34 @@ ELEMENTWISE: dict[str, Elementwise] = {
     "leaky_relu": Elementwise(
         lambda x, a: np.where(x >= 0, x, a * x), lambda t, x, a: t.where(x >= 0, x, a * x),
         lambda a: (min(a, 1.0), max(a, 1.0)),
-        smooth=lambda t, x, b, a: a * x + (1.0 - a) * _sp(t, x, b)),
+        smooth=lambda t, x, b, a: a * x + (1.0 - a) * _sp(t, x, b), params=(Param("alpha"),)),
     "tanh": Elementwise(np.tanh, lambda t, x: t.tanh(x), lambda: (0.0, 1.0)),
     "sigmoid": Elementwise(_sigmoid, lambda t, x: 0.5 * (1.0 + t.tanh(0.5 * x)),
                            lambda: (0.0, 0.25)),
-    "softplus": Elementwise(_softplus, _t_softplus, lambda beta=1.0: (0.0, 1.0)),
+    "softplus": Elementwise(_softplus, _t_softplus, lambda beta=1.0: (0.0, 1.0),
+                            params=(Param("beta", 1.0, valid=lambda v: v > 0,
+                                          good="a finite number > 0"),)),
     "elu": Elementwise(
         _elu, lambda t, x, a=1.0: t.where(x > 0, x, a * t.expm1(t.clamp(x, max=0.0))),
-        lambda a=1.0: (0.0, max(1.0, a)) if a >= 0 else (a, 1.0)),
+        lambda a=1.0: (0.0, max(1.0, a)) if a >= 0 else (a, 1.0), params=(Param("alpha", 1.0),)),
     "abs": Elementwise(np.abs, lambda t, x: t.abs(x), lambda: (-1.0, 1.0),
                        smooth=lambda t, x, b: _sp(t, x, b) + _sp(t, -x, b)),
     "hardtanh": Elementwise(
         lambda x, lo=-1.0, hi=1.0: np.clip(x, lo, hi),
         lambda t, x, lo=-1.0, hi=1.0: t.clamp(x, lo, hi), lambda lo=-1.0, hi=1.0: (0.0, 1.0),
-        smooth=lambda t, x, b, lo=-1.0, hi=1.0: lo + _sp(t, x - lo, b) - _sp(t, x - hi, b)),
+        smooth=lambda t, x, b, lo=-1.0, hi=1.0: lo + _sp(t, x - lo, b) - _sp(t, x - hi, b),
+        params=(Param("min", -1.0, infinite=True), Param("max", 1.0, infinite=True)),
+        check=_clip_bounds),
     "identity": Elementwise(lambda x: x, lambda t, x: x, lambda: (1.0, 1.0)),
     # Any activation with slopes in [a, b]; the forward pass uses the piecewise-linear
     # member (slope a below 0, b above), bounds hold for the whole class.
     "slope": Elementwise(
         lambda x, a, b: np.where(x >= 0, b * x, a * x),
         lambda t, x, a, b: t.where(x >= 0, b * x, a * x), lambda a, b: (a, b),
-        smooth=lambda t, x, beta, a, b: a * x + (b - a) * _sp(t, x, beta)),
+        smooth=lambda t, x, beta, a, b: a * x + (b - a) * _sp(t, x, beta),
+        params=(Param("alpha"), Param("beta")), check=_ordered_slopes),
     "gelu": Elementwise(_gelu, lambda t, x, k=1.0: 0.5 * x * (1.0 + t.erf(k * x / math.sqrt(2.0))),
-                        lambda k=1.0: _gelu_slopes()),
+                        lambda k=1.0: _gelu_slopes(), params=(Param("k", 1.0),)),
     "silu": Elementwise(lambda x: x * _sigmoid(x), lambda t, x: t.nn.functional.silu(x),
                         _silu_slopes),
 }
@@ -182,12 +246,22 @@ class SlopeRestricted(Activation):
     params: tuple[float, ...] = ()
     kind = "slope"
 
+    def __post_init__(self):
+        a, b = self.alpha, self.beta
+        if not (math.isfinite(a) and math.isfinite(b) and a <= b):
+            raise UsageError(f"activation {self.name}: slope interval [{a:g}, {b:g}] must be "
+                             "finite with alpha <= beta")
+
     @classmethod
     def named(cls, name: str, *params: float) -> SlopeRestricted:
+        """The activation ``name`` with ``params``; an unknown name, a wrong parameter count or
+        a NaN, infinite or out-of-range parameter is a :class:`UsageError` saying which."""
         if name not in ELEMENTWISE:
-            raise ModelLoadError(f"unknown elementwise activation {name!r}")
+            raise UsageError(f"unknown elementwise activation {name!r}; known: "
+                             + ", ".join(ELEMENTWISE))
+        params = ELEMENTWISE[name].arguments(name, params)
         alpha, beta = ELEMENTWISE[name].slopes(*params)
-        return cls(name, float(alpha), float(beta), tuple(float(p) for p in params))
+        return cls(name, float(alpha), float(beta), params)
 
     @property
     def elementwise(self) -> bool:

@@ -23,6 +23,11 @@ from ..qc import QC, Blocks, qc_for
 from .base import LMI
 
 
+def _power_of_ten(log2_x: float) -> str:
+    """``2^log2_x`` as text (``1e400``), beyond float64's range too."""
+    return f"1e{log2_x * math.log10(2):.0f}" if math.isfinite(log2_x) else "above 1e308"
+
+
 def quad(w: np.ndarray, g: np.ndarray) -> np.ndarray:
     """``W^T G W`` for a diagonal (1-D) or full ``G``."""
     return (w.T * g) @ w if g.ndim == 1 else w.T @ g @ w
@@ -70,13 +75,15 @@ class ChainLMI(LMI):
         # power iteration (matrix-vector products only) on each weight scaled by a power of
         # two, so that weights of 1e154 do not overflow inside it
         scales = [power_of_two_scale(w) for w in weights]
-        norms = [power_iteration(Dense(w / c), iters=30, tol=1e-3) * c
-                 for w, c in zip(weights, scales)]
-        log2_rho = 2.0 * sum(math.log2(s) for s in norms if s > 0)
+        scaled = [power_iteration(Dense(w / c), iters=30, tol=1e-3)
+                  for w, c in zip(weights, scales)]
+        # in logarithms: one layer's norm may itself exceed float64
+        log2_rho = 2.0 * sum(math.log2(s) + math.log2(c) for s, c in zip(scaled, scales)
+                             if s > 0)
         if log2_rho > RHO_LOG2_MAX:  # rho ~ L^2 and the balancing scales leave float64
             raise NotApplicableError(
                 f"{network.name}: the product of the layer norms is about "
-                f"1e{log2_rho / 2 * math.log10(2):.0f}; the LMI's rho (its square) and the "
+                f"{_power_of_ten(log2_rho / 2)}; the LMI's rho (its square) and the "
                 "balancing scales overflow float64, so no LipSDP certificate can be computed. "
                 "Rescale the network (divide a layer by a power of two and multiply the bound "
                 "back), or use --method naive."

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..onnx_registry import Unsupported, concat_values, converter
+from ..onnx_registry import Unsupported, concat_values, converter, tensor_array
 
 
-def _constant_value(attr) -> np.ndarray:
-    """The tensor of a Constant node's (single) value attribute."""
-    from onnx import numpy_helper
-
+def _constant_value(attr, where: str = "Constant") -> np.ndarray:
+    """The tensor of a Constant node's (single) value attribute (a tensor is checked against
+    its declared shape first, and NaN refused: :func:`tensor_array`)."""
     if attr.name == "value":
-        arr = numpy_helper.to_array(attr.t)
+        return tensor_array(attr.t, where, allow_inf=True)
     elif attr.name in ("value_float", "value_int"):
         arr = np.array(attr.f if attr.name == "value_float" else attr.i)
     elif attr.name in ("value_floats", "value_ints"):
@@ -28,7 +27,8 @@ def _constant_value(attr) -> np.ndarray:
 
 @converter("Constant", takes_constants=True)
 def _constant(ctx, node, attrs, ins):
-    return [_constant_value(node.attribute[0])]
+    label = node.name or node.output[0]
+    return [_constant_value(node.attribute[0], f"{ctx.source}: Constant node {label!r}")]
 
 
 @converter("Shape")
