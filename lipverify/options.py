@@ -149,7 +149,15 @@ def unknown_option(key: str, known, what: str = "option") -> UsageError:
 # --------------------------------------------------------------------------- methods
 @dataclass(frozen=True)
 class NoOptions(Options):
-    """A method with no options (the closed forms: naive, gershgorin, power, ldlt-fast)."""
+    """A method with no options (the closed forms: naive, gershgorin, power)."""
+
+
+@dataclass(frozen=True)
+class TimeOptions(Options):
+    """ldlt-fast: a wall-clock limit (its certificate stops refining its margin past it)."""
+
+    time_limit: float | None = option(None, "positive", float_value=True,
+                                      help="seconds for the whole bound")
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ def test_time_limit_covers_the_certification_on_the_smooth_path():
     start (never worse than ldlt-fast)."""
     net = mlp([40] * 6 + [5], seed=7)
     out = lipverify.bound(net, method="lipsdp-neuron", solver="smooth", time_limit=1e-9)
-    fast = lipverify.bound(net, method="ldlt-fast")
+    fast = lipverify.bound(net, method="ldlt-fast", time_limit=1e-9)  # the same start
     assert out.certified and out.status.timed_out
     assert out.status.gap is None and out.status.gap_note == "time limit"
     assert out.bound <= fast.bound * (1 + 1e-12)

@@ -88,7 +88,8 @@ LARGE_ORDER = 2000
 
 
 def smallest_margin(check, rho_star: float, steps: int = 3, first: float | None = None,
-                    unit: float = 1.0) -> tuple[float, float] | None:
+                    unit: float = 1.0, deadline: float | None = None
+                    ) -> tuple[float, float] | None:
     """``(rho, eps)`` with ``check(rho)`` true for ``rho = rho* (1 + eps) + eps unit``, eps
     small: ``first`` (if given, then 1e-12 below it), else 1e-12, then one jump to 1e-6 and a
     log-bisection back down (each check is a Cholesky, so few of them), else upward by 10x
@@ -114,6 +115,8 @@ def smallest_margin(check, rho_star: float, steps: int = 3, first: float | None 
     if hi is None:
         return None
     for _ in range(steps):  # within a factor 10^((hi-lo)/2^steps) of the smallest margin
+        if _past(deadline):  # a margin passed: past the deadline, keep it
+            break
         mid = (lo + hi) / 2.0
         if check(rho_of(10.0**mid)):
             hi = mid
@@ -131,7 +134,8 @@ SMALL_ORDER = 500
 GOOD_MARGIN = 1e-7
 
 
-def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certificate | None:
+def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal,
+         deadline: float | None = None) -> Certificate | None:
     """The cheapest check that gives a tight margin: dense on small LMIs, then the
     clique-wise checks (backward, then forward; §3/§8) on the exactly balanced chain
     (``bal = balance(lmi)``), then dense again up to order ``LARGE_ORDER`` if nothing
@@ -144,7 +148,7 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
 
     def dense(steps: int) -> None:
         hit = smallest_margin(lambda r: _verify_dense(lmi, params, r), rho_star, steps=steps,
-                              unit=scale)
+                              unit=scale, deadline=deadline)
         if hit is not None:
             found.append(hit)
 
@@ -167,13 +171,16 @@ def _try(lmi: ChainLMI, params, rho_star: float, theta: float, bal) -> Certifica
         backward = ChordalCertificate(scaled, p_scaled, cliques=cliques)
         if backward.ok:
             add(smallest_margin(backward.check, backward.rho_star, first=1e-9,
-                                unit=scale / out), out)
-        if best() > GOOD_MARGIN:  # pivots ill-conditioned backward, or margins amplified
+                                unit=scale / out, deadline=deadline), out)
+        if best() > GOOD_MARGIN and not (found and _past(deadline)):
+            # pivots ill-conditioned backward, or margins amplified
             forward = ForwardChordal(scaled, p_scaled, cliques=cliques)
             r0 = forward.rho_estimate(rho_star / out)  # the backward rho*, balanced units
             if math.isfinite(r0):
-                add(smallest_margin(forward.check, r0, first=1e-9, unit=scale / out), out)
-    if not small and best() > 1e-6 and lmi.order <= LARGE_ORDER:
+                add(smallest_margin(forward.check, r0, first=1e-9, unit=scale / out,
+                                    deadline=deadline), out)
+    if not small and best() > 1e-6 and lmi.order <= LARGE_ORDER and \
+            not (found and _past(deadline)):
         dense(3)
     if not found:
         return None
@@ -230,7 +237,7 @@ def certify_chain(lmi: ChainLMI, params, deadline: float | None = None,
         q = p if e == 0.0 else p * (1.0 + e)
         rho = rho_star(q)
         if math.isfinite(rho):
-            cert = _try(lmi, q, rho, 0.0, bal)
+            cert = _try(lmi, q, rho, 0.0, bal, deadline)
             if cert is not None and (best is None or cert.bound < best.bound):
                 best = cert
             if best is not None and (best.margin <= 1e-6 or _past(deadline)):
@@ -241,7 +248,7 @@ def certify_chain(lmi: ChainLMI, params, deadline: float | None = None,
         q = (1.0 - theta) * p + theta * anchor
         rho = rho_star(q)
         if math.isfinite(rho):
-            cert = _try(lmi, q, rho, theta, bal)
+            cert = _try(lmi, q, rho, theta, bal, deadline)
             if cert is not None:
                 return cert if best is None or cert.bound < best.bound else best
         if theta >= 1.0:

@@ -15,7 +15,7 @@ from ..ir.network import Network
 from ..lmi.chain import ChainLMI
 from ..lmi.dag import DagLMI
 from ..lmi.linf import LinfRowLMI
-from ..options import SDPOptions, SolverOptions
+from ..options import SDPOptions, SolverOptions, TimeOptions
 from ..results import MethodOutput
 from ..runtime.clock import Clock
 from ..solvers.choose import choose_backend
@@ -122,10 +122,12 @@ def lipsdp_network(network: Network, **_) -> MethodOutput:
     "ldlt-fast",
     summary="ECLipsE-Fast closed-form multipliers (§2b), generalised "
     "soundly to any slopes; certified. No SDP: milliseconds.",
+    options=TimeOptions,
 )
-def ldlt_fast(network: Network, *, norm: str = "l2", **_) -> MethodOutput:
+def ldlt_fast(network: Network, *, norm: str = "l2", time_limit: float | None = None,
+              **_) -> MethodOutput:
     lmi = _chain(network, True)
-    cert = certify(lmi, ldlt_fast_params(lmi))
+    cert = certify(lmi, ldlt_fast_params(lmi), Clock(time_limit).deadline)
     return output(cert, Status(), solver=None, solver_value=None, details={"order": lmi.order})
 
 

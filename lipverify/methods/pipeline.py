@@ -113,7 +113,7 @@ class Candidates:
     def start(cls, lmi: LMI, clock: Clock) -> Candidates:
         out = cls(lmi, clock)
         if lmi.kind == "chain":
-            out.certified = certify(lmi, ldlt_fast_params(lmi))
+            out.certified = certify(lmi, ldlt_fast_params(lmi), clock.deadline)
         else:
             anchor = lmi.anchor()
             out.ranked.append((lmi.rho_star(anchor), anchor))
