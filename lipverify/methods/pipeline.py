@@ -49,6 +49,9 @@ POLISH_STAGES = (1e-6, 1e-7, 1e-8, 1e-9)
 IPM_AUTO_MAX_ORDER = 3000
 #: Residual networks above this order skip the chained conic solve (structured solver only).
 CHAINED_MAX_ORDER = 1500
+#: The safety net (a conic solve after a stopped interior point) runs on LMIs up to this
+#: order, where cvxpy's compilation and the conic solve take seconds, not minutes.
+SAFETY_NET_MAX_ORDER = 500
 #: The structured solver stage always gets at least this long on a DAG (its start is cheap).
 DAG_MIN_SECONDS = 1.0
 
@@ -288,7 +291,8 @@ def run(network: Network, lmi: LMI, *, per_neuron: bool | str, solver: str, cloc
             first["form"] = "monolithic (§5a), interior point"
         cert, status, value = run_ipm(lmi, first, clock)
         out = output(cert, status, solver="ipm", solver_value=value, details=first, kind=kind)
-        if solver != "auto" or out.status.optimal or clock.expired():
+        if solver != "auto" or out.status.optimal or out.status.timed_out or \
+                lmi.order > SAFETY_NET_MAX_ORDER or clock.expired():
             return out
         return safety_net(out, network, lmi, per_neuron=per_neuron, clock=clock, conic=conic,
                           cone=cone, details=details)
