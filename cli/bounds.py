@@ -61,8 +61,8 @@ from .common import (
 @click.option(
     "--time-limit",
     type=SECONDS,
-    help="Seconds for the solver; the best certified "
-    "bound found so far is returned when it runs out.",
+    help="Seconds for the whole bound (auto: 120); the best certified bound found so far "
+    "is returned when it runs out. The sampled lower bound takes 10% more at most.",
 )
 @click.option(
     "--save-certificate",
