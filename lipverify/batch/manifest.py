@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import importlib
+import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from ..options import (
     float_options,
     parse_bool,
 )
+from ..runtime.files import check_regular, read_regular_text, shown
 
 #: The options records of the built-in methods; plugins' methods add theirs at check time.
 _OPTION_CLASSES = (SDPOptions, SolverOptions, LPOptions, SplitOptions, LowerOptions)
@@ -51,6 +53,13 @@ MODEL_KEYS = ("output_rows", *FILE_LOAD_KEYS)
 #: Options in seconds or scales: 60 and 60.0 are the same value (and the same job key).
 FLOAT_OPTIONS = float_options(_OPTION_CLASSES)
 NORMS = ("l2", "linf")
+
+#: Limits on what a manifest may make us read or build (hostile files end as a UsageError):
+MAX_MANIFEST_BYTES = 16 * 2**20  # the YAML file itself
+MAX_YAML_ALIASES = 100  # `*name` references in one manifest
+MAX_YAML_NODES = 100_000  # values once every alias is expanded ("billion laughs")
+MAX_YAML_DEPTH = 64  # nesting of lists and mappings
+MAX_GLOB_MATCHES = 10_000  # paths one glob or directory entry may match (the walk stops there)
 
 
 def _is_number(v) -> bool:
@@ -94,19 +103,11 @@ def load_manifest(
     ...
     lipverify.errors.UsageError: no-such-manifest.yaml: no such manifest file; check the path
     """
-    import yaml
-
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such manifest file; check the path") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the manifest ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML: {exc}; fix the syntax and re-run") from None
+    # a regular file (a FIFO or /dev/zero would block or never end), at most 16 MiB, UTF-8
+    text = read_regular_text(path, what="manifest file", max_bytes=MAX_MANIFEST_BYTES,
+                             error=UsageError)
+    data = parse_yaml(text, shown(path))
     if not isinstance(data, dict):
         raise UsageError(
             f"{path}: a manifest is a YAML mapping with keys {', '.join(TOP_KEYS)} "
@@ -114,6 +115,120 @@ def load_manifest(
         )
     _apply_flags(data, options, model_options, overrides)
     return build_manifest(data, base=path.resolve().parent, source=str(path))
+
+
+def _yaml_loader():
+    """A SafeLoader that refuses more than MAX_YAML_ALIASES aliases and nesting deeper than
+    MAX_YAML_DEPTH while composing (before anything is built)."""
+    import yaml
+
+    class LimitedLoader(yaml.SafeLoader):
+        aliases = 0
+        depth = 0
+        source = "manifest"
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    line = self.peek_event().start_mark.line + 1
+                    raise UsageError(
+                        f"{self.source}: more than {MAX_YAML_ALIASES} YAML aliases (*name, "
+                        f"line {line}); write the entries out instead")
+                return super().compose_node(parent, index)
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    line = self.peek_event().start_mark.line + 1
+                    raise UsageError(f"{self.source}: YAML nested more than {MAX_YAML_DEPTH} "
+                                     f"levels deep (line {line})")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return LimitedLoader
+
+
+def _expanded_size(root, limit: int, source: str) -> int:
+    """How many values the YAML graph under ``root`` builds with every alias expanded,
+    counting (iteratively, each shared node once) until ``limit`` is passed."""
+    import yaml
+
+    def children(node):
+        if isinstance(node, yaml.SequenceNode):
+            return node.value
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return ()
+
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children(node))
+            open_.discard(key)
+            if sizes[key] > limit:
+                return sizes[key]
+            continue
+        if key in sizes:
+            continue
+        if key in open_:
+            raise UsageError(f"{source}: a YAML alias refers to a list or mapping that holds "
+                             f"it (line {node.start_mark.line + 1}); remove the cycle")
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children(node))
+    return sizes.get(id(root), 0)
+
+
+def parse_yaml(text: str, source: str = "manifest"):
+    """``yaml.safe_load`` with limits: at most MAX_YAML_ALIASES aliases, MAX_YAML_NODES values
+    once aliases are expanded, MAX_YAML_DEPTH levels; every failure is one UsageError line
+    naming ``source`` (and the line, for syntax errors).
+
+    >>> parse_yaml("a: &x [1, 2]\\nb: *x")
+    {'a': [1, 2], 'b': [1, 2]}
+    >>> parse_yaml("a: [1, 2", "m.yaml")
+    Traceback (most recent call last):
+    ...
+    lipverify.errors.UsageError: m.yaml: not valid YAML at line 1, column 9: expected ',' or \
+']', but got '<stream end>'; fix the syntax and re-run
+    """
+    import yaml
+
+    loader = None
+    try:
+        loader = _yaml_loader()(text)  # the reader refuses control characters here
+        loader.source = source
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_YAML_NODES, source) > MAX_YAML_NODES:
+            raise UsageError(
+                f"{source}: the YAML expands to more than {MAX_YAML_NODES} values (aliases of "
+                "aliases, a 'billion laughs'); write the entries out instead")
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        why = " ".join(str(exc.problem or exc.context or type(exc).__name__).split())
+        raise UsageError(f"{source}: not valid YAML{where}: {why}; fix the syntax and re-run") \
+            from None
+    except yaml.YAMLError as exc:
+        why = " ".join(str(exc).split())[:200]
+        raise UsageError(f"{source}: not valid YAML: {why}; fix the syntax and re-run") from None
+    except RecursionError:
+        raise UsageError(f"{source}: YAML nested too deeply; fix the file") from None
+    except (ValueError, OverflowError, TypeError) as exc:  # a date 2001-13-45, a huge integer
+        why = " ".join(str(exc).split())[:200]
+        raise UsageError(f"{source}: a YAML value cannot be read ({why}); fix the file") \
+            from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def _apply_flags(data: dict, options, model_options, overrides: dict) -> None:
@@ -153,7 +268,11 @@ def build_manifest(data: dict, base: Path, source: str) -> Manifest:
     methods = _methods(data.get("methods"), problems)
     norms = _norms(data.get("norms", ["l2"]), problems)
     option_sets = _option_sets(data.get("options", {}), problems)
-    models = _models(data.get("models"), base, problems)
+    try:
+        models = _models(data.get("models"), base, problems)
+    except _TooManyMatches as exc:  # the walk stopped at the cap: nothing more to list
+        problems.append(f"models: {exc}")
+        models = []
     memory = data.get("memory_limit_gb")
     if memory is not None and not (_is_number(memory) and memory > 0):
         problems.append(f"memory_limit_gb: expected a positive number of GiB, got {memory!r}")
@@ -367,14 +486,29 @@ def _expand(pattern: str, base: Path) -> tuple[list[Path], str]:
     full = Path(os.path.expanduser(pattern))
     full = full if full.is_absolute() else base / full
     if glob.has_magic(pattern):
-        matches = [Path(p) for p in sorted(glob.glob(str(full), recursive=True))]
+        try:  # lazily, and no further than the cap: a pattern may match a huge tree
+            found = list(itertools.islice(glob.iglob(str(full), recursive=True),
+                                          MAX_GLOB_MATCHES + 1))
+        except (OSError, ValueError) as exc:
+            return [], f"{pattern}: cannot search ({exc}); fix the pattern"
+        if len(found) > MAX_GLOB_MATCHES:
+            raise _TooManyMatches(f"{pattern}: matches more than {MAX_GLOB_MATCHES} paths (the "
+                                  "search stopped there); narrow the pattern")
+        matches = [Path(p) for p in sorted(found)]
         files = [p for p in matches if p.is_file() and p.suffix.lower() in suffixes]
         if not files:
             return [], (f"{pattern}: matches no model file ({', '.join(sorted(suffixes))}); "
                         "fix the pattern or mark the entry `optional: true`")
         return files, ""
     if full.is_dir():
-        files = sorted(p for p in full.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        try:
+            found = list(itertools.islice(full.iterdir(), MAX_GLOB_MATCHES + 1))
+        except OSError as exc:
+            return [], f"{pattern}: cannot list the directory ({exc.strerror})"
+        if len(found) > MAX_GLOB_MATCHES:
+            raise _TooManyMatches(f"{pattern}: the directory holds more than "
+                                  f"{MAX_GLOB_MATCHES} entries; list the models or use a glob")
+        files = sorted(p for p in found if p.is_file() and p.suffix.lower() in suffixes)
         return files, "" if files else f"{pattern}: directory holds no model file"
     if not full.exists():
         return [], (f"{pattern}: no such model file; check the path (relative paths are "
@@ -382,7 +516,17 @@ def _expand(pattern: str, base: Path) -> tuple[list[Path], str]:
     if full.suffix.lower() not in suffixes:
         return [], (f"{pattern}: unknown model format {full.suffix or '(no suffix)'!r}; "
                     f"supported: {', '.join(sorted(suffixes))}")
+    from ..importers import MAX_MODEL_BYTES
+
+    try:  # a FIFO or a device would hang the job planner (it hashes every model file)
+        check_regular(full, "model file", max_bytes=MAX_MODEL_BYTES, error=UsageError)
+    except UsageError as exc:
+        return [], str(exc)
     return [full], ""
+
+
+class _TooManyMatches(UsageError):
+    """A glob or directory entry matched more than MAX_GLOB_MATCHES paths."""
 
 
 def _display(path: Path) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..results import BoundResult
+from ..runtime.files import check_regular
 from .jobs import Job
 
 DEFAULT_DB = Path("results") / "lipverify.db"
@@ -105,6 +106,15 @@ class ResultsStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         elif self.path.is_dir():
             raise ResultsStoreError(f"{self.path}: is a directory; pass --db FILE.db")
+        else:
+            # a FIFO or a device would block or be written to; then the schema is checked
+            # through a read-only connection: a refused database stays byte-identical
+            check_regular(self.path, "results database", error=ResultsStoreError)
+            with self._guard("open"):
+                if not self._validate_read_only(timeout) and not create:
+                    raise ResultsStoreError(
+                        f"{self.path}: an empty database, not a lipverify results store; run "
+                        "`lipverify batch` first, or pass --db with the database it wrote")
         with self._guard("open"):
             self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
@@ -116,27 +126,73 @@ class ResultsStore:
             raise
 
     # ------------------------------------------------------------------ set-up and errors
-    def _init_schema(self) -> None:
-        c = self._conn
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("PRAGMA synchronous=FULL")
-        check = c.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+    def _validate_read_only(self, timeout: float) -> bool:
+        """Check an existing file through a read-only connection (``mode=ro``): integrity,
+        tables, columns and schema version. True when it is a lipverify store, False when it
+        is an empty database; anything else raises, leaving the file byte-identical (and no
+        ``-wal``/``-shm`` files of ours beside it)."""
+        if self.path.stat().st_size == 0:
+            return False
+        sidecars = [Path(f"{self.path}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
+        before = {p for p in sidecars if p.exists()}
+        uri = self.path.resolve().as_uri() + "?mode=ro"  # percent-encoded: spaces, ?, #, é
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+        ok = False
+        try:
+            found = self._check_store(conn, quick_check=True)
+            ok = True
+            return found
+        finally:
+            conn.close()
+            if not ok:  # a read-only look at a WAL database may leave empty sidecars
+                for p in sidecars:
+                    if p not in before and p.exists():
+                        p.unlink()
+
+    def _check_store(self, c: sqlite3.Connection, quick_check: bool) -> bool:
+        """Raise unless ``c`` holds a lipverify store of this schema or no table at all;
+        True when the store's tables are there."""
+        if quick_check:
+            check = c.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
         tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables and not {"meta", "results"} <= tables:
+        if not tables:
+            return False
+        if not {"meta", "results"} <= tables:
             raise ResultsStoreError(
                 f"{self.path}: is an SQLite database but not a lipverify results store "
                 f"(tables: {', '.join(sorted(tables))}); pass --db with another path"
             )
-        if not tables:
-            c.executescript(SCHEMA)
+        columns = {r[1] for r in c.execute("PRAGMA table_info(results)")}
+        missing = [col for col in COLUMNS if col not in columns]
+        if missing:
+            raise ResultsStoreError(
+                f"{self.path}: is an SQLite database but not a lipverify results store (table "
+                f"results lacks {', '.join(missing)}); pass --db with another path"
+            )
+        self._check_version(c)
+        return True
+
+    def _check_version(self, c: sqlite3.Connection) -> None:
         found = c.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
         if found is None or found[0] != SCHEMA_VERSION:
             raise ResultsStoreError(
                 f"{self.path}: results store schema {found and found[0]!r}, this lipverify "
                 f"reads {SCHEMA_VERSION!r}; use the lipverify that wrote it, or another --db"
             )
+
+    def _init_schema(self) -> None:
+        """Write mode on a checked (or new, or empty) database: WAL, and the tables if none."""
+        c = self._conn
+        tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables:  # made by another process since the read-only check? check it again
+            self._check_store(c, quick_check=False)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA synchronous=FULL")
+        if not tables:
+            c.executescript(SCHEMA)
+        self._check_version(c)
 
     @contextmanager
     def _guard(self, doing: str) -> Iterator[None]:

@@ -157,30 +157,190 @@ def check_lipsdp_linf(net: Network, body: dict) -> CheckResult:
     return CheckResult(True, worst, f"valid: Linf <= {worst:.10g}")
 
 
-def check_certificate(network: Network, cert: dict | str | Path) -> CheckResult:
-    """Re-verify a certificate for ``network``. Never raises on a bad certificate: says why."""
+#: The largest certificate file read (bytes); a larger one is refused before parsing.
+MAX_CERTIFICATE_FILE_BYTES = 256 * 2**20
+#: The deepest nesting of JSON arrays and objects a certificate may hold (a real one: 4).
+MAX_CERTIFICATE_DEPTH = 16
+#: The most multipliers in one ``params`` list, and the most ``rows`` of an l_inf certificate.
+MAX_CERTIFICATE_PARAMS = 20_000_000
+MAX_CERTIFICATE_ROWS = 1_000_000
+#: Multiplier structures a checker accepts (``multipliers``: see ChainLMI.from_network).
+MULTIPLIER_KINDS = ("neuron", "layer", "channel")
+
+
+def _brief(value) -> str:
+    """A value for a one-line message: its type, and a short repr for scalars."""
+    if isinstance(value, (dict, list)):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _depth(obj) -> int:
+    """Nesting depth of JSON arrays and objects, iteratively (no recursion to exhaust)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > MAX_CERTIFICATE_DEPTH:
+                return deepest
+            items = node.values() if isinstance(node, dict) else node
+            stack.extend((v, depth + 1) for v in items if isinstance(v, (dict, list)))
+    return deepest
+
+
+def _check_rho_params(body: dict, where: str) -> str | None:
+    rho = body.get("rho")
+    if not (_is_number(rho) and rho >= 0):
+        what = "missing" if "rho" not in body else f"got {_brief(rho)}"
+        return f"{where}rho: expected a finite number >= 0, {what}"
+    params = body.get("params")
+    if not isinstance(params, list):
+        what = "missing" if "params" not in body else f"got {_brief(params)}"
+        return f"{where}params: expected a list of finite numbers, {what}"
+    if len(params) > MAX_CERTIFICATE_PARAMS:
+        return f"{where}params: {len(params)} values, over the limit of {MAX_CERTIFICATE_PARAMS}"
+    bad = next((i for i, v in enumerate(params) if not _is_number(v)), None)
+    if bad is not None:
+        return f"{where}params[{bad}]: expected a finite number, got {_brief(params[bad])}"
+    return None
+
+
+def certificate_problem(cert) -> str | None:
+    """What makes ``cert`` (a parsed certificate file) unusable, field by field; None: its
+    shape is right (whether its numbers certify anything is the checker's business)."""
     if not isinstance(cert, dict):
-        try:
-            cert = json.loads(Path(cert).read_text())
-        except (OSError, ValueError) as exc:
-            return CheckResult(False, math.inf, f"unreadable certificate: {exc}")
+        return f"the top level is {_brief(cert)}, not a JSON object"
+    depth = _depth(cert)
+    if depth > MAX_CERTIFICATE_DEPTH:
+        return f"nested more than {MAX_CERTIFICATE_DEPTH} levels deep"
+    fmt = cert.get("format")
+    if fmt != FORMAT:
+        return f"not a {FORMAT} file (format: " + (
+            "missing)" if "format" not in cert else f"{_brief(fmt)})")
+    sha = cert.get("model_sha256")
+    if sha is not None and not isinstance(sha, str):
+        return f"model_sha256: expected a hex string or null, got {_brief(sha)}"
+    rows = cert.get("output_rows")
+    if rows is not None and not (
+        isinstance(rows, list) and rows
+        and all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in rows)
+    ):
+        return f"output_rows: expected null or a list of row indices, got {_brief(rows)}"
+    body = cert.get("certificate")
+    if not isinstance(body, dict):
+        what = "missing" if "certificate" not in cert else f"got {_brief(body)}"
+        return f"certificate: expected a JSON object, {what}"
+    kind = body.get("kind")
+    if not isinstance(kind, str):
+        what = "missing" if "kind" not in body else f"got {_brief(kind)}"
+        return f"certificate.kind: expected a string, {what}"
+    mult = body.get("multipliers", "neuron")
+    if not (isinstance(mult, bool) or mult in MULTIPLIER_KINDS):
+        return (f"certificate.multipliers: expected one of {', '.join(MULTIPLIER_KINDS)}, "
+                f"got {_brief(mult)}")
+    if "rows" in body or kind == "lipsdp-linf":
+        rows = body.get("rows")
+        if not isinstance(rows, list) or not rows:
+            what = "missing" if "rows" not in body else f"got {_brief(rows)}"
+            return f"certificate.rows: expected a non-empty list of objects, {what}"
+        if len(rows) > MAX_CERTIFICATE_ROWS:
+            return f"certificate.rows: {len(rows)} rows, over the limit of {MAX_CERTIFICATE_ROWS}"
+        for j, row in enumerate(rows):
+            where = f"certificate.rows[{j}]"
+            if not isinstance(row, dict):
+                return f"{where}: expected a JSON object with rho and params, got {_brief(row)}"
+            problem = _check_rho_params(row, where + ".")
+            if problem:
+                return problem
+        return None
+    return _check_rho_params(body, "certificate.")
+
+
+def read_certificate(path: str | Path) -> dict:
+    """A certificate file, parsed and checked against the schema of
+    :func:`certificate_problem`. A file that is not a regular file (a FIFO, a device), is
+    over :data:`MAX_CERTIFICATE_FILE_BYTES`, is not UTF-8 JSON or has the wrong shape is a
+    :class:`~lipverify.errors.ModelLoadError` naming the file and the field."""
+    from ..errors import ModelLoadError
+    from ..runtime.files import read_regular_text, shown
+
+    text = read_regular_text(path, what="certificate file", max_bytes=MAX_CERTIFICATE_FILE_BYTES)
     try:
-        if cert.get("format") != FORMAT:
-            return CheckResult(False, math.inf, f"not a {FORMAT} file")
+        cert = json.loads(text)
+    except RecursionError:
+        raise ModelLoadError(f"{shown(path)}: malformed certificate: nested too deeply "
+                             f"(more than {MAX_CERTIFICATE_DEPTH} levels)") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of too many digits
+        why = " ".join(str(exc).split())[:160]
+        raise ModelLoadError(f"{shown(path)}: not a JSON certificate ({why})") from None
+    problem = certificate_problem(cert)
+    if problem:
+        raise ModelLoadError(f"{shown(path)}: malformed certificate: {problem}")
+    return cert
+
+
+def check_certificate(network: Network, cert: dict | str | Path) -> CheckResult:
+    """Re-verify a certificate for ``network``. Never raises on a bad certificate: says why.
+
+    ``cert`` is a parsed certificate (a dict) or the path of a certificate file; anything
+    else, an unreadable file, or one of the wrong shape is ``valid=False`` with a one-line
+    message naming the file (for a path) and the offending field.
+
+    >>> check_certificate(None, 42).message
+    'certificate: expected a dict or a path to a certificate file, got int'
+    """
+    import os
+
+    from ..runtime.files import shown
+
+    prefix = ""
+    if isinstance(cert, (str, bytes, os.PathLike)):
+        prefix = f"{shown(cert)}: "
+        try:
+            cert = read_certificate(cert)
+        except LipverifyError as exc:
+            return CheckResult(False, math.inf, str(exc))
+        except (OSError, ValueError, MemoryError) as exc:
+            return CheckResult(False, math.inf, f"{prefix}unreadable certificate: {exc}")
+    elif not isinstance(cert, dict):
+        return CheckResult(False, math.inf, "certificate: expected a dict or a path to a "
+                           f"certificate file, got {type(cert).__name__}")
+    problem = certificate_problem(cert)
+    if problem:
+        return CheckResult(False, math.inf, f"{prefix}malformed certificate: {problem}")
+    try:
         sha = network.provenance.sha256
         if cert.get("model_sha256") and sha and cert["model_sha256"] != sha:
             return CheckResult(
                 False,
                 math.inf,
-                "the certificate is for a different model file "
+                f"{prefix}the certificate is for a different model file "
                 f"(sha256 {cert['model_sha256'][:12]}... != {sha[:12]}...)",
             )
         net = network.select_outputs(cert.get("output_rows"))
         body = cert["certificate"]
         checker = CERTIFICATE_KINDS.get(body["kind"])
         if checker is None:
-            return CheckResult(False, math.inf, f"unknown certificate kind {body['kind']!r}; "
+            return CheckResult(False, math.inf,
+                               f"{prefix}unknown certificate kind {_brief(body['kind'])}; "
                                f"known: {', '.join(CERTIFICATE_KINDS)}")
-        return checker(net, body)
-    except (KeyError, TypeError, ValueError, LipverifyError) as exc:
-        return CheckResult(False, math.inf, f"malformed certificate: {exc}")
+        result = checker(net, body)
+    except LipverifyError as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        return CheckResult(False, math.inf, f"{prefix}malformed certificate: {first}")
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError,
+            MemoryError, np.linalg.LinAlgError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:200]
+        return CheckResult(False, math.inf,
+                           f"{prefix}malformed certificate: {type(exc).__name__}: {first}")
+    if not result.valid and prefix:
+        return CheckResult(False, result.bound, prefix + result.message)
+    return result

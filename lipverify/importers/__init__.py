@@ -16,8 +16,11 @@ from pathlib import Path
 from ..errors import LipverifyError, ModelLoadError, UsageError, check_unique
 from ..ir.network import Network
 from ..options import LoadOptions
+from ..runtime.files import check_regular, shown
 
 Loader = Callable[..., Network]
+#: The largest model file :func:`load` opens (bytes); a larger one is refused before reading.
+MAX_MODEL_BYTES = 4 * 2**30
 IMPORTERS: dict[str, Loader] = {}
 
 
@@ -61,9 +64,12 @@ def load(source, **options) -> Network:
         return load_module(source, **options)
     path = Path(source)
     if not path.exists():
-        raise ModelLoadError(f"{source}: no such file; check the path")
+        raise ModelLoadError(f"{shown(source)}: no such file; check the path")
     if path.is_dir():
-        raise ModelLoadError(f"{source}: is a directory; pass a model file")
+        raise ModelLoadError(f"{shown(source)}: is a directory; pass a model file")
+    # a regular file (after symlinks) under the cap: a FIFO or /dev/zero would block or
+    # never end inside the library that reads it
+    check_regular(path, "model file", max_bytes=MAX_MODEL_BYTES)
     suffix = "".join(path.suffixes[-1:]).lower()
     if suffix not in IMPORTERS:
         raise UsageError(
