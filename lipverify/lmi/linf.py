@@ -174,14 +174,6 @@ class LinfRowLMI(LMI):
         """``(params, rho*)``: L-BFGS-B on the smooth ``rho*`` (:func:`minimize`)."""
         return minimize(self.chain, start, max_iter)
 
-    def verify(self, params, r: float) -> bool:
-        """The §8 check of the bordered matrix at ``params`` and bound ``r``."""
-        return verify_linf(self.chain, params, r)
-
-    def certificate(self, params, deadline: float | None = None) -> LinfCertificate:
-        """:func:`best_blend` (what :func:`lipverify.certify.gate.certify` reports)."""
-        return best_blend(self.chain, params, deadline)
-
 
 def _chain_of(lmi) -> ChainLMI:
     """The row's :class:`ChainLMI`, given it or its :class:`LinfRowLMI`."""
