@@ -641,25 +641,30 @@ def tree(work) -> Path:
 
 
 @pytest.fixture
-def counted_iglob(monkeypatch):
-    """glob.iglob in the manifest module, counting the paths it yields."""
-    import glob as glob_mod
+def counted_scandir(monkeypatch):
+    """os.scandir as the manifest module sees it, counting the entries it yields."""
+    import contextlib
     from types import SimpleNamespace
 
     seen = {"n": 0}
 
-    def iglob(*args, **kwargs):
-        for p in glob_mod.iglob(*args, **kwargs):
-            seen["n"] += 1
-            yield p
+    @contextlib.contextmanager
+    def scandir(path):
+        with os.scandir(path) as it:
+            def counted():
+                for entry in it:
+                    seen["n"] += 1
+                    yield entry
+            yield counted()
 
-    monkeypatch.setattr(manifest_mod, "glob",
-                        SimpleNamespace(has_magic=glob_mod.has_magic, iglob=iglob))
+    fake_os = SimpleNamespace(**{k: getattr(os, k) for k in dir(os) if not k.startswith("__")})
+    fake_os.scandir = scandir
+    monkeypatch.setattr(manifest_mod, "os", fake_os)
     return seen
 
 
 @pytest.mark.parametrize("pattern", ["tree/**/*.npz", "tree/*/*", "tree/**"])
-def test_a_glob_over_a_huge_tree_stops_at_the_cap(work, tree, counted_iglob, monkeypatch,
+def test_a_glob_over_a_huge_tree_stops_at_the_cap(work, tree, counted_scandir, monkeypatch,
                                                    pattern):
     monkeypatch.setattr(manifest_mod, "MAX_GLOB_MATCHES", 50)
     path = work / "batch.yaml"
@@ -667,10 +672,32 @@ def test_a_glob_over_a_huge_tree_stops_at_the_cap(work, tree, counted_iglob, mon
     with pytest.raises(UsageError) as info:
         load_manifest(path)
     assert "matches more than 50 paths" in str(info.value) and pattern in str(info.value)
-    assert counted_iglob["n"] <= 51  # the walk stopped at the cap
+    assert counted_scandir["n"] <= 2 * 51 + 6  # stopped at the cap (a `**` lists a folder twice)
     res = run("batch", path, "--db", work / "r.db", "--executor", "inline")
     assert res.exit_code == 2 and "matches more than 50 paths" in " ".join(res.output.split())
     assert not (work / "r.db").exists()
+
+
+@pytest.mark.parametrize("pattern", ["tree/**/*.onnx", "tree/**/none/*.npz", "tree/*/x*"])
+def test_a_glob_that_walks_a_huge_tree_matching_nothing_stops(work, tree, counted_scandir,
+                                                              monkeypatch, pattern):
+    monkeypatch.setattr(manifest_mod, "MAX_GLOB_VISITS", 30)
+    with pytest.raises(UsageError) as info:
+        manifest_from_paths([work / pattern], ["naive"])
+    assert "looked at more than 30 entries" in str(info.value)
+    assert counted_scandir["n"] == 31
+
+
+def test_bounded_glob_agrees_with_glob(work, tree):
+    import glob as glob_mod
+
+    (tree / "d0" / ".hidden.npz").write_bytes(b"")
+    (tree / "d1" / "sub").mkdir()
+    (tree / "d1" / "sub" / "deep.npz").write_bytes(b"")
+    for pattern in ["**/*.npz", "*/m1?.npz", "d[0-2]/*", "**", "d1/**", "*/sub/*.npz", "**/x",
+                    "d0/.h*", "d0/m1.npz"]:
+        want = sorted(Path(p) for p in glob_mod.glob(str(tree / pattern), recursive=True))
+        assert manifest_mod.bounded_glob(tree / pattern, 10_000, 100_000) == want, pattern
 
 
 def test_an_optional_huge_glob_is_still_refused(work, tree, monkeypatch):

@@ -60,6 +60,7 @@ MAX_YAML_ALIASES = 100  # `*name` references in one manifest
 MAX_YAML_NODES = 100_000  # values once every alias is expanded ("billion laughs")
 MAX_YAML_DEPTH = 64  # nesting of lists and mappings
 MAX_GLOB_MATCHES = 10_000  # paths one glob or directory entry may match (the walk stops there)
+MAX_GLOB_VISITS = 200_000  # directory entries one glob may look at, matching or not
 
 
 def _is_number(v) -> bool:
@@ -486,15 +487,13 @@ def _expand(pattern: str, base: Path) -> tuple[list[Path], str]:
     full = Path(os.path.expanduser(pattern))
     full = full if full.is_absolute() else base / full
     if glob.has_magic(pattern):
-        try:  # lazily, and no further than the cap: a pattern may match a huge tree
-            found = list(itertools.islice(glob.iglob(str(full), recursive=True),
-                                          MAX_GLOB_MATCHES + 1))
+        try:  # a pattern may match, or merely walk, a huge tree: both are capped
+            found = bounded_glob(full, MAX_GLOB_MATCHES, MAX_GLOB_VISITS)
         except (OSError, ValueError) as exc:
             return [], f"{pattern}: cannot search ({exc}); fix the pattern"
-        if len(found) > MAX_GLOB_MATCHES:
-            raise _TooManyMatches(f"{pattern}: matches more than {MAX_GLOB_MATCHES} paths (the "
-                                  "search stopped there); narrow the pattern")
-        matches = [Path(p) for p in sorted(found)]
+        except _TooManyMatches as exc:
+            raise _TooManyMatches(f"{pattern}: {exc}") from None
+        matches = found
         files = [p for p in matches if p.is_file() and p.suffix.lower() in suffixes]
         if not files:
             return [], (f"{pattern}: matches no model file ({', '.join(sorted(suffixes))}); "
@@ -527,6 +526,72 @@ def _expand(pattern: str, base: Path) -> tuple[list[Path], str]:
 
 class _TooManyMatches(UsageError):
     """A glob or directory entry matched more than MAX_GLOB_MATCHES paths."""
+
+
+def bounded_glob(pattern: Path, max_matches: int, max_visits: int) -> list[Path]:
+    """The paths matching ``pattern`` (``*``, ``?``, ``[...]`` and recursive ``**``), sorted.
+
+    Unlike :func:`glob.iglob`, the walk itself is bounded: it raises when more than
+    ``max_matches`` paths match or more than ``max_visits`` directory entries were looked at,
+    so ``/**/*.none`` fails in a moment instead of walking the disk. Symbolic links to
+    folders are not followed by ``**``, and names starting with a dot match only a pattern
+    that starts with one (as in :mod:`glob`).
+
+    >>> bounded_glob(Path("/nonexistent/**/*.onnx"), 10, 100)
+    []
+    """
+    import fnmatch
+
+    parts = pattern.parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    found: dict[Path, None] = {}
+    visits = 0
+
+    def entries(folder: Path):
+        nonlocal visits
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    visits += 1
+                    if visits > max_visits:
+                        raise _TooManyMatches(f"the search looked at more than {max_visits} "
+                                              "entries without finishing; narrow the pattern")
+                    yield entry
+        except (NotADirectoryError, FileNotFoundError, PermissionError):
+            return
+
+    def hit(path: Path) -> None:
+        found[path] = None
+        if len(found) > max_matches:
+            raise _TooManyMatches(f"matches more than {max_matches} paths (the search "
+                                  "stopped there); narrow the pattern")
+
+    def visit(path: Path, rest: tuple[str, ...]) -> None:
+        if not rest:
+            hit(path)
+            return
+        head, tail = rest[0], rest[1:]
+        if head == "**":
+            visit(path, tail)
+            for entry in entries(path):
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    visit(Path(entry.path), rest)
+                elif not tail:
+                    hit(Path(entry.path))
+        elif not glob.has_magic(head):
+            if os.path.lexists(path / head):
+                visit(path / head, tail)
+        else:
+            for entry in entries(path):
+                if (fnmatch.fnmatchcase(entry.name, head)
+                        and (head.startswith(".") or not entry.name.startswith("."))
+                        and (not tail or entry.is_dir())):
+                    visit(Path(entry.path), tail)
+
+    visit(Path(*parts[:fixed]), parts[fixed:])
+    return sorted(found)
 
 
 def _display(path: Path) -> str:

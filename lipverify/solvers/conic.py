@@ -25,6 +25,7 @@ def solve_chain(
     """Solve min rho s.t. M(rho, p) >= 0 with ``backend``; returns multipliers for ``lmi``."""
     import cvxpy as cp
 
+    start = time.perf_counter()
     scaled, factors, out = balance(lmi)
     rho = cp.Variable(nonneg=True, name="rho")
     params = [cp.Variable(qc.num_params(), name=f"t{k}") for k, qc in enumerate(scaled.qcs, 1)]
@@ -46,7 +47,7 @@ def solve_chain(
         m = rho * _embed(np.eye(sizes[0]), sizes, 0, 0)
         m = m - _embed(ws[-1].T @ ws[-1], sizes, len(sizes) - 1, len(sizes) - 1)
         cons.append(psd(m + _qc_matrix(ws, blocks, sizes)))
-    seconds, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
+    seconds, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit, start)
     if rho.value is None or any(p.value is None for p in params):
         return SolveResult(None, None, status, backend.name, seconds)
     orig = np.concatenate([np.asarray(p.value, dtype=np.float64).ravel() for p in params])
@@ -83,12 +84,32 @@ def psd(expr):
     return 0.5 * (expr + expr.T) >> 0
 
 
-def run_problem(prob, backend: Backend, time_limit) -> tuple[float, str]:
+def run_problem(prob, backend: Backend, time_limit, start: float | None = None):
+    """Compile ``prob`` for ``backend`` and solve it within ``time_limit`` seconds from
+    ``start``; returns (seconds, cvxpy status).
+
+    cvxpy's compile can take seconds on its own, so the backend is given only what is left
+    of the limit after the problem was built and compiled, and of that only 80%: backends
+    look at their clock between iterations only, and one iteration of a conic interior point
+    can take a tenth of the budget (Clarabel on digits_maxmin: 1.6 s past a 9.9 s limit).
+    If nothing is left, the solve is skipped and the status is ``user_limit`` (no values).
+    """
+    import warnings
+
     import cvxpy as cp
 
-    start = time.perf_counter()
+    start = time.perf_counter() if start is None else start
     try:
-        prob.solve(solver=backend.cvxpy_solver, **backend.options(time_limit))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "solution may be inaccurate": §8 decides
+            data, chain, inverse = prob.get_problem_data(
+                backend.cvxpy_solver, solver_opts=backend.options(time_limit))
+            left = None if not time_limit else time_limit - (time.perf_counter() - start)
+            if left is not None and left <= 0.05:
+                return time.perf_counter() - start, "user_limit"
+            solution = chain.solve_via_data(prob, data, solver_opts=backend.options(
+                None if left is None else 0.8 * left))
+            prob.unpack_results(solution, chain, inverse)
     except cp.error.SolverError as exc:
         raise SolverError(f"{backend.name} failed: {str(exc).splitlines()[0]}") from exc
     return time.perf_counter() - start, str(prob.status)
@@ -98,6 +119,7 @@ def solve_linf(lmi: ChainLMI, backend: Backend, time_limit: float | None = None)
     """§1.4 bordered LMI for a single output row, full form: min rho over (tau, T)."""
     import cvxpy as cp
 
+    start = time.perf_counter()
     sizes = lmi.sizes
     n = sum(sizes)
     rho = cp.Variable(name="rho")
@@ -110,7 +132,7 @@ def solve_linf(lmi: ChainLMI, backend: Backend, time_limit: float | None = None)
     c[n - lmi.weights[-1].size :] = lmi.weights[-1].ravel()
     corner = cp.reshape(2 * rho - cp.sum(tau), (1, 1), order="C")
     cons.append(psd(cp.bmat([[corner, -c[None, :]], [-c[:, None], p_mat]])))
-    seconds, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
+    seconds, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit, start)
     if rho.value is None or tau.value is None or any(p.value is None for p in params):
         return SolveResult(None, None, status, backend.name, seconds)
     x = np.concatenate(
@@ -130,6 +152,7 @@ def solve_banded(lmi, backend: Backend, time_limit: float | None = None) -> Solv
     """Minimise rho over the chained (banded) LMI of a DAG (§5b) with a conic backend."""
     import cvxpy as cp
 
+    start = time.perf_counter()
     q0, steps, c_out = state_maps(lmi)
     rho = cp.Variable(nonneg=True, name="rho")
     params = [cp.Variable(qc.num_params(), name=f"t{k}") for k, qc in enumerate(lmi.qcs, 1)]
@@ -147,7 +170,7 @@ def solve_banded(lmi, backend: Backend, time_limit: float | None = None) -> Solv
                          [np.zeros((n_k, d_prev)), np.zeros((n_k, n_k))]])
         cons.append(psd(first + r))
         store = nxt
-    seconds, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
+    seconds, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit, start)
     if rho.value is None or any(p.value is None for p in params):
         return SolveResult(None, None, status, backend.name, seconds)
     x = np.concatenate([np.asarray(p.value, dtype=np.float64).ravel() for p in params])
@@ -158,6 +181,7 @@ def solve_dag(lmi, backend: Backend, time_limit: float | None = None) -> SolveRe
     """Minimise rho over the monolithic DAG LMI (§5a) with a conic backend (for checking)."""
     import cvxpy as cp
 
+    start = time.perf_counter()
     rho = cp.Variable(nonneg=True)
     params = [cp.Variable(qc.num_params()) for qc in lmi.qcs]
     cons = [c for qc, p in zip(lmi.qcs, params) for c in qc.constraints(p)]
@@ -171,7 +195,7 @@ def solve_dag(lmi, backend: Backend, time_limit: float | None = None) -> SolveRe
         cross = v.T @ gvw @ s
         m = m - (v.T @ gvv @ v + cross + cross.T + s.T @ gww @ s)
     cons.append(psd(m))
-    seconds, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit)
+    seconds, status = run_problem(cp.Problem(cp.Minimize(rho), cons), backend, time_limit, start)
     if rho.value is None or any(p.value is None for p in params):
         return SolveResult(None, None, status, backend.name, seconds)
     x = np.concatenate([np.asarray(p.value, dtype=np.float64).ravel() for p in params])
