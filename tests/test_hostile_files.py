@@ -897,10 +897,12 @@ def test_odd_path_batch(odd_model, work):
         assert [r.status for r in store.records()] == ["ok"]
 
 
-@pytest.mark.parametrize("name", ["m\xf3del \xfc.onnx", "m\xf3del \xfc.npz"])
-def test_undecodable_file_names_load(work, name):
-    """A name whose bytes are not UTF-8 (a latin-1 file system): str paths hold surrogates."""
-    src = SAMPLE if name.endswith(".onnx") else SAMPLE_MODELS / "digits_mlp_relu.npz"
+@pytest.mark.parametrize("suffix", ["onnx", "npz", "ts.pt", "pt2"])
+def test_undecodable_file_names_load(work, suffix):
+    """A name whose bytes are not UTF-8 (a latin-1 file system): str paths hold surrogates,
+    which torch's C++ readers cannot take (they get an open file instead)."""
+    name = f"m\xf3del \xfc.{suffix}"
+    src = SAMPLE_MODELS / f"digits_mlp_relu.{suffix}"
     raw = os.fsencode(work) + b"/" + name.encode("latin-1")
     try:
         shutil.copy(src, raw)

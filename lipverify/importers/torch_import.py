@@ -583,7 +583,8 @@ def _load_torchscript(path: Path):
 
     try:
         with _quiet():
-            return torch.jit.load(str(path), map_location="cpu")
+            with open(path, "rb") as fh:  # any file name (torch's C++ takes no surrogates)
+                return torch.jit.load(fh, map_location="cpu")
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot load TorchScript archive ({_one_line(exc)})") from exc
 
@@ -865,9 +866,14 @@ def _load_pt2_safely(path: Path):
     lacks the pieces.
     """
     serde = _pt2_serde()
+    with open(path, "rb") as fh:  # a file object: torch takes no str it cannot encode
+        return _read_pt2(path, fh, serde)
+
+
+def _read_pt2(path: Path, fh, serde):
     C = serde.C
     try:
-        reader = serde.Reader(str(path))
+        reader = serde.Reader(fh)
         version = reader.read_string(C.ARCHIVE_VERSION_PATH)
         names = set(reader.get_file_names())
     except Exception as exc:
@@ -924,7 +930,8 @@ def _load_exported(path: Path, trust_pickle: bool = False, legacy: bool = False)
                              f"unpickling ({_one_line(exc, 120)})") from exc
     try:
         with _quiet():
-            program = torch.export.load(str(path))
+            with open(path, "rb") as fh:
+                program = torch.export.load(fh)
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot load the .pt2 program ({_one_line(exc)})") from exc
     return program, ["loaded with torch.export.load (trust_pickle=True)"]
