@@ -411,3 +411,20 @@ def test_library_does_not_print(models, tmp_path, capsys):
               executor="inline")
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
+
+
+def test_a_worker_crash_through_the_command_line(models, tmp_path, plugin, monkeypatch):
+    """A worker killed mid-job with two in flight: a recorded failure and a summary, not a
+    traceback; the other job's result is stored."""
+    tiny(tmp_path / "crash.npz", 5)
+    monkeypatch.setenv("LIPVERIFY_TEST_CRASH", "crash")
+    m = write_manifest(tmp_path / "m.yaml", models=[str(models / "net_a.npz"), "crash.npz"],
+                       methods=["test-sleep"], plugins=["lv_test_plugin"])
+    db = tmp_path / "r.db"
+    res = CliRunner().invoke(main, ["batch", str(m), "--db", str(db), "--jobs", "2",
+                                    "--executor", "local"])
+    assert res.exit_code == 0 and res.exception is None, res.output  # failures are records
+    assert "1 ok, 1 failed" in flat(res.output), res.output
+    records = {Path(r.model).stem: r for r in by_key(db).values()}
+    assert records["net_a"].status == "ok"
+    assert "worker process died" in records["crash"].error
