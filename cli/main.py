@@ -39,11 +39,11 @@ def main(debug):
 
 def _register() -> None:
     """One module per command group; each command is added here."""
-    from . import batch, bounds, registries
+    from . import batch, bounds, registries, robustness
 
     for cmd in (bounds.bound, bounds.compare, bounds.info, bounds.check, registries.methods,
                 registries.solvers, registries.qcs, registries.ops, registries.doctor,
-                batch.batch, batch.results_group):
+                batch.batch, batch.results_group, robustness.robustness):
         main.add_command(cmd)
 
 _register()

@@ -277,6 +277,25 @@ class Network:
             )
         return replace(self, output=self.output.select_rows(list(rows)), output_shape=(len(rows),))
 
+    def output_map(self, c: np.ndarray, name: str | None = None) -> Network:
+        """The same network followed by the linear map ``c`` (``m x output_dim``): the logit
+        difference ``f_i - f_j`` is ``output_map(e_i - e_j)``.
+
+        >>> import numpy as np
+        >>> net = Network.sequential([np.eye(2)], [])
+        >>> float(net.output_map(np.array([[1.0, -1.0]])).forward(np.array([[3.0, 1.0]]))[0, 0])
+        2.0
+        """
+        c = np.atleast_2d(np.asarray(c, dtype=np.float64))
+        if c.shape[1] != self.output_dim or not np.all(np.isfinite(c)):
+            raise UsageError(f"an output map must be a finite matrix with {self.output_dim} "
+                             f"columns; got shape {c.shape}")
+        op = Dense(c)
+        out = Affine(tuple(Term(t.source, compose(t.op, op)) for t in self.output.terms),
+                     c @ self.output.bias)
+        return replace(self, output=out, output_shape=(c.shape[0],),
+                       name=self.name if name is None else name)
+
     def summary(self) -> list[dict]:
         """One dict per layer: name, kind, in/out widths, weight operators, parameters."""
         rows = []
