@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import lipverify
-from lipverify.errors import LipverifyError
+from lipverify.errors import LipverifyError, UsageError
 from lipverify.status import Outcome
 
 from .common import (
@@ -70,12 +70,19 @@ from .common import (
     callback=output_file,
     help="Write the multipliers and rho to this JSON file (see `lipverify check`).",
 )
+@click.option("--margins", is_flag=True,
+              help="Also bound every logit difference f_i - f_j (l2; see `lipverify "
+                   "robustness`).")
 @load_options
 @handle_errors
 def bound(
-    model, method, norm, output_rows, fmt, lower, solver, time_limit, save_certificate, **load_opts
+    model, method, norm, output_rows, fmt, lower, solver, time_limit, save_certificate, margins,
+    **load_opts
 ):
     """Bound the Lipschitz constant of MODEL (.onnx, .pt/.pt2, .npz, .mat, .nnet)."""
+    if margins and (norm != "l2" or output_rows):
+        raise UsageError("--margins bounds the l2 logit differences of all outputs; drop "
+                         "--norm linf / --output-rows")
     result = lipverify.bound(
         model,
         method=method,
@@ -89,16 +96,43 @@ def bound(
     if save_certificate:
         lipverify.save_certificate(result, save_certificate)
         err.print(f"certificate written to {save_certificate}")
+    pairs = None
+    if margins:
+        pairs = lipverify.margin_bounds(model, global_result=result, time_limit=time_limit,
+                                        solver=solver, **loader_kwargs(**load_opts))
     if fmt == "json":
-        click.echo(result.to_json())
+        data = json.loads(result.to_json())
+        if pairs is not None:
+            data["margins"] = pairs.to_dict()
+        click.echo(json.dumps(data) if pairs is not None else result.to_json())
     else:
         click.echo(str(result))
         if "auto_choice" in result.details:
             err.print(f"method auto -> {result.method}")
         for w in result.warnings:
             note(w)
+        if pairs is not None:
+            _print_margins(pairs)
     if result.status.outcome is Outcome.UNSOUND:
         sys.exit(EXIT_UNSOUND)
+
+
+def _print_margins(pairs) -> None:
+    """The K x K matrix of certified L_ij on stderr, and one line per pair on stdout."""
+    k = pairs.classes
+    from lipverify.robustness.margins import sqrt2_times
+
+    table = Table(title=f"certified Lip(f_i - f_j), l2 (each at most sqrt(2) L = "
+                  f"{sqrt2_times(pairs.global_result.bound):.6g})")
+    table.add_column("i \\ j")
+    for j in range(k):
+        table.add_column(str(j), justify="right")
+    mat = pairs.matrix()
+    for i in range(k):
+        table.add_row(str(i), *["" if i == j else f"{mat[i, j]:.4g}" for j in range(k)])
+    err.print(table)
+    for (i, j), value, source in zip(pairs.pairs, pairs.values, pairs.source):
+        click.echo(f"  L[{i},{j}] <= {value:.9g} ({source})")
 
 
 @click.command()

@@ -22,6 +22,7 @@ from .ir.activations import GroupSort, Householder, Lipschitz, MaxPool2d, SlopeR
 from .ir.network import Network, Provenance
 from .methods import get_method, list_methods
 from .results import BoundResult
+from .robustness import certified_robustness, margin_bounds
 
 __version__ = lipverify_version()
 
@@ -42,6 +43,8 @@ __all__ = [
     "UnsupportedModelError",
     "UntrustedPickleError",
     "UsageError",
+    "certified_robustness",
+    "margin_bounds",
     "bound",
     "check_certificate",
     "compare",

@@ -231,3 +231,15 @@ def test_mnist_256x2_on_real_images():
     for e in rep.eps:
         assert rep.accuracy("global", e) <= rep.accuracy("pairwise", e)
     assert rep.accuracy("pairwise", 0.0005) > 0.5 > rep.accuracy("global", 0.002)
+
+
+def test_cli_bound_margins():
+    res = CliRunner().invoke(main, ["bound", str(SAMPLE), "-m", "ldlt-fast", "--margins",
+                                    "--format", "json", "--no-lower"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    pairs = data["margins"]["pairs"]
+    assert len(pairs) == 45 and data["margins"]["certified"]
+    assert all(p["bound"] <= sqrt2_times(data["bound"]) for p in pairs)
+    res = CliRunner().invoke(main, ["bound", str(SAMPLE), "--margins", "--norm", "linf"])
+    assert res.exit_code == 2 and "--margins" in res.output

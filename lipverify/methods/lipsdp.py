@@ -9,6 +9,8 @@ layer (§2b) and certify them the same way.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..certify.gate import certify
 from ..errors import NotApplicableError, SolverError
 from ..ir.network import Network
@@ -40,7 +42,49 @@ def _chain(network: Network, per_neuron: bool | str) -> ChainLMI:
     return ChainLMI.from_network(network, per_neuron=per_neuron)
 
 
-def _lipsdp(
+#: Seconds per (clique order)^3 of one §8 certificate (measured on the 2-core reference
+#: machine; the same constant as ``auto``'s choice in :mod:`lipverify.api`).
+CERTIFY_SECONDS_PER_CUBE = 1.6e-10
+
+
+def certificate_seconds(network: Network) -> float:
+    """Estimated seconds of one §8 certificate: the chain's cliques (§3), or the monolithic
+    DAG LMI (§5a) of a residual network."""
+    sizes = network.widths
+    if network.is_sequential:
+        return CERTIFY_SECONDS_PER_CUBE * sum((a + b) ** 3 for a, b in zip(sizes, sizes[1:-1]))
+    return CERTIFY_SECONDS_PER_CUBE * float(sum(sizes[:-1])) ** 3
+
+
+def _naive_instead(network: Network, why: str) -> MethodOutput:
+    from .baselines import naive
+
+    out = naive(network, norm="l2")
+    return replace(out, status=Status(Outcome.FALLBACK, f"naive ({why})", fallback_from="lipsdp"),
+                   warnings=(*out.warnings, f"{why}; reporting the certified naive bound"))
+
+
+def _lipsdp(network: Network, *, per_neuron: bool | str, norm: str, **options) -> MethodOutput:
+    """LipSDP with a time limit never overruns it before its first certificate and never
+    reports more than the certified naive bound (both cost seconds at most); without a time
+    limit it reports the SDP's own certificate whatever it is."""
+    limit = options.get("time_limit")
+    if norm == "l2" and limit is not None and certificate_seconds(network) > limit:
+        return _naive_instead(network, f"its first certificate would take about "
+                                       f"{certificate_seconds(network):.3g} s, over the "
+                                       f"{limit:g} s time limit")
+    out = _lipsdp_run(network, per_neuron=per_neuron, norm=norm, **options)
+    if norm == "l2" and limit is not None:
+        from .baselines import naive
+
+        floor = naive(network, norm="l2")
+        if floor.certified and not out.bound <= floor.bound:
+            return _naive_instead(network, f"the SDP's certified {out.bound:.6g} is above the "
+                                           f"naive product")
+    return out
+
+
+def _lipsdp_run(
     network: Network,
     *,
     per_neuron: bool | str,
