@@ -243,3 +243,58 @@ def test_cli_bound_margins():
     assert all(p["bound"] <= sqrt2_times(data["bound"]) for p in pairs)
     res = CliRunner().invoke(main, ["bound", str(SAMPLE), "--margins", "--norm", "linf"])
     assert res.exit_code == 2 and "--margins" in res.output
+
+
+# ------------------------------------------------------------------ batch job kind
+def test_batch_manifest_asks_for_robustness(tmp_path):
+    pytest.importorskip("sklearn")
+    import yaml
+
+    from lipverify.batch import load_manifest, run_batch
+    from lipverify.batch.export import table_rows
+    from lipverify.batch.store import ResultsStore
+
+    _digits(tmp_path, 20)
+    manifest = tmp_path / "b.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "models": [str(SAMPLE)], "methods": ["naive", "lower"], "norms": ["l2", "linf"],
+        "robustness": {"data": "digits.npz", "eps": [0.05, 0.1]}}))
+    summary = run_batch(load_manifest(manifest), tmp_path / "r.db", executor="inline")
+    assert summary.errors == 0
+    with ResultsStore(tmp_path / "r.db", create=False) as store:
+        records = list(store.records())
+    rows = {(r["method"], r["norm"]): r for r in table_rows(records)}
+    acc = rows["naive", "l2"]["robust_accuracy"]
+    assert acc.startswith("0.05: global ") and "pairwise" in acc and "; 0.1: " in acc
+    assert rows["naive", "linf"]["robust_accuracy"] == ""  # l2 only
+    assert rows["lower", "l2"]["robust_accuracy"] == ""  # a lower bound certifies nothing
+    res = next(r.result for r in records if r.method == "naive" and r.norm == "l2")
+    table = res.details["robustness"]["certified_accuracy"]
+    rep = certified_robustness(SAMPLE, *_arrays(tmp_path / "digits.npz"), eps=[0.05, 0.1],
+                               method="naive")
+    assert table == rep.table()
+
+
+def _arrays(path):
+    with np.load(path) as d:
+        return d["x"], d["y"]
+
+
+@pytest.mark.parametrize("robustness, match", [
+    ({"eps": [0.1]}, "data must be"), ({"data": "missing.npz"}, "missing.npz"),
+    ({"data": "digits.npz", "eps": [-1]}, "eps must be"),
+    ({"data": "digits.npz", "local": "yes"}, "local must be"),
+    ({"data": "digits.npz", "colour": 1}, "unknown key"), ("digits.npz", "mapping"),
+    ({"data": "digits.npz", "domain": [1, 0]}, "domain")])
+def test_batch_robustness_problems_are_listed(tmp_path, robustness, match):
+    pytest.importorskip("sklearn")
+    import yaml
+
+    from lipverify.batch import load_manifest
+
+    _digits(tmp_path, 3)
+    manifest = tmp_path / "b.yaml"
+    manifest.write_text(yaml.safe_dump({"models": [str(SAMPLE)], "methods": ["naive"],
+                                        "robustness": robustness}))
+    with pytest.raises(UsageError, match=match):
+        load_manifest(manifest)

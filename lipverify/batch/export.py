@@ -15,11 +15,21 @@ from .store import JobRecord
 
 FIELDS = (
     "model", "rows", "method", "norm", "options", "status", "bound", "certified", "kind",
-    "lower_bound", "tightness", "result_status", "solver", "time_s", "layers", "error",
-    "finished_at", "key",
+    "lower_bound", "tightness", "result_status", "solver", "time_s", "layers",
+    "robust_accuracy", "error", "finished_at", "key",
 )
 #: Per-model options shown in the ``rows`` column, not in ``options``.
 _MODEL_COLUMN = ("output_rows",)
+
+
+def _robust(res) -> str:
+    """Certified accuracy per eps and bound kind, e.g. ``0.5: global 48.3% pairwise 50.6%``."""
+    rob = None if res is None else res.details.get("robustness")
+    if not isinstance(rob, dict):
+        return ""
+    return "; ".join(f"{row['eps']:g}: " + " ".join(f"{k} {100 * v:.1f}%" for k, v in row.items()
+                                                     if k != "eps")
+                     for row in rob.get("certified_accuracy", ()))
 
 
 def group_key(r: JobRecord) -> tuple:
@@ -53,7 +63,7 @@ def table_rows(records: Sequence[JobRecord]) -> list[dict[str, str]]:
             "method": r.method,
             "norm": r.norm,
             "options": " ".join(f"{k}={v}" for k, v in sorted(r.options.items())
-                                if k not in _MODEL_COLUMN),
+                                if k not in (*_MODEL_COLUMN, "robustness")),
             "status": r.status,
             "bound": "" if res is None else f"{res.bound:.10g}",
             "certified": "" if res is None else str(res.certified),
@@ -65,6 +75,7 @@ def table_rows(records: Sequence[JobRecord]) -> list[dict[str, str]]:
             "solver": "" if res is None else (res.solver or ""),
             "time_s": "" if res is None else f"{res.time_s:.3f}",
             "layers": "" if res is None else "-".join(map(str, res.layers)),
+            "robust_accuracy": _robust(res),
             "error": (r.error or "").splitlines()[0] if r.error else "",
             "finished_at": r.finished_at,
             "key": r.key,

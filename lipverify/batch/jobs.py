@@ -107,11 +107,16 @@ def plan_jobs(manifest: Manifest, version: str | None = None) -> Plan:
     version = version or lipverify_version()
     jobs: dict[str, Job] = {}
     notes: list[str] = []
+    robust = manifest.robustness
+    if robust is not None:  # the data's content, not its path, is part of the job
+        robust = {**robust, "data_sha256": file_sha256(robust["data"])}
     for spec in manifest.models:
         sha = file_sha256(str(spec.path))
         for opts in manifest.option_sets:
-            options = {**opts, **spec.options}
             for norm in manifest.norms:
+                options = {**opts, **spec.options}
+                if robust is not None and norm == "l2":
+                    options["robustness"] = robust
                 for method in manifest.methods:
                     if norm not in get_method(method).norms:
                         continue

@@ -12,6 +12,9 @@ A manifest is YAML (or the same data built from command-line paths)::
     options: {time_limit: 60}               # one option set, or a list of them (crossed)
     memory_limit_gb: 4                      # per local worker process (optional)
     plugins: [my_methods]                   # modules that register extra bound methods
+    robustness:                             # also certified robust accuracy (l2 jobs)
+      data: ../shared/data/mnist_vnncomp2021.npz   # x (N, ...), y (N,) labels
+      eps: [0.1, 0.5, 1.0]                  # optional; pairs, pair_solve, local, domain too
 
 Validation collects every problem (missing model files, unknown methods, norms and keys,
 bad values) and raises one :class:`~lipverify.errors.UsageError` listing them all, before
@@ -47,7 +50,10 @@ from ..runtime.files import check_regular, read_regular_text, shown
 #: The options records of the built-in methods; plugins' methods add theirs at check time.
 _OPTION_CLASSES = (SDPOptions, SolverOptions, LPOptions, SplitOptions, LowerOptions)
 
-TOP_KEYS = ("models", "methods", "norms", "options", "memory_limit_gb", "plugins")
+TOP_KEYS = ("models", "methods", "norms", "options", "memory_limit_gb", "plugins", "robustness")
+#: Keys of the ``robustness`` mapping and their defaults (``data`` is required).
+ROBUSTNESS_KEYS = {"data": None, "eps": [0.1, 0.25, 0.5, 1.0], "pairs": True,
+                   "pair_solve": "reuse", "local": False, "domain": None}
 #: Per-model keys besides ``path`` and ``optional``: output rows and the loaders' options.
 MODEL_KEYS = ("output_rows", *FILE_LOAD_KEYS)
 #: Options in seconds or scales: 60 and 60.0 are the same value (and the same job key).
@@ -87,6 +93,8 @@ class Manifest:
     memory_limit_gb: float | None = None
     plugins: tuple[str, ...] = ()
     source: str = "command line"
+    #: certified robust accuracy for every l2 job: data (absolute path), eps, pairs, ...
+    robustness: dict[str, Any] | None = None
 
 
 def load_manifest(
@@ -274,6 +282,7 @@ def build_manifest(data: dict, base: Path, source: str) -> Manifest:
     except _TooManyMatches as exc:  # the walk stopped at the cap: nothing more to list
         problems.append(f"models: {exc}")
         models = []
+    robustness = _robustness(data.get("robustness"), base, problems)
     memory = data.get("memory_limit_gb")
     if memory is not None and not (_is_number(memory) and memory > 0):
         problems.append(f"memory_limit_gb: expected a positive number of GiB, got {memory!r}")
@@ -290,7 +299,48 @@ def build_manifest(data: dict, base: Path, source: str) -> Manifest:
         memory_limit_gb=None if memory is None else float(memory),
         plugins=tuple(plugins),
         source=source,
+        robustness=robustness,
     )
+
+
+def _robustness(value, base: Path, problems: list[str]) -> dict[str, Any] | None:
+    """The ``robustness`` mapping, checked, with defaults and the data file's absolute path."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        problems.append("robustness: expected a mapping with keys "
+                        f"{', '.join(ROBUSTNESS_KEYS)}, e.g. {{data: test.npz, eps: [0.5]}}")
+        return None
+    bad = [k for k in value if k not in ROBUSTNESS_KEYS]
+    if bad:
+        problems.append(f"robustness: unknown key(s) {', '.join(map(repr, bad))}; known: "
+                        f"{', '.join(ROBUSTNESS_KEYS)}")
+    out = {**ROBUSTNESS_KEYS, **{k: v for k, v in value.items() if k in ROBUSTNESS_KEYS}}
+    data = out["data"]
+    if not isinstance(data, str) or not data:
+        problems.append("robustness: data must be the path of an .npz with arrays x and y")
+    else:
+        path = Path(os.path.expanduser(data))
+        path = path if path.is_absolute() else base / path
+        try:
+            check_regular(path, "robustness data", max_bytes=2 * 2**30, error=UsageError)
+            out["data"] = str(path.resolve())
+        except UsageError as exc:
+            problems.append(f"robustness: {exc}")
+    eps = out["eps"]
+    if not (isinstance(eps, list) and eps and all(_is_number(e) and e > 0 for e in eps)):
+        problems.append(f"robustness: eps must be a list of radii > 0, got {eps!r}")
+    for key in ("pairs", "local"):
+        if not isinstance(out[key], bool):
+            problems.append(f"robustness: {key} must be true or false, got {out[key]!r}")
+    if out["pair_solve"] not in ("reuse", "full"):
+        problems.append(f"robustness: pair_solve must be reuse or full, got "
+                        f"{out['pair_solve']!r}")
+    dom = out["domain"]
+    if dom is not None and not (isinstance(dom, list) and len(dom) == 2
+                                and all(_is_number(d) for d in dom) and dom[0] < dom[1]):
+        problems.append(f"robustness: domain must be [lo, hi] with lo < hi, got {dom!r}")
+    return out
 
 
 def import_plugins(names) -> None:

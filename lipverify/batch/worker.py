@@ -93,11 +93,37 @@ def _bound(spec: dict[str, Any]) -> str:
     opts = dict(spec["options"])
     rows = opts.pop("output_rows", None)
     lower = opts.pop("lower_bound", False)
+    robust = opts.pop("robustness", None)
     result = lipverify.bound(
         spec["path"], method=spec["method"], norm=spec["norm"], output_rows=rows,
         lower_bound=lower, **opts,
     )
+    if robust is not None and result.kind == "upper":
+        result = _with_robustness(result, spec["path"], robust, opts)
     return result.to_json()
+
+
+def _with_robustness(result, path: str, robust: dict, opts: dict):
+    """``result`` with its certified robust accuracy on the manifest's data in ``details``."""
+    from dataclasses import replace
+
+    from ..importers import load
+    from ..robustness import certified_robustness, load_dataset
+    from ..runtime.files import shown
+
+    load_opts = {k: v for k, v in opts.items() if k != "time_limit"}
+    net = load(path, **{k: v for k, v in load_opts.items()
+                        if k in ("layout", "activation", "keep_softmax", "trust_pickle",
+                                 "input_shape")})
+    x, y = load_dataset(robust["data"], net.input_dim, net.output_dim)
+    rep = certified_robustness(net, x, y, robust["eps"], method=result.method,
+                               pairwise=robust["pairs"], pair_solve=robust["pair_solve"],
+                               local=robust["local"],
+                               domain=tuple(robust["domain"]) if robust["domain"] else None,
+                               time_limit=opts.get("time_limit"), global_result=result)
+    summary = {"data": shown(robust["data"]), "samples": len(x),
+               "clean_accuracy": rep.clean_accuracy, "certified_accuracy": rep.table()}
+    return replace(result, details={**result.details, "robustness": summary})
 
 
 def failed(key: str, error: str, exit_code: int, started_at: str | None = None) -> dict[str, Any]:

@@ -203,11 +203,12 @@ def certified_robustness(model, x, y, eps: Sequence[float] = (0.1, 0.25, 0.5, 1.
                          pair_solve: str = "reuse", domain: tuple[float, float] | None = None,
                          local_method: str | None = None, time_limit: float | None = None,
                          progress: Callable[[str], None] | None = None,
-                         **options) -> RobustnessReport:
+                         global_result=None, **options) -> RobustnessReport:
     """Certified robust accuracy (l2) of ``model`` on ``(x, y)`` at each radius in ``eps``.
 
     ``method`` bounds the global constant (and the pairs); ``local=True`` adds the local bound
     on each ball (``domain``: the input range, e.g. ``(0, 1)`` for images, to tighten it).
+    ``global_result``: an l2 bound of this network already at hand (not recomputed).
 
     >>> import numpy as np, lipverify
     >>> from lipverify.ir.activations import SlopeRestricted
@@ -232,8 +233,13 @@ def certified_robustness(model, x, y, eps: Sequence[float] = (0.1, 0.25, 0.5, 1.
     x, y = check_dataset(x, y, net.input_dim, net.output_dim)
     margins = sound_margins(net, x, y)
     prediction = np.argmax(net.forward(x), axis=1)
-    say(f"global bound ({method})")
-    glob = api.bound(net, method=method, time_limit=time_limit, **options)
+    if global_result is None:
+        say(f"global bound ({method})")
+        glob = api.bound(net, method=method, time_limit=time_limit, **options)
+    elif global_result.norm != "l2" or global_result.kind != "upper":
+        raise UsageError("certified robustness needs an l2 upper bound as global_result")
+    else:
+        glob = global_result
     base = sqrt2_times(glob.bound) if glob.certified else math.inf
     kinds = ["global"]
     mb = None
