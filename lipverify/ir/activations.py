@@ -2,6 +2,8 @@
 
 * :class:`SlopeRestricted` - elementwise, slope in ``[alpha, beta]`` (§0):
   ReLU, LeakyReLU, tanh, sigmoid, softplus, ELU, GELU, SiLU, ...
+* :class:`SlopeIntervals` - the same map with per-neuron slope intervals valid on an input
+  region (local bounds, :mod:`lipverify.regions`).
 * :class:`GroupSort` - sorts consecutive groups (MaxMin = GroupSort(2)) (§4).
 * :class:`Householder` - per pair, reflect when ``u^T v <= 0`` (§4).
 * :class:`MaxPool2d` - windowed max, l2 gain ``sqrt(ceil(kh/sh) ceil(kw/sw))`` (§7).
@@ -276,6 +278,83 @@ class SlopeRestricted(Activation):
     def describe(self):
         args = f"({', '.join(f'{p:g}' for p in self.params)})" if self.params else ""
         return f"{self.name}{args} slope [{self.alpha:g}, {self.beta:g}]"
+
+
+@dataclass(frozen=True, eq=False)
+class SlopeIntervals(Activation):
+    """An elementwise activation ``base`` whose neuron ``i`` is known to see only slopes in
+    ``[alpha[i], beta[i]]``, a subset of the base's ``[alpha, beta]``: true for inputs in a
+    region whose pre-activation bounds gave these intervals (:mod:`lipverify.regions.local`).
+    Its QC is the per-neuron §1.1 QC; the map itself is the base's, and a bound on a network
+    carrying it holds for pairs of inputs in that region only.
+
+    >>> act = SlopeIntervals(SlopeRestricted.named("relu"), np.array([0.0, 1.0, 0.0]),
+    ...                      np.array([0.0, 1.0, 1.0]))
+    >>> act.describe()
+    'relu slope [0, 1], local: 2 of 3 neurons fixed'
+    >>> act.apply(np.array([[-1.0, 2.0, 3.0]])).tolist()
+    [[0.0, 2.0, 3.0]]
+    """
+
+    base: SlopeRestricted
+    alpha: np.ndarray
+    beta: np.ndarray
+    kind = "slope"
+
+    def __post_init__(self):
+        if not isinstance(self.base, SlopeRestricted):
+            raise UsageError(f"local slope intervals need an elementwise slope-restricted base "
+                             f"activation, got {type(self.base).__name__}")
+        a = np.array(self.alpha, dtype=np.float64).ravel()
+        b = np.array(self.beta, dtype=np.float64).ravel()
+        name = self.base.describe()
+        if a.shape != b.shape or a.size == 0:
+            raise UsageError(f"{name}: local slopes need two non-empty arrays of one length, "
+                             f"got {a.shape} and {b.shape}")
+        if not (np.isfinite(a).all() and np.isfinite(b).all()) or (a > b).any():
+            raise UsageError(f"{name}: local slopes must be finite with alpha <= beta")
+        if (a < self.base.alpha).any() or (b > self.base.beta).any():
+            raise UsageError(f"{name}: local slopes must lie inside the activation's slope "
+                             f"interval [{self.base.alpha:g}, {self.base.beta:g}]")
+        a.setflags(write=False)
+        b.setflags(write=False)
+        object.__setattr__(self, "alpha", a)
+        object.__setattr__(self, "beta", b)
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.base == other.base and np.array_equal(self.alpha, other.alpha)
+                and np.array_equal(self.beta, other.beta))
+
+    def __hash__(self):
+        return hash((self.base, self.alpha.tobytes(), self.beta.tobytes()))
+
+    @property
+    def elementwise(self) -> bool:
+        return True
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    @property
+    def params(self) -> tuple[float, ...]:
+        return self.base.params
+
+    @property
+    def fixed(self) -> int:
+        """Neurons whose slope is one number (inactive or active ReLU, for instance)."""
+        return int(np.count_nonzero(self.alpha == self.beta))
+
+    def apply(self, x):
+        return self.base.apply(x)
+
+    def lipschitz(self, norm="l2"):
+        return float(max(np.abs(self.alpha).max(), np.abs(self.beta).max()))
+
+    def describe(self):
+        return f"{self.base.describe()}, local: {self.fixed} of {self.alpha.size} neurons fixed"
 
 
 @dataclass(frozen=True)

@@ -45,14 +45,15 @@ def _energy(lmi, z: np.ndarray) -> float:
 
 def multiplier_bounds(lmi, rho_up: float) -> np.ndarray | None:
     """Upper bounds on every multiplier of any feasible point with ``rho <= rho_up``."""
-    if not all(isinstance(qc, SlopeQC) and qc.alpha == 0 and qc.beta > 0 for qc in lmi.qcs):
+    if not all(isinstance(qc, SlopeQC) and np.all(qc.alpha == 0) and np.all(qc.beta >= 0)
+               and np.any(qc.beta > 0) for qc in lmi.qcs):
         return None
     d = np.full(lmi.order, np.inf)
     d[: lmi.sizes[0]] = rho_up
     offs = np.concatenate([[0], np.cumsum(lmi.sizes)])
     out = []
     for k, (qc, (v, cols)) in enumerate(zip(lmi.qcs, _pre_maps(lmi)), start=1):
-        v2 = (qc.beta * v) ** 2
+        v2 = (np.reshape(qc.beta, (-1, 1)) * v) ** 2  # beta_i = 0 (local slopes): no bound
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(v2 > 0, 2.0 * d[cols][None, :] / v2, np.inf)
         b = ratio.min(axis=1)
@@ -67,7 +68,7 @@ def _bilinear(lmi, z: np.ndarray) -> np.ndarray:
     out = []
     for k, (qc, (v_map, cols)) in enumerate(zip(lmi.qcs, _pre_maps(lmi)), start=1):
         v, w = v_map @ z[cols], z[offs[k]:offs[k + 1]]
-        a, b = qc.alpha, qc.beta
+        a, b = _rows(qc.alpha, 3), _rows(qc.beta, 3)
         q = (-2 * a * b * np.einsum("ia,ib->iab", v, v)
              + (a + b) * (np.einsum("ia,ib->iab", v, w) + np.einsum("ia,ib->iab", w, v))
              - 2 * np.einsum("ia,ib->iab", w, w))
@@ -164,6 +165,7 @@ def repair(lmi, z: np.ndarray) -> np.ndarray | None:
         a, b = qc.alpha, qc.beta
         bad = np.flatnonzero(-2 * a * b * vv + 2 * (a + b) * vw - 2 * ww < 0)
         if bad.size:
+            a, b = _pick(a, bad), _pick(b, bad)
             w[bad] = _closer(_scaled(w[bad], vv[bad], vw[bad], ww[bad], a, b),
                              _blended(v[bad], w[bad], vv[bad], vw[bad], a, b), w[bad])
     if not np.isfinite(y).all():
@@ -174,7 +176,7 @@ def repair(lmi, z: np.ndarray) -> np.ndarray | None:
     return y
 
 
-def _scaled(w, vv, vw, ww, a: float, b: float) -> np.ndarray:
+def _scaled(w, vv, vw, ww, a, b) -> np.ndarray:
     """``s w``, ``s`` the scale nearest 1 where the (concave) value ``-2ab vv + 2(a+b) vw s
     - 2 ww s^2`` is >= 0, moved the fraction :data:`_INSIDE` toward its maximum (then the
     value is >= _INSIDE times that maximum). NaN rows where no real scale exists."""
@@ -189,7 +191,7 @@ def _scaled(w, vv, vw, ww, a: float, b: float) -> np.ndarray:
     return w * s[:, None]
 
 
-def _blended(v, w, vv, vw, a: float, b: float) -> np.ndarray:
+def _blended(v, w, vv, vw, a, b) -> np.ndarray:
     """``c v + m (w - c v)`` at the largest ``m`` in [0, 1) where the value is >= 0, shrunk
     by the fraction :data:`_INSIDE` (concave in ``m``: the value stays >= _INSIDE times its
     value at ``m = 0``, ``-2 (c - a)(c - b)|v|^2 > 0``); ``c`` the least-squares slope
@@ -217,6 +219,17 @@ def _closer(first, second, w) -> np.ndarray:
     d2 = np.linalg.norm(second - w, axis=1)
     take = (d2 < d1) | (np.isnan(d1) & ~np.isnan(d2))  # NaN distances lose
     return np.where(take[:, None], second, first)
+
+
+def _rows(x, ndim: int):
+    """Per-neuron slopes shaped to broadcast along the leading (neuron) axis; floats as
+    they are."""
+    return x if np.ndim(x) == 0 else np.reshape(x, (-1,) + (1,) * (ndim - 1))
+
+
+def _pick(x, idx: np.ndarray):
+    """The slopes of neurons ``idx`` (a float stays a float)."""
+    return x if np.ndim(x) == 0 else x[idx]
 
 
 def _grams(v: np.ndarray, w: np.ndarray):

@@ -15,8 +15,16 @@ from ..numerics import eigh_all, lambda_max, lambda_min, spectral_norm
 from .choose import Backend
 
 
-def _mid_slope(qc) -> float:
+def _mid_slope(qc) -> float | np.ndarray:
+    """``m = (alpha + beta) / 2``: a float, or one per neuron (local slopes)."""
     return (getattr(qc, "alpha", 0.0) + getattr(qc, "beta", 1.0)) / 2.0
+
+
+def _curvature(m: float | np.ndarray, w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``K = m W X^-1 W^T m`` (§2b), ``m`` a scalar or ``diag(m)`` for per-neuron slopes."""
+    k_mat = w @ np.linalg.solve(x, w.T)
+    k_mat = m * m * k_mat if np.ndim(m) == 0 else (m[:, None] * k_mat) * m[None, :]
+    return (k_mat + k_mat.T) / 2.0
 
 
 def _finish(lmi: ChainLMI, lambdas: list[np.ndarray], x_last: np.ndarray) -> np.ndarray:
@@ -64,9 +72,7 @@ def _ldlt_fast(lmi: ChainLMI) -> np.ndarray:
     x = np.eye(lmi.sizes[0])
     lambdas = []
     for w, qc in zip(lmi.weights[:-1], lmi.qcs):
-        m = _mid_slope(qc)
-        k_mat = m * m * (w @ np.linalg.solve(x, w.T))
-        k_mat = (k_mat + k_mat.T) / 2.0
+        k_mat = _curvature(_mid_slope(qc), w, x)
         top = lambda_max(k_mat, "ldlt-fast (layer curvature)")
         ell = 1.0 / (2.0 * top) if top > 1e-150 else 1.0  # a zero layer: any ell > 0 works
         lambdas.append(np.full(w.shape[0], ell))
@@ -91,9 +97,7 @@ def ldlt_params(lmi: ChainLMI, backend: Backend, time_limit: float | None = None
     lambdas = []
     for k, (w, qc) in enumerate(zip(lmi.weights[:-1], lmi.qcs)):
         left = None if deadline is None else deadline - time.perf_counter()
-        m = _mid_slope(qc)
-        k_mat = m * m * (w @ np.linalg.solve(x, w.T))
-        k_mat = (k_mat + k_mat.T) / 2.0
+        k_mat = _curvature(_mid_slope(qc), w, x)
         evals, evecs = eigh_all(k_mat, "ldlt (layer curvature)")
         half = (evecs * np.sqrt(np.maximum(evals, 0.0))) @ evecs.T
         scale = max(float(evals[-1]), 1e-300)

@@ -88,7 +88,9 @@ def neuron_form(lmi) -> NeuronForm:
             raise NotApplicableError("the interior-point solver needs width-preserving nodes")
         nodes.append(_Node(cols, np.ascontiguousarray(v), int(offs[k] - offs[1])))
         a, b, n = qc.alpha, qc.beta, qc.n
-        qs.append(np.tile([[-2.0 * a * b], [a + b], [-2.0]], (1, n)))
+        q = np.empty((3, n))  # slopes are floats or per-neuron arrays: broadcast either way
+        q[0], q[1], q[2] = -2.0 * a * b, a + b, -2.0
+        qs.append(q)
         groups.append(p0 + np.arange(n) // (n // qc.num_params()))
         p0 += qc.num_params()
     return NeuronForm(int(offs[-1]), int(offs[1]), tuple(nodes), np.hstack(qs),

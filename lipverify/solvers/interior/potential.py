@@ -200,6 +200,9 @@ def solve_ipm(lmi, start=None, *, tol: float = 1e-8, time_limit: float | None = 
             break
         d = kappa * d1 + d2
         lam = math.sqrt(max(kappa * kappa * q11 + 2 * kappa * q12 + q22, 0.0))
+        if not lam > 0:  # no descent direction left (a degenerate QC, slopes alpha = beta)
+            status = "stalled"
+            break
         step = min(1.0, STEP / lam)
         del hess
         f0 = q * math.log(rho - lb) - logdet
