@@ -298,3 +298,19 @@ def test_batch_robustness_problems_are_listed(tmp_path, robustness, match):
                                         "robustness": robustness}))
     with pytest.raises(UsageError, match=match):
         load_manifest(manifest)
+
+
+def test_local_radii_never_fewer_than_pairwise():
+    """On the balls the pairwise bound leaves open, the local bound (lipverify.regions) is
+    tried; a certified local eps is never lost, and the first sample's inactive second
+    neuron (gain 10) makes its local constant 1 instead of 10."""
+    net = lipverify.Network.sequential([np.diag([1.0, 10.0]), np.eye(2)], [RELU])
+    x = np.array([[2.0, -3.0], [0.1, 0.0]])
+    rep = certified_robustness(net, x, np.array([0, 0]), eps=[1.2, 1.6], method="naive",
+                               local=True)
+    s0 = rep.samples[0]
+    for e in rep.eps:
+        assert rep.accuracy("pairwise", e) <= rep.accuracy("local", e)
+    assert s0.radius["pairwise"] < 0.15  # 2 / (sqrt(2) 10)
+    assert s0.radius["local_eps"] == (1.2,)  # 2 > sqrt(2) 1.2, not > sqrt(2) 1.6
+    assert rep.accuracy("local", 1.2) == 0.5 and "local bounds computed" in rep.notes[-1]
