@@ -27,10 +27,6 @@ NORMS = ("l2", "linf")
 AUTO_TIME_LIMIT = 120.0
 #: Above this LMI order ``auto`` uses the closed-form sequential bound.
 AUTO_MAX_ORDER = 6000
-#: Seconds per (n_k + n_k+1)^3 of one chain certificate (factorisations of each clique, its
-#: Schur recursion and a few margin checks), measured on the bench machine: a 3072-2048-1024
-#: chain takes 26 s on one core.
-CERTIFY_SECONDS_PER_CUBE = 1.6e-10
 #: Largest monolithic (residual) LMI ``auto`` hands to a conic solver.
 AUTO_MAX_DAG_ORDER = 2000
 
@@ -74,9 +70,9 @@ def _auto(network: Network, norm: str, options: dict) -> str:
         return "naive"
     if options.get("time_limit") is None:
         options["time_limit"] = AUTO_TIME_LIMIT
-    sizes = network.widths
-    cost = CERTIFY_SECONDS_PER_CUBE * sum((a + b) ** 3 for a, b in zip(sizes, sizes[1:-1]))
-    if cost > options["time_limit"]:
+    from .methods.lipsdp import certificate_seconds
+
+    if certificate_seconds(network) > options["time_limit"]:
         # a certificate cannot stop before its first check: when even that would overrun the
         # time limit, the naive product (seconds on any net) is the honest answer
         return "naive"

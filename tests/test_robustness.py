@@ -314,3 +314,13 @@ def test_local_radii_never_fewer_than_pairwise():
     assert s0.radius["pairwise"] < 0.15  # 2 / (sqrt(2) 10)
     assert s0.radius["local_eps"] == (1.2,)  # 2 > sqrt(2) 1.2, not > sqrt(2) 1.6
     assert rep.accuracy("local", 1.2) == 0.5 and "local bounds computed" in rep.notes[-1]
+
+
+def test_margin_bounds_refuse_a_global_result_that_is_no_upper_bound_of_this_model(tmp_path):
+    net = lipverify.load(SAMPLE)
+    low = lipverify.bound(net, method="lower", samples=4)
+    with pytest.raises(UsageError, match="upper bound"):
+        margin_bounds(net, global_result=low)
+    other = lipverify.bound(ROOT / "models" / "digits_mlp_tanh.onnx", method="naive")
+    with pytest.raises(UsageError, match="another model"):
+        margin_bounds(net, global_result=other)

@@ -107,14 +107,12 @@ def _with_robustness(result, path: str, robust: dict, opts: dict):
     """``result`` with its certified robust accuracy on the manifest's data in ``details``."""
     from dataclasses import replace
 
+    from ..api import split_options
     from ..importers import load
     from ..robustness import certified_robustness, load_dataset
     from ..runtime.files import shown
 
-    load_opts = {k: v for k, v in opts.items() if k != "time_limit"}
-    net = load(path, **{k: v for k, v in load_opts.items()
-                        if k in ("layout", "activation", "keep_softmax", "trust_pickle",
-                                 "input_shape")})
+    net = load(path, **split_options(opts)[0])
     x, y = load_dataset(robust["data"], net.input_dim, net.output_dim)
     rep = certified_robustness(net, x, y, robust["eps"], method=result.method,
                                pairwise=robust["pairs"], pair_solve=robust["pair_solve"],

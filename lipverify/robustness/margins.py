@@ -11,15 +11,16 @@ values are available, and the smaller is reported:
   W_L^T c c^T W_L`` instead of ``W_L^T W_L``. Since ``c c^T <= ||c||^2 I = 2 I``, the global
   certificate ``(rho, T)`` scaled to ``(2 rho, 2 T)`` satisfies the pair's LMI: the pair's
   ``rho*(2T)`` (§2, one backward recursion) is at most ``2 rho``. From that start the
-  structured solver polishes each pair within a shared time budget (by default twice the
-  global solve's time, so all pairs together cost at most about three global bounds), and
-  every pair's multipliers go through the §8 gate on the exact float64 weights of ``g_ij``.
+  structured solver polishes each pair within a shared time budget (twice the global
+  solve's time, at least 1 s), then every pair's multipliers go through the §8 gate on the
+  exact float64 weights of ``g_ij``; the gates come on top of the budget (measured: 4.4x
+  the global time on mnist-net_256x2, see results/robustness.md).
 
 Methods without reusable multipliers (``naive``, ``gershgorin``, ...) run once per pair on
 ``g_ij`` instead; they are cheap. ``pair_solve="full"`` runs the method itself on every
 ``g_ij`` (a full solve per pair, sharing ``time_limit``): the tightest, and ``K(K-1)/2``
 times the cost (measured on mnist-net_256x2, lipsdp-neuron: the global 2.1 s gives
-``sqrt(2) L = 441.8``; the reused multipliers 429-436 within 3x the global time; full
+``sqrt(2) L = 441.8``; the reused multipliers 429-436 in 4.4x the global time; full
 per-pair solves 253 and 324 for pairs (0, 1) and (3, 8), 2.5 s each).
 
 >>> import numpy as np, lipverify
@@ -150,8 +151,13 @@ def margin_bounds(model, pairs: Sequence[tuple[int, int]] | None = None, method:
     pairs = check_pairs(pairs, net.output_dim)
     if global_result is None:
         global_result = api.bound(net, method=method, time_limit=time_limit, **options)
-    elif global_result.norm != "l2":
-        raise UsageError("margin bounds need an l2 global bound")
+    elif global_result.norm != "l2" or global_result.kind != "upper":
+        raise UsageError("margin bounds need an l2 upper bound as global_result; got "
+                         f"{global_result.norm} {global_result.kind} ({global_result.method})")
+    elif None not in (global_result.sha256, net.provenance.sha256) and \
+            global_result.sha256 != net.provenance.sha256:
+        raise UsageError("global_result was computed for another model file "
+                         f"({global_result.model}); recompute it for {net.name}")
     base = sqrt2_times(global_result.bound)
     values = np.full(len(pairs), base)
     source = ["global"] * len(pairs)

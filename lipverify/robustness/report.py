@@ -295,5 +295,7 @@ def _local(net, x, samples, eps, base, domain, method, notes, say, time_limit, o
                 done.append(e)
         out.append(Sample(s.index, s.label, s.prediction, s.margin,
                           {**s.radius, "local": max([best, *done]), "local_eps": tuple(done)}))
-    notes.append(f"local bounds computed on {tried} (sample, eps) balls")
+    notes.append(f"local bounds computed on {tried} (sample, eps) balls"
+                 + (f"; they certify perturbations that stay in the domain {domain}"
+                    if domain is not None else ""))
     return out
