@@ -26,6 +26,7 @@ from .common import (
     loader_kwargs,
     note,
     output_file,
+    parse_domain,
     parse_rows,
     write_file,
 )
@@ -73,16 +74,29 @@ from .common import (
 @click.option("--margins", is_flag=True,
               help="Also bound every logit difference f_i - f_j (l2; see `lipverify "
                    "robustness`).")
+@click.option("--region", "region_spec", metavar="CENTER.npy:EPS[:l2]",
+              help="Local bound (l2) for inputs in the l-infinity box of half-width EPS "
+                   "around the point in CENTER.npy, or in the l2 ball with :l2.")
+@click.option("--vnnlib", "vnnlib_path", type=click.Path(dir_okay=False),
+              help="Local bound (l2) for inputs in this VNN-LIB property's input box.")
+@click.option("--domain", callback=parse_domain,
+              help="Input range LO:HI the --region is clipped to, e.g. 0:1 for images.")
 @load_options
 @handle_errors
 def bound(
     model, method, norm, output_rows, fmt, lower, solver, time_limit, save_certificate, margins,
-    **load_opts
+    region_spec, vnnlib_path, domain, **load_opts
 ):
-    """Bound the Lipschitz constant of MODEL (.onnx, .pt/.pt2, .npz, .mat, .nnet)."""
+    """Bound the Lipschitz constant of MODEL (.onnx, .pt/.pt2, .npz, .mat, .nnet).
+
+    With --region or --vnnlib the bound is local: it holds for pairs of inputs inside that
+    region only, and is never above the global bound.
+    """
     if margins and (norm != "l2" or output_rows):
         raise UsageError("--margins bounds the l2 logit differences of all outputs; drop "
                          "--norm linf / --output-rows")
+    region, region_notes = _region(region_spec, vnnlib_path, domain, norm, margins,
+                                   save_certificate)
     result = lipverify.bound(
         model,
         method=method,
@@ -91,8 +105,13 @@ def bound(
         lower_bound=lower,
         solver=solver,
         time_limit=time_limit,
+        region=region,
         **loader_kwargs(**load_opts),
     )
+    for text in region_notes:
+        note(text)
+    if region is not None and fmt == "text":
+        _print_local(result)
     if save_certificate:
         lipverify.save_certificate(result, save_certificate)
         err.print(f"certificate written to {save_certificate}")
@@ -115,6 +134,48 @@ def bound(
             _print_margins(pairs)
     if result.status.outcome is Outcome.UNSOUND:
         sys.exit(EXIT_UNSOUND)
+
+
+def _region(spec, vnnlib_path, domain, norm, margins, save_certificate):
+    """``(region or None, notes)`` from --region / --vnnlib, refusing what does not combine
+    (every conflict listed at once)."""
+    if spec is None and vnnlib_path is None:
+        if domain is not None:
+            raise UsageError("--domain clips a --region; give --region CENTER.npy:EPS too")
+        return None, []
+    problems = []
+    if spec is not None and vnnlib_path is not None:
+        problems.append("give one of --region and --vnnlib")
+    if norm != "l2":
+        problems.append("local bounds over a region are l2 bounds: drop --norm linf")
+    if margins:
+        problems.append("--margins is for the global bound: drop it with a region")
+    if save_certificate:
+        problems.append("--save-certificate: a local bound's certificate is for the localized "
+                        "network, which `lipverify check MODEL` cannot re-check; drop it")
+    if vnnlib_path is not None and domain is not None:
+        problems.append("--domain clips --region only (a VNN-LIB box is used as written)")
+    if problems:
+        raise UsageError("cannot bound over a region: " + "; ".join(problems))
+    if vnnlib_path is not None:
+        return lipverify.read_vnnlib(vnnlib_path)
+    from lipverify.regions import region_from_spec
+
+    return region_from_spec(spec, domain=domain), []
+
+
+def _print_local(result) -> None:
+    """What the local bound rests on, on stderr."""
+    d = result.details
+    region = d.get("region", {})
+    shape = (f"l2 ball of radius {region['radius']:g}" if region.get("kind") == "ball" else
+             f"box of half-width up to {region.get('max_half_width', 0):g}")
+    fixed = sum(r["inactive"] + r["active"] for r in d.get("stable_neurons", []))
+    total = fixed + sum(r["unstable"] for r in d.get("stable_neurons", []))
+    err.print(f"local bound on a {shape}: {result.bound:.9g} (global {d['global_bound']:.9g}"
+              f"{'' if d.get('global_certified') else ', not certified'}); "
+              f"{fixed} of {total} neurons fixed on the region; used the {d['used']} bound",
+              highlight=False)
 
 
 def _print_margins(pairs) -> None:

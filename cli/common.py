@@ -161,6 +161,19 @@ def _check_activation(ctx, param, value):
     return value
 
 
+def parse_domain(ctx, param, value):
+    """``--domain LO:HI`` as ``(lo, hi)``: finite numbers with ``lo < hi``."""
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give LO:HI, e.g. 0:1") from None
+    if not (lo < hi) or not all(math.isfinite(v) for v in (lo, hi)):
+        raise click.BadParameter(f"{value!r}: need finite LO < HI")
+    return lo, hi
+
+
 def output_file(ctx, param, value):
     """A file option the command will write (a certificate, a CSV): its folder must exist and
     the path must not be a folder, checked before any work."""

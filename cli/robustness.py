@@ -18,6 +18,7 @@ from .common import (
     loader_kwargs,
     note,
     output_file,
+    parse_domain,
     write_file,
 )
 
@@ -31,18 +32,6 @@ def _eps(ctx, param, value):
     if not values or not all(0 < v < float("inf") for v in values):
         raise click.BadParameter(f"{value!r}: radii must be finite and > 0")
     return values
-
-
-def _domain(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in value.split(":"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give LO:HI, e.g. 0:1") from None
-    if not (lo < hi) or not all(abs(v) < float("inf") for v in (lo, hi)):
-        raise click.BadParameter(f"{value!r}: need finite LO < HI")
-    return lo, hi
 
 
 @click.command()
@@ -61,7 +50,7 @@ def _domain(ctx, param, value):
                    "full: a solve per class pair (tightest, K(K-1)/2 solves).")
 @click.option("--local", is_flag=True,
               help="Also try the local bound on each eps-ball the pairwise bound left open.")
-@click.option("--domain", callback=_domain,
+@click.option("--domain", callback=parse_domain,
               help="Input range LO:HI for the local bounds, e.g. 0:1 for images.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @click.option("--time-limit", type=SECONDS, help="Seconds for each bound computed.")

@@ -21,6 +21,7 @@ from .importers import load
 from .ir.activations import GroupSort, Householder, Lipschitz, MaxPool2d, SlopeRestricted
 from .ir.network import Network, Provenance
 from .methods import get_method, list_methods
+from .regions import Ball, Box, read_vnnlib
 from .results import BoundResult
 from .robustness import certified_robustness, margin_bounds
 
@@ -28,6 +29,8 @@ __version__ = lipverify_version()
 
 __all__ = [
     "AmbiguousLayoutError",
+    "Ball",
+    "Box",
     "BoundResult",
     "GroupSort",
     "Householder",
@@ -51,6 +54,7 @@ __all__ = [
     "get_method",
     "list_methods",
     "load",
+    "read_vnnlib",
     "save_certificate",
     "__version__",
 ]

@@ -85,12 +85,18 @@ def bound(
     norm: str = "l2",
     output_rows: Sequence[int] | None = None,
     lower_bound: bool | float = False,
+    region=None,
     **options,
 ) -> BoundResult:
     """Bound the Lipschitz constant of ``model`` (a Network, path or nn.Module).
 
     ``lower_bound=True`` also runs the sampled lower bound and refuses to
     report a "certified" bound below it (that would be a bug: see §6.4).
+
+    ``region``: a :class:`~lipverify.regions.Box` or :class:`~lipverify.regions.Ball` (or
+    the box of :func:`~lipverify.regions.read_vnnlib`) makes it a *local* bound (l2), valid
+    for pairs of inputs inside the region only: :func:`lipverify.regions.local_bound`, never
+    above the global bound; ``lower_bound=True`` adds the sampled local lower bound.
 
     >>> import numpy as np, lipverify
     >>> from lipverify.ir.activations import SlopeRestricted
@@ -104,6 +110,8 @@ def bound(
         raise UsageError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
     output_rows = check_output_rows(output_rows)
     _check_lower_bound(lower_bound)
+    if region is not None:
+        return _bound_on_region(model, region, method, norm, output_rows, lower_bound, options)
     _check_time_limit(options.get("time_limit"))
     load_opts, options = split_options(options)
     _check_solver(options.get("solver", "auto"))
@@ -152,6 +160,27 @@ def bound(
             fell_back.append(f"sampled lower bound not computed ({exc})")
     return _result(network, name, info, out, elapsed, lower, norm, output_rows, method,
                    fell_back)
+
+
+def _bound_on_region(model, region, method, norm, output_rows, lower_bound, options):
+    """:func:`bound` with ``region``: the local bound of the selected outputs."""
+    from .regions import Region, local_bound
+
+    if not isinstance(region, Region):
+        raise UsageError(f"region must be a lipverify.Box or lipverify.Ball (a .vnnlib file: "
+                         f"lipverify.read_vnnlib(path)[0]); got {type(region).__name__}")
+    if norm != "l2":
+        raise UsageError(f"local bounds over a region are l2 bounds; norm {norm!r} is not "
+                         "supported with region")
+    if not isinstance(lower_bound, (bool, np.bool_)):
+        raise UsageError("with region, lower_bound is True or False (the sampled local lower "
+                         "bound); a known global lower bound does not apply to a region")
+    _check_time_limit(options.get("time_limit"))
+    load_opts, options = split_options(options)
+    _check_solver(options.get("solver", "auto"))
+    network = load(model, **load_opts).select_outputs(output_rows)
+    result = local_bound(network, region, method, lower=bool(lower_bound), **options)
+    return replace(result, output_rows=tuple(output_rows) if output_rows is not None else None)
 
 
 #: The sampled lower bound beside a bound takes this share of its time limit (so the whole

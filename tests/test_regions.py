@@ -9,13 +9,17 @@ bound, the global bound, and the VNN-COMP images the VNN-LIB boxes were built ar
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 
 import cvxpy as cp
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import SHARED_MODELS
+from lipverify_cli.main import main
 
 import lipverify
 from lipverify import Network, SlopeRestricted
@@ -34,6 +38,7 @@ from lipverify.regions import (
     localize,
     propagate,
     read_vnnlib,
+    region_from_spec,
     row_norms,
     slope_bounds,
 )
@@ -392,14 +397,18 @@ def test_vnnlib_negative_numbers_equalities_and_files(tmp_path):
     huge = tmp_path / "huge.vnnlib"
     with open(huge, "wb") as fh:
         fh.truncate(51 * 2**20)  # sparse: nothing is written or read
-    with pytest.raises(ModelLoadError, match="over the 50 MB limit"):
+    with pytest.raises(ModelLoadError, match="over the 50 MiB limit"):
         read_vnnlib(huge)
     with pytest.raises(ModelLoadError, match="no such VNN-LIB file"):
         read_vnnlib(tmp_path / "missing.vnnlib")
     binary = tmp_path / "bin.vnnlib"
     binary.write_bytes(b"\xff\xfe(assert")
-    with pytest.raises(ModelLoadError, match="not a text file"):
+    with pytest.raises(ModelLoadError, match="not UTF-8 text"):
         read_vnnlib(binary)
+    fifo = tmp_path / "fifo.vnnlib"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelLoadError, match="FIFO"):  # refused, never blocks
+        read_vnnlib(fifo)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -431,3 +440,151 @@ def test_wrong_width_and_bad_options():
     with pytest.raises(UsageError, match="lower_bound"):
         local_bound(net, Box.around(np.zeros(4), 0.1), lower_bound=True)
     assert local_lower_bound(net, Box.around(np.zeros(4), 0.1)) > 0
+
+
+# ------------------------------------------------------------ bound(region=...) and the CLI
+def test_bound_with_region_is_the_local_bound():
+    """``lipverify.bound(net, region=...)``: the exact local constant of a net that is linear
+    on the box (relu(x) + relu(x - 3) is x on [1, 2]), below the global 2."""
+    net = Network.sequential([np.array([[1.0], [1.0]]), np.array([[1.0, 1.0]])],
+                             [SlopeRestricted.named("relu")],
+                             biases=[np.array([0.0, -3.0]), np.zeros(1)])
+    r = lipverify.bound(net, method="lipsdp-neuron", region=lipverify.Box([1.0], [2.0]),
+                        lower_bound=True)
+    assert r.certified and r.bound == pytest.approx(1.0, abs=1e-6) and r.bound >= 1.0
+    assert r.lower_bound == pytest.approx(1.0, rel=1e-12)
+    assert r.details["global_bound"] == pytest.approx(2.0, rel=1e-6)
+    assert r.details["used"] == "local"
+    # the ball around 3.5 of radius 0.25: both neurons active, slope 2
+    r = lipverify.bound(net, method="lipsdp-neuron", region=lipverify.Ball([3.5], 0.25))
+    assert r.bound == pytest.approx(2.0, rel=1e-6) and r.lower_bound is None
+
+
+def test_bound_with_region_selects_output_rows():
+    net = mlp([4, 8, 3], SlopeRestricted.named("relu"), seed=2)
+    region = Ball(np.zeros(4), 0.05)
+    r = lipverify.bound(net, method="lipsdp-neuron", region=region, output_rows=[1],
+                        lower_bound=True)
+    assert r.output_rows == (1,)
+    row = local_bound(net.select_outputs([1]), region, method="lipsdp-neuron")
+    assert r.bound == pytest.approx(row.bound, rel=1e-9)
+    full = local_bound(net, region, method="lipsdp-neuron")
+    assert r.lower_bound <= r.bound <= full.bound * (1 + 1e-9)
+
+
+def test_bound_with_region_refuses_what_does_not_apply():
+    net = NETS["relu"]()
+    box = Box.around(np.zeros(4), 0.1)
+    with pytest.raises(UsageError, match="lipverify.Box or lipverify.Ball"):
+        lipverify.bound(net, region=(np.zeros(4), np.ones(4)))
+    with pytest.raises(UsageError, match="l2 bounds; norm 'linf'"):
+        lipverify.bound(net, region=box, norm="linf")
+    with pytest.raises(UsageError, match="known global lower bound"):
+        lipverify.bound(net, region=box, lower_bound=0.5)
+    with pytest.raises(UsageError, match="width 3"):
+        lipverify.bound(net, region=Box.around(np.zeros(3), 0.1))
+    with pytest.raises(UsageError, match="unknown option|no_such_option"):
+        lipverify.bound(net, region=box, no_such_option=1)
+
+
+def test_given_global_result_is_not_recomputed_and_must_match():
+    net = mlp([4, 8, 3], SlopeRestricted.named("relu"), seed=2)
+    glob = lipverify.bound(net, method="naive")
+    r = local_bound(net, Ball(np.zeros(4), 1e-3), method="lipsdp-neuron", global_result=glob)
+    assert r.details["global_bound"] == glob.bound and r.details["seconds"]["global"] < 0.01
+    assert r.bound <= glob.bound
+    other = lipverify.bound(mlp([4, 8, 3], SlopeRestricted.named("relu"), seed=3), method="naive")
+    with pytest.raises(UsageError, match="global_result"):
+        local_bound(net, Ball(np.zeros(4), 1e-3), global_result=replace_model(other, "x"))
+    with pytest.raises(UsageError, match="global_result"):
+        local_bound(net, Ball(np.zeros(4), 1e-3),
+                    global_result=lipverify.bound(net, method="naive", norm="linf"))
+
+
+def replace_model(result, name):
+    from dataclasses import replace
+    return replace(result, model=name)
+
+
+def test_region_that_fixes_nothing_skips_the_local_lmi():
+    """A GroupSort net has no elementwise slopes to tighten: the global result is used and
+    no second LMI is solved."""
+    rng = np.random.default_rng(0)
+    q1, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    net = Network.sequential([q1, np.eye(4)], [GroupSort(2)])
+    r = local_bound(net, Ball(np.zeros(4), 0.5), method="lipsdp-neuron")
+    assert r.details["local_lmi_bound"] is None and r.details["used"] == "global"
+    assert "local" not in r.details["seconds"]
+    assert any("fixes no neuron" in w for w in r.warnings)
+    assert r.certified and r.lower_bound <= r.bound == r.details["global_bound"]
+
+
+def test_region_from_spec(tmp_path):
+    center = tmp_path / "x.npy"
+    np.save(center, np.array([[0.5, 0.0], [1.0, 0.95]]))
+    box = region_from_spec(f"{center}:0.1", domain=(0.0, 1.0))
+    assert isinstance(box, Box)
+    np.testing.assert_allclose(box.lo, [0.4, 0.0, 0.9, 0.85])
+    np.testing.assert_allclose(box.hi, [0.6, 0.1, 1.0, 1.0])
+    ball = region_from_spec(f"{center}:0.3:l2")
+    assert isinstance(ball, Ball) and ball.radius == 0.3 and ball.dim == 4
+    assert region_from_spec(f"{center}:0.3:linf").dim == 4
+    obj = tmp_path / "obj.npy"
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    text = tmp_path / "t.npy"
+    text.write_text("hello")
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.array([0.0, np.nan]))
+    for spec, match in [(f"{center}", "CENTER.npy:EPS"), (f"{center}:x", "'x' is not a number"),
+                        (f"{center}:-1", "finite number > 0"), (f"{center}:inf", "> 0"),
+                        (f"{center}:0.1:l3", "unknown norm 'l3'"),
+                        (f"{tmp_path}/none.npy:0.1", "no such region center"),
+                        (f"{obj}:0.1", "array of numbers"), (f"{text}:0.1", "array of numbers"),
+                        (f"{nan}:0.1", "NaN/Inf"), (f"{tmp_path}:0.1", "directory")]:
+        with pytest.raises(UsageError, match=match):
+            region_from_spec(spec)
+    with pytest.raises(UsageError, match="does not meet its domain"):
+        region_from_spec(f"{center}:0.01:l2", domain=(2.0, 3.0))
+    with pytest.raises(UsageError, match="box is empty"):
+        region_from_spec(f"{center}:0.01", domain=(2.0, 3.0))
+
+
+@pytest.mark.shared
+def test_cli_region_and_vnnlib_on_the_mnist_net(tmp_path):
+    """``lipverify bound --region`` / ``--vnnlib``: certified local bounds of mnist-net_256x2
+    far below its global 312.4, above their sampled local lower bounds."""
+    x = np.load(shared(MNIST_DATA))["x"][0]
+    np.save(tmp_path / "x0.npy", x)
+    res = CliRunner().invoke(main, ["bound", str(shared(MNIST_NET)), "--region",
+                                    f"{tmp_path / 'x0.npy'}:0.02", "--domain", "0:1",
+                                    "--format", "json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["certified"] and out["details"]["used"] == "local"
+    assert out["lower_bound"] <= out["bound"] <= out["details"]["global_bound"] / 100
+    assert out["details"]["region"]["kind"] == "box"
+    res = CliRunner().invoke(main, ["bound", str(shared(MNIST_NET)), "--vnnlib",
+                                    str(shared(VNNLIB / "prop_0_0.03.vnnlib"))])
+    assert res.exit_code == 0, res.output
+    assert "output constraints ignored" in res.stderr and "neurons fixed" in res.stderr
+    assert "(certified)" in res.stdout
+
+
+def test_cli_region_conflicts_are_listed_at_once(tmp_path):
+    np.save(tmp_path / "c.npy", np.zeros(64))
+    model = Path(__file__).resolve().parents[1] / "models" / "digits_mlp_relu.onnx"
+    res = CliRunner().invoke(main, ["bound", str(model), "--region", f"{tmp_path}/c.npy:0.1",
+                                    "--vnnlib", "p.vnnlib", "--save-certificate",
+                                    str(tmp_path / "c.json")])
+    assert res.exit_code == 2
+    assert "give one of --region and --vnnlib" in res.stderr
+    assert "--save-certificate" in res.stderr
+    res = CliRunner().invoke(main, ["bound", str(model), "--domain", "0:1"])
+    assert res.exit_code == 2 and "give --region" in res.stderr
+    res = CliRunner().invoke(main, ["bound", str(model), "--region", f"{tmp_path}/c.npy:0.1",
+                                    "--domain", "1:0"])
+    assert res.exit_code == 2 and "LO < HI" in res.stderr
+    res = CliRunner().invoke(main, ["bound", str(model), "-m", "lipsdp-neuron", "--region",
+                                    f"{tmp_path}/c.npy:0.5:l2"])
+    assert res.exit_code == 0, res.output
+    assert "local bound on a l2 ball of radius 0.5" in res.stderr

@@ -359,16 +359,31 @@ def local_lower_bound(network: Network, region: Region, samples: int = 256,
     return best
 
 
-def local_bound(network, region: Region, method: str = "auto", **options):
-    """Certified l2 Lipschitz bound of ``network`` over ``region``: LipSDP (or ``method``) on
-    :func:`localize`'s network, never above the same method's global bound.
+def _tightened(network: Network, bounds: LocalBounds) -> bool:
+    """Whether the region narrowed any neuron's slope below its global interval (else the
+    localized network is the network and its LMI the global one)."""
+    for k, (a, b) in bounds.slopes.items():
+        act = network.nodes[k - 1].activation
+        glob_a = act.alpha if isinstance(act, SlopeIntervals) else np.full(a.shape, act.alpha)
+        glob_b = act.beta if isinstance(act, SlopeIntervals) else np.full(b.shape, act.beta)
+        if np.any(a > glob_a) or np.any(b < glob_b):
+            return True
+    return False
 
-    Runs the method on the localized and on the original network and returns the smaller
-    certified result, with ``details``: ``region``, ``stable_neurons`` (per slope node),
-    ``global_bound``, ``local_lmi_bound`` (the localized network's bound), ``used`` ("local"
-    or "global") and ``seconds`` per stage; ``lower_bound`` is the sampled local lower bound
-    (:func:`local_lower_bound`), and a certified bound below it raises :class:`UnsoundError`.
-    ``options`` go to :func:`lipverify.bound` (``norm`` must stay ``l2``).
+
+def local_bound(network, region: Region, method: str = "auto", *, global_result=None,
+                lower: bool = True, **options):
+    """Certified l2 Lipschitz bound of ``network`` over ``region``: LipSDP (or ``method``) on
+    :func:`localize`'s network, never above the global bound.
+
+    Runs the method on the localized network and, unless ``global_result`` (an l2 upper bound
+    of this network) is given, on the original one, and returns the smaller certified result,
+    with ``details``: ``region``, ``stable_neurons`` (per slope node), ``global_bound``,
+    ``local_lmi_bound`` (the localized network's bound, None when the region tightened no
+    slope and the local LMI would be the global one), ``used`` ("local" or "global") and
+    ``seconds`` per stage. ``lower_bound`` is the sampled local lower bound
+    (:func:`local_lower_bound`; skipped with ``lower=False``), and a certified bound below it
+    raises :class:`UnsoundError`. ``options`` go to :func:`lipverify.bound` (l2 only).
     """
     from .. import api
     from ..importers import load
@@ -378,45 +393,59 @@ def local_bound(network, region: Region, method: str = "auto", **options):
                          "bound: drop the norm and lower_bound options")
     network = network if isinstance(network, Network) else load(network)
     region.check_width(network)
+    if global_result is not None and (global_result.norm != "l2" or global_result.kind != "upper"
+                                      or global_result.model != network.name):
+        raise UsageError("global_result must be an l2 upper bound of this network")
     clock = {}
     start = time.perf_counter()
     bounds = slope_bounds(network, region)
     check_slopes(network, region, bounds)
-    local_net = localize(network, region, bounds)
+    tightened = _tightened(network, bounds)
     clock["propagate"] = time.perf_counter() - start
-    t0 = time.perf_counter()
     notes = []
-    try:
-        loc = api.bound(local_net, method=method, **options)
-    except NotApplicableError as exc:  # e.g. a chain-only method, and eliminated neurons
-        notes.append(f"local: {method} does not apply to the localized network ({exc}); "
-                     "used auto")
-        loc = api.bound(local_net, method="auto", **options)
-    clock["local"] = time.perf_counter() - t0
+    loc = None
+    if tightened:
+        t0 = time.perf_counter()
+        local_net = localize(network, region, bounds)
+        try:
+            loc = api.bound(local_net, method=method, **options)
+        except NotApplicableError as exc:  # e.g. a chain-only method, and eliminated neurons
+            notes.append(f"local: {method} does not apply to the localized network ({exc}); "
+                         "used auto")
+            loc = api.bound(local_net, method="auto", **options)
+        clock["local"] = time.perf_counter() - t0
+    else:
+        notes.append("local: the region fixes no neuron's slope (no bound propagated through "
+                     "these activations is tight enough), so the local LMI is the global one")
     t0 = time.perf_counter()
-    glob = api.bound(network, method=method, **options)
+    glob = global_result if global_result is not None else api.bound(network, method=method,
+                                                                     **options)
     clock["global"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    try:
-        lower = local_lower_bound(network, region)
-    except NotApplicableError:  # an activation without a torch form: no sampled check
-        lower = None
+    low = None
+    if lower:
+        try:
+            low = local_lower_bound(network, region)
+        except NotApplicableError:  # an activation without a torch form: no sampled check
+            pass
     clock["lower"] = time.perf_counter() - t0
     # both are certified by the §8 gate on their own exact weights: keep the smaller
-    use_local = loc.certified and (not glob.certified or loc.bound <= glob.bound)
+    use_local = loc is not None and loc.certified and (not glob.certified
+                                                       or loc.bound <= glob.bound)
     best = loc if use_local else glob
-    if best.certified and lower is not None and best.bound < lower * (1 - 1e-9):
+    if best.certified and low is not None and best.bound < low * (1 - 1e-9):
         raise UnsoundError(f"certified local bound {best.bound:.17g} is below the sampled "
-                           f"local lower bound {lower:.17g}")
+                           f"local lower bound {low:.17g}")
     details = {**best.details, "region": region.describe(),
                "stable_neurons": bounds.stable_neurons(network),
                "global_bound": glob.bound, "global_certified": glob.certified,
-               "local_lmi_bound": loc.bound, "local_lmi_certified": loc.certified,
-               "local_method": loc.details.get("auto_choice", loc.method),
+               "local_lmi_bound": None if loc is None else loc.bound,
+               "local_lmi_certified": None if loc is None else loc.certified,
+               "local_method": None if loc is None else loc.details.get("auto_choice",
+                                                                         loc.method),
                "used": "local" if use_local else "global", "seconds": clock}
     note = ("local bound: holds for pairs of inputs inside the region only; its certificate "
             "is for the localized network (lipverify.regions.localize)")
-    return replace(best, model=network.name, details=details, lower_bound=lower,
+    return replace(best, model=network.name, details=details, lower_bound=low,
                    time_s=time.perf_counter() - start,
                    warnings=(*best.warnings, *notes, *((note,) if use_local else ())))
-

@@ -16,6 +16,7 @@ points (for the soundness self-checks and the sampled local lower bound).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,3 +201,61 @@ def _domain(domain, n: int) -> tuple[np.ndarray, np.ndarray]:
         parts.append(arr)
     _ordered(parts[0], parts[1], "the domain")
     return parts[0], parts[1]
+
+
+#: Largest center file read by :func:`region_from_spec` (bytes).
+MAX_CENTER_BYTES = 256 * 2**20
+
+
+def load_center(path) -> np.ndarray:
+    """The point stored in the ``.npy`` file ``path`` (read without unpickling), flattened."""
+    import io
+
+    from ..runtime.files import read_regular
+
+    data = read_regular(path, what="region center", max_bytes=MAX_CENTER_BYTES,
+                        error=UsageError)
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UsageError(f"{path}: the region center must be a .npy array of numbers "
+                         f"({exc})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        raise UsageError(f"{path}: the region center must be a .npy array of numbers")
+    return _vector(arr, f"region center {path}")
+
+
+def region_from_spec(spec: str, domain: tuple | None = None) -> Region:
+    """The region ``CENTER.npy:EPS[:linf|l2]``: the l-infinity box of half-width ``EPS``
+    around the point in ``CENTER.npy`` (default), or the l2 ball of radius ``EPS``; both
+    intersected with ``domain = (lo, hi)`` when given.
+
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.npy"); np.save(path, np.array([0.5, 0.0]))
+    >>> region_from_spec(f"{path}:0.1:linf", domain=(0, 1)).hi.tolist()
+    [0.6, 0.1]
+    >>> region_from_spec(f"{path}:0.25:l2").radius
+    0.25
+    """
+    hint = "give CENTER.npy:EPS or CENTER.npy:EPS:l2 (an l2 ball) or CENTER.npy:EPS:linf"
+    parts = str(spec).rsplit(":", 2)
+    norm = "linf"
+    if len(parts) == 3 and parts[2] in ("l2", "linf"):
+        path, eps_text, norm = parts
+    elif len(parts) == 3 and re.fullmatch(r"[0-9.eE+-]+", parts[1]):
+        raise UsageError(f"region {spec!r}: unknown norm {parts[2]!r}; {hint}")
+    elif len(parts) >= 2:
+        path, eps_text = str(spec).rsplit(":", 1)
+    else:
+        raise UsageError(f"region {spec!r}: {hint}")
+    try:
+        eps = float(eps_text)
+    except ValueError:
+        raise UsageError(f"region {spec!r}: {eps_text!r} is not a number; {hint}") from None
+    if not (math.isfinite(eps) and eps > 0):
+        raise UsageError(f"region {spec!r}: the radius must be a finite number > 0")
+    center = load_center(path)
+    if norm == "l2":
+        return Ball(center, eps, domain=domain)
+    box = Box.around(center, eps, domain=domain)
+    return box

@@ -218,17 +218,9 @@ def parse_vnnlib(text: str, source: str = "<vnnlib>") -> tuple[Box, list[str]]:
 
 def read_vnnlib(path: str | Path) -> tuple[Box, list[str]]:
     """``(input box, notes)`` of the VNN-LIB file at ``path``; notes say which output
-    constraints were not used."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: no such VNN-LIB file")
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise ModelLoadError(f"{path}: {size / 2**20:.1f} MB is over the "
-                             f"{MAX_BYTES // 2**20} MB limit for a VNN-LIB file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ModelLoadError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") \
-            from None
+    constraints were not used. A missing, special (FIFO, device), oversized or non-UTF-8 file
+    is a :class:`ModelLoadError` naming it."""
+    from ..runtime.files import read_regular_text
+
+    text = read_regular_text(path, what="VNN-LIB file", max_bytes=MAX_BYTES)
     return parse_vnnlib(text, str(path))

@@ -263,7 +263,7 @@ def certified_robustness(model, x, y, eps: Sequence[float] = (0.1, 0.25, 0.5, 1.
         samples.append(Sample(k, int(y[k]), int(prediction[k]), low, r))
     if local:
         kinds.append("local")
-        samples = _local(net, x, samples, eps, base, domain, local_method or method, notes,
+        samples = _local(net, x, samples, eps, glob, domain, local_method or method, notes,
                          say, time_limit, options)
     report = RobustnessReport(net.name, eps, tuple(samples), glob.bound, glob.method,
                               glob.certified, time.perf_counter() - start, tuple(kinds), mb,
@@ -271,7 +271,7 @@ def certified_robustness(model, x, y, eps: Sequence[float] = (0.1, 0.25, 0.5, 1.
     return report
 
 
-def _local(net, x, samples, eps, base, domain, method, notes, say, time_limit, options):
+def _local(net, x, samples, eps, glob, domain, method, notes, say, time_limit, options):
     """Per sample, the ``eps`` its local bound certifies beyond the pairwise radius."""
     from ..regions import Ball
     from ..regions.local import local_bound
@@ -288,6 +288,7 @@ def _local(net, x, samples, eps, base, domain, method, notes, say, time_limit, o
                 tried += 1
                 say(f"local bound, sample {s.index}, eps {e:g}")
                 res = local_bound(net, Ball(x[s.index], e, domain=domain), method=method,
+                                  global_result=glob,
                                   time_limit=time_limit, **options)
                 lip = sqrt2_times(res.bound) if res.certified else math.inf
                 if not s.margin > round_up(lip * e) * (1 + 1e-15):
