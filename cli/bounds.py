@@ -97,17 +97,19 @@ def bound(
                          "--norm linf / --output-rows")
     region, region_notes = _region(region_spec, vnnlib_path, domain, norm, margins,
                                    save_certificate)
-    result = lipverify.bound(
-        model,
-        method=method,
-        norm=norm,
-        output_rows=parse_rows(output_rows),
-        lower_bound=lower,
-        solver=solver,
-        time_limit=time_limit,
-        region=region,
-        **loader_kwargs(**load_opts),
-    )
+    with err.status("bounding") as status:
+        result = lipverify.bound(
+            model,
+            method=method,
+            norm=norm,
+            output_rows=parse_rows(output_rows),
+            lower_bound=lower,
+            solver=solver,
+            time_limit=time_limit,
+            region=region,
+            progress=_stages(status) if method == "auto" else None,
+            **loader_kwargs(**load_opts),
+        )
     for text in region_notes:
         note(text)
     if region is not None and fmt == "text":
@@ -134,6 +136,19 @@ def bound(
             _print_margins(pairs)
     if result.status.outcome is Outcome.UNSOUND:
         sys.exit(EXIT_UNSOUND)
+
+
+def _stages(status):
+    """auto's progress on stderr: the running stage on the status line, one line per stage
+    that ended (its bound and the best so far) or was skipped."""
+
+    def show(event) -> None:
+        if event.state == "running":
+            status.update(str(event))
+        else:
+            err.print(str(event), style="dim", markup=False, highlight=False)
+
+    return show
 
 
 def _region(spec, vnnlib_path, domain, norm, margins, save_certificate):

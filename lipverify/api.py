@@ -23,14 +23,6 @@ from .status import Outcome, Status
 
 NORMS = ("l2", "linf")
 
-#: Default solver time limit (seconds) when ``auto`` chooses an SDP method.
-AUTO_TIME_LIMIT = 120.0
-#: Above this LMI order ``auto`` uses the closed-form sequential bound.
-AUTO_MAX_ORDER = 6000
-#: Largest monolithic (residual) LMI ``auto`` hands to a conic solver.
-AUTO_MAX_DAG_ORDER = 2000
-
-
 def lipverify_version() -> str:
     try:
         return version("lipverify")
@@ -48,37 +40,6 @@ def _blas_threads(network: Network):
     return blas_threads(1 if order <= SMALL_NETWORK else None)
 
 
-def _auto(network: Network, norm: str, options: dict) -> str:
-    """Tightest certified method that fits the network and this machine."""
-    from .lmi.chain import MAX_CERTIFICATE_BYTES, ChainLMI, dense_certificate_bytes
-    from .lmi.dag import DagLMI
-
-    order = network.input_dim + sum(n.width for n in network.nodes)
-    if not network.is_sequential:  # residual: the monolithic LMI while it stays small
-        if order > AUTO_MAX_DAG_ORDER:
-            return "naive"
-        try:
-            DagLMI.from_network(network)
-        except (NotApplicableError, MemoryError):
-            return "naive"
-        return "lipsdp-neuron"
-    if dense_certificate_bytes(order) > MAX_CERTIFICATE_BYTES:
-        return "naive"
-    try:
-        ChainLMI.from_network(network)  # every activation has a QC, and it fits
-    except (NotApplicableError, MemoryError):
-        return "naive"
-    if options.get("time_limit") is None:
-        options["time_limit"] = AUTO_TIME_LIMIT
-    from .methods.lipsdp import certificate_seconds
-
-    if certificate_seconds(network) > options["time_limit"]:
-        # a certificate cannot stop before its first check: when even that would overrun the
-        # time limit, the naive product (seconds on any net) is the honest answer
-        return "naive"
-    return "ldlt-fast" if order > AUTO_MAX_ORDER else "lipsdp-neuron"
-
-
 def bound(
     model,
     method: str = "auto",
@@ -86,6 +47,7 @@ def bound(
     output_rows: Sequence[int] | None = None,
     lower_bound: bool | float = False,
     region=None,
+    progress=None,
     **options,
 ) -> BoundResult:
     """Bound the Lipschitz constant of ``model`` (a Network, path or nn.Module).
@@ -97,6 +59,11 @@ def bound(
     the box of :func:`~lipverify.regions.read_vnnlib`) makes it a *local* bound (l2), valid
     for pairs of inputs inside the region only: :func:`lipverify.regions.local_bound`, never
     above the global bound; ``lower_bound=True`` adds the sampled local lower bound.
+
+    ``method="auto"`` is anytime (:mod:`lipverify.methods.anytime`): the certified naive bound
+    first, then ``ldlt-fast`` and an SDP while the time limit (default 120 s, 300 s on
+    convolutional and residual networks) lasts; the smallest certified bound is returned and
+    ``details["auto_stages"]`` lists every stage. ``progress(text)`` is told each stage.
 
     >>> import numpy as np, lipverify
     >>> from lipverify.ir.activations import SlopeRestricted
@@ -117,37 +84,31 @@ def bound(
     _check_solver(options.get("solver", "auto"))
     network = load(model, **load_opts)
     network = network.select_outputs(list(output_rows) if output_rows is not None else None)
-    name = method if method != "auto" else _auto(network, norm, options)
-    chain = [name] + (_auto_fallbacks(network, name) if method == "auto" else [])
     fell_back: list[str] = []
-    for k, name in enumerate(chain):
+    start = time.perf_counter()
+    if method == "auto":
+        name, out, fell_back = _anytime(network, norm, options, progress)
         info = get_method(name)
+    else:
+        info = get_method(method)
+        name = method
         if norm not in info.norms:
             raise NotApplicableError(
                 f"method {name} does not support norm {norm} (supports: {', '.join(info.norms)})"
             )
-        start = time.perf_counter()
         mine = {k: v for k, v in options.items() if k in info.options.names()}
         info.options.from_dict(mine)  # checks every value before any work
         unused = sorted(k for k in set(options) - set(mine) if options[k] not in (None, "auto"))
-        if unused and k == 0:
+        if unused:
             fell_back.append(f"options not used by {name}: {', '.join(unused)}")
         try:
             out = _run(info, network, norm, mine)
         except SolverError as exc:
             best = exc.best if isinstance(exc, NumericalError) else None
-            if method == "auto" and isinstance(best, MethodOutput) and best.certified:
-                out = replace(best, warnings=(*best.warnings, f"auto: {name} failed ({exc}); "
-                                              "reporting the best certified bound found"))
-            elif k + 1 < len(chain):
-                fell_back.append(f"auto: {name} failed ({exc}); fell back to {chain[k + 1]}")
-                continue
-            else:
-                if isinstance(best, MethodOutput):
-                    exc.best = _result(network, name, info, best, time.perf_counter() - start,
-                                       None, norm, output_rows, method, fell_back)
-                raise
-        break
+            if isinstance(best, MethodOutput):
+                exc.best = _result(network, name, info, best, time.perf_counter() - start,
+                                   None, norm, output_rows, method, fell_back)
+            raise
     elapsed = time.perf_counter() - start
     lower = None
     if isinstance(lower_bound, (int, float)) and not isinstance(lower_bound, bool):
@@ -280,11 +241,28 @@ def _check_solver(solver: str) -> None:
                           f"{', '.join(usable)}")
 
 
-def _auto_fallbacks(network: Network, name: str) -> list[str]:
-    """What ``auto`` tries after ``name`` fails: the closed-form LDL^T bound (chains), then
-    the naive product, which needs nothing but certified spectral norms."""
-    order = ["ldlt-fast", "naive"] if network.is_sequential else ["naive"]
-    return order[order.index(name) + 1:] if name in order else order
+def _anytime(network: Network, norm: str, options: dict, progress):
+    """``auto``: :func:`lipverify.methods.anytime.run_stages` with each stage's own options
+    checked and passed; returns ``(method, output, notes)``, the stages in the details."""
+    from .methods.anytime import default_time_limit, run_stages
+
+    if options.get("time_limit") is None:
+        options["time_limit"] = default_time_limit(network)
+    used: set[str] = set()
+
+    def run(name: str, opts: dict) -> MethodOutput:
+        info = get_method(name)
+        mine = {k: v for k, v in opts.items() if k in info.options.names()}
+        info.options.from_dict(mine)
+        used.update(mine)
+        return _run(info, network, norm, mine)
+
+    name, out, stages, notes = run_stages(network, norm, options, run, progress)
+    unused = sorted(k for k in set(options) - used if options[k] not in (None, "auto"))
+    if unused:
+        notes.insert(0, f"options not used by auto's stages: {', '.join(unused)}")
+    details = {**out.details, "auto_stages": [s.to_dict() for s in stages]}
+    return name, replace(out, details=details), notes
 
 
 def _run(info, network: Network, norm: str, options: dict) -> MethodOutput:

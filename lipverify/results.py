@@ -21,6 +21,17 @@ def _num(x: float | None) -> float | str | None:
     return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
 
 
+def _finite_json(obj):
+    """``obj`` with every non-finite float (nested in dicts, lists, tuples) as a string."""
+    if isinstance(obj, float):
+        return _num(obj)
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
 def _unnum(x) -> float | None:
     return None if x is None else float(x)
 
@@ -110,7 +121,7 @@ class BoundResult:
         d = asdict(self)
         d["certified"] = self.certified
         d["certificate"] = None if self.certificate is None else self.certificate.to_dict()
-        d["details"] = dict(self.details)
+        d["details"] = _finite_json(dict(self.details))
         d["status"] = self.status.to_dict()
         for key in ("bound", "lower_bound", "solver_value", "margin"):
             d[key] = _num(d[key])

@@ -1,0 +1,217 @@
+"""The anytime ``auto`` method: the certified naive bound at once, then better ones stage by
+stage until the time limit, and the smallest certified bound at the end.
+
+Stages (:func:`plan`), each run on what is left of the time limit:
+
+* ``naive`` (§6.1): certified spectral norms, seconds on any network; the floor of the
+  result, so ``auto`` never returns more than it and never fails where it succeeds;
+* ``ldlt-fast`` (§2b) on chains: closed-form multipliers, milliseconds to seconds;
+* an SDP: ``lipsdp-neuron`` on chains whose chordal certificate fits (§3, §8) and on residual
+  networks whose monolithic LMI is small (§5a); ``lipsdp-split`` (a certified product over
+  segments between cut nodes, each its own LMI) on larger chains and residual networks.
+
+A stage whose first §8 certificate is estimated to take longer than the time left is skipped
+with a note (it could not return anything certified in time). A stage that fails (a solver
+error, an LMI that does not fit in memory) is noted and the next one runs. Each stage's result
+is certified on its own (§8) before it can replace the best one, so the smallest of them is a
+certified bound: ``min`` of valid upper bounds is a valid upper bound.
+
+>>> import numpy as np
+>>> from lipverify import Network, SlopeRestricted
+>>> net = Network.sequential([np.eye(2), 3 * np.eye(2)], [SlopeRestricted.named("relu")])
+>>> [s.method for s in plan(net, "l2", 120.0)]
+['naive', 'ldlt-fast', 'lipsdp-neuron']
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from ..errors import NotApplicableError, NumericalError, SolverError
+from ..ir.linear import Conv2d
+from ..ir.network import Network
+from ..results import MethodOutput
+
+#: Default time limit of ``auto`` on fully connected networks (seconds).
+AUTO_TIME_LIMIT = 120.0
+#: Default time limit of ``auto`` on convolutional and residual networks (seconds).
+STRUCTURED_TIME_LIMIT = 300.0
+#: Above this LMI order the chain's SDP stage is skipped (``ldlt-fast`` is the last stage).
+AUTO_MAX_ORDER = 6000
+#: Largest monolithic residual LMI handed to ``lipsdp-neuron``; larger ones use the split.
+AUTO_MAX_DAG_ORDER = 2000
+#: A stage is not started with less than this many seconds left.
+MIN_STAGE_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One planned stage: ``method`` to run, or the ``skip`` reason it will not."""
+
+    method: str
+    skip: str | None = None
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What one stage returned (or why it did not)."""
+
+    method: str
+    bound: float
+    certified: bool
+    seconds: float
+    status: str
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "bound": self.bound, "certified": self.certified,
+                "seconds": round(self.seconds, 4), "status": self.status}
+
+
+def is_structured(network: Network) -> bool:
+    """Convolutional or residual: the networks with the longer default time limit."""
+    if not network.is_sequential:
+        return True
+    ops = [t.op for n in network.nodes for t in n.pre.terms] + \
+        [t.op for t in network.output.terms]
+    return any(isinstance(leaf, Conv2d) for op in ops for leaf in op.leaves())
+
+
+def default_time_limit(network: Network) -> float:
+    """120 s, or 300 s on convolutional and residual networks."""
+    return STRUCTURED_TIME_LIMIT if is_structured(network) else AUTO_TIME_LIMIT
+
+
+def _order(network: Network) -> int:
+    return network.input_dim + sum(n.width for n in network.nodes)
+
+
+def _sdp_stage(network: Network, norm: str, limit: float) -> Stage | None:
+    """The SDP stage for ``network``, or a skipped one saying why (None: none applies)."""
+    from ..lmi.chain import MAX_CERTIFICATE_BYTES, ChainLMI, dense_certificate_bytes
+    from ..lmi.dag import DagLMI
+    from .lipsdp import MIN_OVERRUN_SECONDS, certificate_seconds
+    from .split import cuts
+    from .split import plan as plan_segments
+
+    order = _order(network)
+    if network.is_sequential:
+        if order > AUTO_MAX_ORDER:
+            if norm == "l2" and len(plan_segments(network)) > 1:
+                return Stage("lipsdp-split")
+            return Stage("lipsdp-neuron", f"LMI order {order} > {AUTO_MAX_ORDER}, and no "
+                                          "cut splits it into smaller segments")
+        if dense_certificate_bytes(order) > MAX_CERTIFICATE_BYTES:
+            return Stage("lipsdp-neuron", f"its certificate would not fit in memory "
+                                          f"(order {order})")
+        try:
+            ChainLMI.from_network(network)  # every activation has a QC, and it fits
+        except (NotApplicableError, MemoryError) as exc:
+            return Stage("lipsdp-neuron", str(exc).splitlines()[0])
+        name = "lipsdp-neuron"
+    elif norm != "l2":
+        return None
+    elif order <= AUTO_MAX_DAG_ORDER:
+        try:
+            DagLMI.from_network(network)
+        except (NotApplicableError, MemoryError) as exc:
+            return Stage("lipsdp-neuron", str(exc).splitlines()[0])
+        name = "lipsdp-neuron"
+    elif len(cuts(network)) > 0:
+        return Stage("lipsdp-split")
+    else:
+        return Stage("lipsdp-split", f"no cut node splits the residual LMI of order {order}")
+    cost = certificate_seconds(network)
+    if norm == "l2" and cost > max(limit, MIN_OVERRUN_SECONDS):
+        return Stage(name, f"its first certificate would take about {cost:.3g} s, over the "
+                           f"{limit:g} s time limit")
+    return Stage(name)
+
+
+def plan(network: Network, norm: str, limit: float) -> list[Stage]:
+    """The stages ``auto`` runs on ``network`` within ``limit`` seconds (module docstring)."""
+    stages = [Stage("naive")]
+    if network.is_sequential and norm == "l2":
+        stages.append(Stage("ldlt-fast"))
+    sdp = _sdp_stage(network, norm, limit)
+    if sdp is not None:
+        stages.append(sdp)
+    return stages
+
+
+Runner = Callable[[str, dict], MethodOutput]
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """What :func:`run_stages` tells its ``progress`` callback: a stage is ``"running"``,
+    ``"done"``, ``"skipped"`` or ``"failed"``; ``str(event)`` is a one-line description."""
+
+    index: int
+    total: int
+    method: str
+    state: str
+    text: str
+    best: float | None = None
+
+    def __str__(self) -> str:
+        return f"auto stage {self.index}/{self.total} {self.method}: {self.text}"
+
+
+def _tell(progress, index: int, total: int, method: str, state: str, text: str, best) -> None:
+    if progress is not None:
+        progress(StageEvent(index, total, method, state, text,
+                            None if best is None else float(best.bound)))
+
+
+def run_stages(network: Network, norm: str, options: dict, run: Runner,
+               progress: Callable[[StageEvent], None] | None = None):
+    """Run :func:`plan`'s stages with ``run(method, options)``; returns ``(method, output,
+    stage results, notes)`` for the smallest certified bound. ``options["time_limit"]`` (or
+    :func:`default_time_limit`) is shared by all stages; ``progress`` gets a
+    :class:`StageEvent` as each stage starts and ends."""
+    limit = options.get("time_limit") or default_time_limit(network)
+    start = time.perf_counter()
+    stages = plan(network, norm, limit)
+    best_name, best, results, notes = None, None, [], []
+    for k, stage in enumerate(stages):
+        left = limit - (time.perf_counter() - start)
+        say = partial(_tell, progress, k + 1, len(stages), stage.method)
+        if stage.skip is not None:
+            notes.append(f"auto: {stage.method} skipped ({stage.skip})")
+            say("skipped", f"skipped ({stage.skip})", best)
+            continue
+        if best is not None and left < MIN_STAGE_SECONDS:
+            notes.append(f"auto: {stage.method} not run (time limit reached)")
+            say("skipped", "not run, time limit reached", best)
+            continue
+        say("running", f"running ({left:.0f} s left"
+            + (f", best {best.bound:.9g})" if best is not None else ")"), best)
+        t0 = time.perf_counter()
+        try:
+            out = run(stage.method, {**options, "time_limit": max(left, MIN_STAGE_SECONDS)})
+        except (SolverError, NotApplicableError, MemoryError) as exc:
+            got = exc.best if isinstance(exc, NumericalError) else None
+            if isinstance(got, MethodOutput) and got.certified:
+                out = got
+                notes.append(f"auto: {stage.method} failed ({str(exc).splitlines()[0]}); "
+                             "its best certified bound is kept")
+            else:
+                if best is None:  # the naive floor itself failed: nothing to fall back on
+                    raise
+                notes.append(f"auto: {stage.method} failed ({str(exc).splitlines()[0]})")
+                say("failed", f"failed ({str(exc).splitlines()[0]})", best)
+                continue
+        seconds = time.perf_counter() - t0
+        results.append(StageResult(stage.method, float(out.bound), bool(out.certified),
+                                   seconds, str(out.status)))
+        better = out.certified and math.isfinite(out.bound) and (
+            best is None or not best.certified or out.bound < best.bound)
+        if best is None or better:
+            best_name, best = stage.method, out
+        say("done", f"{out.bound:.9g} {'certified' if out.certified else 'NOT certified'} "
+            f"({seconds:.2f} s); best {best.bound:.9g} ({best_name})", best)
+    return best_name, best, results, notes
