@@ -1,0 +1,98 @@
+"""Default ``lipverify bound`` (anytime auto) on every convolutional and residual model (issue 16).
+
+Each model runs ``lipverify bound MODEL --format json`` (the defaults: auto, 300 s on
+conv/residual nets, the sampled lower bound beside it) in a fresh process under
+``/usr/bin/time``, recording the certified bound, the stage that gave it, the naive bound
+(auto's first stage), the sampled lower bound, the wall time and the peak resident memory.
+Models: every conv/residual network in ../shared/models/onnx and the sample CNN of models/.
+Writes results/bench-structured.{csv,md} headed by the machine description.
+
+    python results/structured.py [TIME_LIMIT]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "results"))
+from make_compare import SHARED, machine  # noqa: E402
+
+import lipverify  # noqa: E402
+from lipverify.methods.anytime import is_structured  # noqa: E402
+
+FIELDS = ("model", "order", "bound", "certified", "stage", "naive", "naive_over_bound", "lower",
+          "wall_s", "peak_mib", "stages")
+
+
+def structured_models() -> list[Path]:
+    paths = sorted((SHARED / "onnx").glob("*.onnx")) + sorted((ROOT / "models").glob("*.onnx"))
+    out = []
+    for path in paths:
+        try:
+            net = lipverify.load(path)
+        except lipverify.LipverifyError:
+            continue
+        if is_structured(net):
+            out.append(path)
+    return out
+
+
+def run(path: Path, limit: str | None) -> dict:
+    cmd = ["/usr/bin/time", "-f", "PEAK %M", str(Path(sys.executable).parent / "lipverify"),
+           "bound", str(path), "--format", "json", *(["--time-limit", limit] if limit else [])]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    wall = time.perf_counter() - t0
+    peak = next((int(line.split()[1]) / 1024 for line in proc.stderr.splitlines()
+                 if line.startswith("PEAK ")), float("nan"))
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("{")), None)
+    if proc.returncode != 0 or line is None:
+        return {"model": path.stem, "bound": f"exit {proc.returncode}", "wall_s": wall,
+                "peak_mib": peak}
+    d = json.loads(line)
+    stages = d["details"].get("auto_stages", [])
+    naive = float(stages[0]["bound"]) if stages else float("nan")
+    net = lipverify.load(path)
+    return {"model": path.stem, "order": net.input_dim + sum(n.width for n in net.nodes),
+            "bound": d["bound"], "certified": d["certified"], "stage": d["method"],
+            "naive": naive, "naive_over_bound": naive / float(d["bound"]),
+            "lower": d["lower_bound"], "wall_s": wall, "peak_mib": peak,
+            "stages": "; ".join(f"{s['method']} {float(s['bound']):.6g} ({s['seconds']:.0f} s)"
+                                for s in stages)}
+
+
+def _cell(row: dict, key: str, fmt: str = "{:.6g}") -> str:
+    v = row.get(key)
+    return "" if v is None else (fmt.format(v) if isinstance(v, float) else str(v))
+
+
+def main(limit: str | None = None) -> None:
+    rows = [run(path, limit) for path in structured_models()]
+    with open(ROOT / "results" / "bench-structured.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["# Default `lipverify bound` on convolutional and residual networks", "",
+             machine(), "", f"Command: `python results/structured.py{' ' + limit if limit else ''}`"
+             " (each model: `lipverify bound MODEL --format json`, a fresh process).", "",
+             "| model | LMI order | certified bound | stage | naive | naive / bound | lower | "
+             "wall s | peak MiB | stages |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = partial(_cell, r)
+        lines.append(f"| {r['model']} | {f('order')} | {f('bound')}"
+                     f"{'' if r.get('certified') else ' (not certified)'} | {f('stage')} | "
+                     f"{f('naive')} | {f('naive_over_bound', '{:.2f}')} | {f('lower')} | "
+                     f"{f('wall_s', '{:.0f}')} | {f('peak_mib', '{:.0f}')} | {f('stages')} |")
+    (ROOT / "results" / "bench-structured.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else None)
