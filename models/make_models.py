@@ -4,7 +4,7 @@ Run from the repository root::
 
     python models/make_models.py
 
-Four networks are trained on scikit-learn's bundled digits data set (8x8 images, 10 classes,
+Seven networks are trained on scikit-learn's bundled digits data set (8x8 images, 10 classes,
 no download).  Pixels are scaled to ``[0, 1]`` (divided by 16) *outside* the networks, so every
 network takes already-scaled inputs and outputs logits (no softmax).
 
@@ -42,7 +42,13 @@ TRAINING = {
     "digits_mlp_tanh": (30, 3e-3),
     "digits_cnn": (30, 3e-3),
     "digits_maxmin": (30, 3e-3),
+    "digits_resnet_bn": (30, 3e-3),
+    "digits_cnn_maxpool": (30, 3e-3),
+    "digits_gs_cnn": (60, 1e-2),
 }
+#: 1-Lipschitz models are trained on their logits times this temperature (the exported
+#: network is the 1-Lipschitz one; argmax, hence accuracy, is the same).
+TEMPERATURE = {"digits_gs_cnn": 16.0}
 NPZ_MODELS = ("digits_mlp_relu", "digits_mlp_tanh")
 
 
@@ -62,6 +68,67 @@ class MaxMin(nn.Module):
         lo = torch.min(pairs, dim=-1).values
         hi = torch.max(pairs, dim=-1).values
         return torch.stack((lo, hi), dim=-1).reshape_as(x)
+
+
+class ResidualBlock(nn.Module):
+    """``relu(x + bn2(conv2(relu(bn1(conv1(x))))))``, 3x3 convs keeping the shape."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class OrthogonalConv1x1(nn.Module):
+    """A 1x1 convolution whose channel matrix is orthogonal by construction (torch's
+    orthogonal parametrization): with a pixel unshuffle before it, an orthogonal conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.lin = nn.utils.parametrizations.orthogonal(nn.Linear(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(x, self.lin.weight[:, :, None, None], self.lin.bias)
+
+    def frozen(self) -> nn.Conv2d:
+        c = self.lin.weight.shape[0]
+        conv = nn.Conv2d(c, c, 1)
+        with torch.no_grad():
+            conv.weight.copy_(self.lin.weight[:, :, None, None])
+            conv.bias.copy_(self.lin.bias)
+        return conv
+
+
+class GroupSortCNN(nn.Module):
+    """A 1-Lipschitz GroupSort CNN: pixel unshuffles (permutations), orthogonal 1x1 convs,
+    MaxMin (GroupSort-2), and a last linear map with orthonormal rows. Every layer has norm
+    1, so the network is 1-Lipschitz in l2 by construction."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = OrthogonalConv1x1(4)
+        self.conv2 = OrthogonalConv1x1(16)
+        self.head = nn.utils.parametrizations.orthogonal(nn.Linear(64, N_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = MaxMin()(self.conv1(nn.functional.pixel_unshuffle(x, 2)))
+        x = MaxMin()(self.conv2(nn.functional.pixel_unshuffle(x, 2)))
+        return self.head(x.flatten(1))
+
+    def frozen(self) -> nn.Sequential:
+        """The same function with plain weights (what is exported and saved)."""
+        head = nn.Linear(64, N_CLASSES)
+        with torch.no_grad():
+            head.weight.copy_(self.head.weight)
+            head.bias.copy_(self.head.bias)
+        return nn.Sequential(nn.PixelUnshuffle(2), self.conv1.frozen(), MaxMin(),
+                             nn.PixelUnshuffle(2), self.conv2.frozen(), MaxMin(), nn.Flatten(),
+                             head).eval()
 
 
 def _mlp(widths: list[int], act: type[nn.Module]) -> nn.Sequential:
@@ -84,11 +151,38 @@ def _cnn() -> nn.Sequential:
     )
 
 
+def _resnet_bn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        ResidualBlock(8),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, N_CLASSES),
+    )
+
+
+def _cnn_maxpool() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 2 * 2, N_CLASSES),
+    )
+
+
 INPUT_SHAPES = {
     "digits_mlp_relu": (N_FEATURES,),
     "digits_mlp_tanh": (N_FEATURES,),
     "digits_cnn": (1, 8, 8),
     "digits_maxmin": (N_FEATURES,),
+    "digits_resnet_bn": (1, 8, 8),
+    "digits_cnn_maxpool": (1, 8, 8),
+    "digits_gs_cnn": (1, 8, 8),
 }
 
 ARCHITECTURES = {
@@ -99,6 +193,19 @@ ARCHITECTURES = {
         "Flatten, Linear(128,10)"
     ),
     "digits_maxmin": "MLP 64-32-32-10, MaxMin (pairs -> (min, max))",
+    "digits_resnet_bn": (
+        "ResNet on [N,1,8,8]: Conv2d(1,8,3,p=1) BN ReLU, residual block (Conv 3x3 BN ReLU "
+        "Conv 3x3 BN, + x, ReLU), Flatten, Linear(512,10)"
+    ),
+    "digits_cnn_maxpool": (
+        "CNN on [N,1,8,8]: Conv2d(1,8,3,p=1) ReLU MaxPool(2), Conv2d(8,16,3,p=1) ReLU "
+        "MaxPool(2), Flatten, Linear(64,10)"
+    ),
+    "digits_gs_cnn": (
+        "1-Lipschitz GroupSort CNN on [N,1,8,8]: PixelUnshuffle(2), orthogonal 1x1 conv 4->4, "
+        "MaxMin, PixelUnshuffle(2), orthogonal 1x1 conv 16->16, MaxMin, Flatten, Linear(64,10) "
+        "with orthonormal rows (trained at temperature 16)"
+    ),
 }
 
 
@@ -109,6 +216,9 @@ def build_models() -> dict[str, nn.Module]:
         "digits_mlp_tanh": _mlp([N_FEATURES, 32, 32, N_CLASSES], nn.Tanh),
         "digits_cnn": _cnn(),
         "digits_maxmin": _mlp([N_FEATURES, 32, 32, N_CLASSES], MaxMin),
+        "digits_resnet_bn": _resnet_bn(),
+        "digits_cnn_maxpool": _cnn_maxpool(),
+        "digits_gs_cnn": GroupSortCNN(),
     }
 
 
@@ -137,6 +247,7 @@ def train(
     lr: float,
     seed: int,
     batch_size: int = 64,
+    temperature: float = 1.0,
 ) -> None:
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -147,7 +258,7 @@ def train(
         for start in range(0, len(x), batch_size):
             idx = perm[start : start + batch_size]
             opt.zero_grad()
-            loss_fn(model(x[idx]), y[idx]).backward()
+            loss_fn(temperature * model(x[idx]), y[idx]).backward()
             opt.step()
     model.eval()
 
@@ -257,7 +368,7 @@ def write_readme(
         "",
         "* **Inputs** are pixel values already scaled to `[0, 1]` (raw digits / 16); the",
         "  scaling is *not* part of the networks.  MLPs take `[N, 64]` (flattened image),",
-        "  the CNN takes `[N, 1, 8, 8]`.",
+        "  the CNNs and the ResNet take `[N, 1, 8, 8]`.",
         "* **Outputs are logits** (no softmax), shape `[N, 10]`.",
         "* ONNX: exported with `torch.onnx.export(..., dynamo=False, opset_version=17)`,",
         '  input `"input"`, output `"logits"`, dynamic batch axis; checked against torch with',
@@ -265,7 +376,8 @@ def write_readme(
         "  below; MaxMin appears as `Reshape[-1,2] -> ReduceMin/ReduceMax -> Unsqueeze ->",
         "  Concat -> Reshape(Shape(x))`.",
         "* `.pt`: `state_dict` of the `nn.Sequential` returned by",
-        "  `make_models.build_models()[name]`.",
+        "  `make_models.build_models()[name]` (for digits_gs_cnn: of its `.frozen()` form,",
+        "  plain weights instead of the orthogonal parametrization).",
         "* `.npz`: `w1..wk` (`[out, in]`) and `b1..bk`, float32.",
         "* `digits_mlp_relu.ts.pt`: TorchScript (`torch.jit.trace`), `torch.jit.load`-able;",
         "  `digits_mlp_relu.pt2`: `torch.export` program (dynamic batch), `torch.export.load`.",
@@ -301,7 +413,10 @@ def main() -> int:
         model = build_models()[name]  # rebuilt after seeding: init independent of order
         in_shape = INPUT_SHAPES[name]
         epochs, lr = TRAINING[name]
-        train(model, xtr.reshape(-1, *in_shape), ytr, epochs, lr, seed=SEED + i)
+        train(model, xtr.reshape(-1, *in_shape), ytr, epochs, lr, seed=SEED + i,
+              temperature=TEMPERATURE.get(name, 1.0))
+        if isinstance(model, GroupSortCNN):
+            model = model.frozen()
         acc = accuracy(model, xte.reshape(-1, *in_shape), yte)
         results[name] = acc
 

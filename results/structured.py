@@ -7,7 +7,10 @@ conv/residual nets, the sampled lower bound beside it) in a fresh process under
 Models: every conv/residual network in ../shared/models/onnx and the sample CNN of models/.
 Writes results/bench-structured.{csv,md} headed by the machine description.
 
-    python results/structured.py [TIME_LIMIT]
+    python results/structured.py [TIME_LIMIT|-] [NAME ...]
+
+With NAMEs, only the models whose file name contains one of them run; the other rows are kept
+from the last results/bench-structured.csv.
 """
 
 from __future__ import annotations
@@ -68,13 +71,33 @@ def run(path: Path, limit: str | None) -> dict:
                                 for s in stages)}
 
 
+def _parsed(row: dict) -> dict:
+    """A row read back from the CSV, numbers as floats (for the table's formats)."""
+    out = {}
+    for k, v in row.items():
+        try:
+            out[k] = float(v) if k not in ("model", "stage", "stages", "certified") else v
+        except ValueError:
+            out[k] = v
+    out["certified"] = row.get("certified") == "True"
+    return out
+
+
 def _cell(row: dict, key: str, fmt: str = "{:.6g}") -> str:
     v = row.get(key)
     return "" if v is None else (fmt.format(v) if isinstance(v, float) else str(v))
 
 
-def main(limit: str | None = None) -> None:
-    rows = [run(path, limit) for path in structured_models()]
+def main(limit: str | None = None, names: list[str] | None = None) -> None:
+    paths = structured_models()
+    old = {}
+    if names:
+        paths = [p for p in paths if any(n in p.stem for n in names)]
+        with open(ROOT / "results" / "bench-structured.csv", newline="") as fh:
+            old = {r["model"]: r for r in csv.DictReader(fh)}
+    new = {p.stem: run(p, limit) for p in paths}
+    rows = [new.get(p.stem) or _parsed(old[p.stem]) for p in structured_models()
+            if p.stem in new or p.stem in old]
     with open(ROOT / "results" / "bench-structured.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         writer.writeheader()
@@ -95,4 +118,5 @@ def main(limit: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None)
+    args = sys.argv[1:]
+    main(args[0] if args and args[0] != "-" else None, args[1:] or None)

@@ -137,7 +137,9 @@ def _ascent_grad(module, x, u, v):
     jtu = torch.autograd.grad((module(x) * u).sum(), x, create_graph=True)[0]
     if not jtu.requires_grad:  # J does not depend on x (linear, or no surrogate for the kinks)
         return torch.zeros_like(x)
-    return torch.autograd.grad((jtu * v).sum(), x)[0]
+    # J may carry a graph that still does not reach x (piecewise-linear sorts): no gradient
+    grad = torch.autograd.grad((jtu * v).sum(), x, allow_unused=True)[0]
+    return torch.zeros_like(x) if grad is None else grad
 
 
 def _power_step(module, x, v, norm):
