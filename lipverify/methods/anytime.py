@@ -133,9 +133,14 @@ def _sdp_stage(network: Network, norm: str, limit: float) -> Stage | None:
 
 def plan(network: Network, norm: str, limit: float) -> list[Stage]:
     """The stages ``auto`` runs on ``network`` within ``limit`` seconds (module docstring)."""
+    from .lipsdp import MIN_OVERRUN_SECONDS, certificate_seconds
+
     stages = [Stage("naive")]
     if network.is_sequential and norm == "l2":
-        stages.append(Stage("ldlt-fast"))
+        cost = certificate_seconds(network)  # ldlt-fast ends with the same §8 certificate
+        stages.append(Stage("ldlt-fast", None if cost <= max(limit, MIN_OVERRUN_SECONDS) else
+                            f"its certificate would take about {cost:.3g} s, over the "
+                            f"{limit:g} s time limit"))
     sdp = _sdp_stage(network, norm, limit)
     if sdp is not None:
         stages.append(sdp)

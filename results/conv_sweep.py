@@ -1,0 +1,86 @@
+"""Conv depth sweep (issue 16): random 3x3 conv chains on 14x14 inputs, GLipSDP's scalability
+setting, under the default ``auto`` (anytime) with a time limit.
+
+Each network: input 1x14x14, ``depth`` conv layers (3x3, padding 1, ``channels`` out, ReLU,
+He-scaled Gaussian kernels, seed = channels * 100 + depth), then a dense map to 10 outputs.
+Each runs ``lipverify.bound(net, time_limit=LIMIT, lower_bound=True)`` in a fresh process,
+recording the certified bound, the stage that gave it, naive, the sampled lower bound, the
+time and the process's peak memory. Writes results/conv-sweep.{csv,md}.
+
+    python results/conv_sweep.py [LIMIT_SECONDS] [CHANNELS,...] [DEPTHS,...]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "results"))
+from make_compare import machine  # noqa: E402
+
+CHILD = """
+import json, resource, sys, time
+import numpy as np, lipverify
+from lipverify.ir.linear import Conv2d
+c, d, limit = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+rng = np.random.default_rng(c * 100 + d)
+ops, cin = [], 1
+for _ in range(d):
+    k = rng.normal(size=(c, cin, 3, 3)) * np.sqrt(2.0 / (9 * cin))
+    ops.append(Conv2d(k, (cin, 14, 14), pads=(1, 1, 1, 1)))
+    cin = c
+ops.append(rng.normal(size=(10, c * 196)) / np.sqrt(c * 196))
+net = lipverify.Network.sequential(ops, [lipverify.SlopeRestricted.named("relu")] * d,
+                                   input_shape=(1, 14, 14), name=f"conv {c}x{d}")
+t0 = time.perf_counter()
+r = lipverify.bound(net, time_limit=limit, lower_bound=True)
+st = r.details.get("auto_stages", [])
+print(json.dumps({"bound": r.bound, "certified": r.certified, "stage": r.method,
+                  "naive": st[0]["bound"] if st else None, "lower": r.lower_bound,
+                  "time_s": time.perf_counter() - t0,
+                  "stages": "; ".join(f"{s['method']} {float(s['bound']):.6g} "
+                                      f"({s['seconds']:.0f} s)" for s in st),
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+FIELDS = ("channels", "depth", "order", "bound", "certified", "stage", "naive", "lower", "time_s",
+          "peak_mib", "stages")
+
+
+def main(limit: str = "60", channels: str = "8,16,32", depths: str = "2,4,8,16") -> None:
+    rows = []
+    for c in map(int, channels.split(",")):
+        for d in map(int, depths.split(",")):
+            proc = subprocess.run([sys.executable, "-c", CHILD, str(c), str(d), limit],
+                                  capture_output=True, text=True, timeout=3600)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("{")), None)
+            row = {"channels": c, "depth": d, "order": 196 + d * c * 196}
+            row.update(json.loads(line) if line else {"bound": f"exit {proc.returncode}"})
+            rows.append(row)
+            print(row, flush=True)
+    with open(ROOT / "results" / "conv-sweep.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["# Conv depth sweep: random 3x3 conv chains on 14x14 inputs, default auto", "",
+             machine(), "", f"Command: `python results/conv_sweep.py {limit} {channels} "
+             f"{depths}` (time limit {limit} s per network, a fresh process each).", "",
+             "| channels | depth | LMI order | certified bound | stage | naive | lower | s | "
+             "peak MiB | stages |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        def num(key, fmt="{:.6g}", r=r):
+            v = r.get(key)
+            return fmt.format(v) if isinstance(v, (int, float)) else str(v or "")
+        lines.append(f"| {r['channels']} | {r['depth']} | {r['order']} | {num('bound')}"
+                     f"{'' if r.get('certified') else ' (not certified)'} | {r.get('stage', '')} "
+                     f"| {num('naive')} | {num('lower')} | {num('time_s', '{:.0f}')} | "
+                     f"{num('peak_mib', '{:.0f}')} | {r.get('stages', '')} |")
+    (ROOT / "results" / "conv-sweep.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
