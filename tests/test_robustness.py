@@ -313,7 +313,10 @@ def test_local_radii_never_fewer_than_pairwise():
         assert rep.accuracy("pairwise", e) <= rep.accuracy("local", e)
     assert s0.radius["pairwise"] < 0.15  # 2 / (sqrt(2) 10)
     assert s0.radius["local_eps"] == (1.2,)  # 2 > sqrt(2) 1.2, not > sqrt(2) 1.6
-    assert rep.accuracy("local", 1.2) == 0.5 and "local bounds computed" in rep.notes[-1]
+    assert rep.accuracy("local", 1.2) == 0.5
+    # sample 0 at eps 1.2 and 1.6 (both below global), sample 1 at 1.2 (margin 0.1: global)
+    assert rep.notes[-1] == "local bounds computed on 3 (sample, eps) balls, below the global " \
+        "bound on 2"
 
 
 def test_margin_bounds_refuse_a_global_result_that_is_no_upper_bound_of_this_model(tmp_path):
