@@ -12,7 +12,6 @@ time and the process's peak memory. Writes results/conv-sweep.{csv,md}.
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "results"))
-from make_compare import machine  # noqa: E402
+from make_compare import machine, write_csv  # noqa: E402
 
 CHILD = """
 import json, resource, sys, time
@@ -62,10 +61,7 @@ def main(limit: str = "60", channels: str = "8,16,32", depths: str = "2,4,8,16")
             row.update(json.loads(line) if line else {"bound": f"exit {proc.returncode}"})
             rows.append(row)
             print(row, flush=True)
-    with open(ROOT / "results" / "conv-sweep.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(ROOT / "results" / "conv-sweep.csv", FIELDS, rows)
     lines = ["# Conv depth sweep: random 3x3 conv chains on 14x14 inputs, default auto", "",
              machine(), "", f"Command: `python results/conv_sweep.py {limit} {channels} "
              f"{depths}` (time limit {limit} s per network, a fresh process each).", "",

@@ -55,6 +55,16 @@ def machine() -> str:
     )
 
 
+def write_csv(path, fields, rows) -> None:
+    """``rows`` (dicts) as CSV with columns ``fields`` (missing keys left empty)."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def models() -> list[tuple[str, dict]]:
     found = [(str(p), {}) for p in sorted((SHARED / "onnx").glob("*.onnx"))]
     found += [(str(p), {}) for p in sorted((SHARED / "weights").glob("*.npz"))]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "results"))
-from make_compare import SHARED, machine  # noqa: E402
+from make_compare import SHARED, machine, write_csv  # noqa: E402
 
 import lipverify  # noqa: E402
 from lipverify.methods.anytime import is_structured  # noqa: E402
@@ -98,10 +98,7 @@ def main(limit: str | None = None, names: list[str] | None = None) -> None:
     new = {p.stem: run(p, limit) for p in paths}
     rows = [new.get(p.stem) or _parsed(old[p.stem]) for p in structured_models()
             if p.stem in new or p.stem in old]
-    with open(ROOT / "results" / "bench-structured.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(ROOT / "results" / "bench-structured.csv", FIELDS, rows)
     lines = ["# Default `lipverify bound` on convolutional and residual networks", "",
              machine(), "", f"Command: `python results/structured.py{' ' + limit if limit else ''}`"
              " (each model: `lipverify bound MODEL --format json`, a fresh process).", "",
