@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from ..errors import NotApplicableError, NumericalError, SolverError
+from ..errors import LipverifyError, NotApplicableError, NumericalError, UsageError
 from ..ir.linear import Conv2d
 from ..ir.network import Network
 from ..results import MethodOutput
@@ -198,7 +198,9 @@ def run_stages(network: Network, norm: str, options: dict, run: Runner,
         t0 = time.perf_counter()
         try:
             out = run(stage.method, {**options, "time_limit": max(left, MIN_STAGE_SECONDS)})
-        except (SolverError, NotApplicableError, MemoryError) as exc:
+        except UsageError:
+            raise
+        except (LipverifyError, MemoryError) as exc:  # noted; the best so far stands
             got = exc.best if isinstance(exc, NumericalError) else None
             if isinstance(got, MethodOutput) and got.certified:
                 out = got
