@@ -85,9 +85,18 @@ def bound(
     network = load(model, **load_opts)
     network = network.select_outputs(list(output_rows) if output_rows is not None else None)
     fell_back: list[str] = []
+    sample_lower = isinstance(lower_bound, (bool, np.bool_)) and bool(lower_bound)
+    lower = None if isinstance(lower_bound, (bool, np.bool_)) else float(lower_bound)
+    if method == "auto" and sample_lower:  # first, so that auto can stop once it is tight
+        if options.get("time_limit") is None:
+            from .methods.anytime import default_time_limit
+
+            options["time_limit"] = default_time_limit(network)
+        lower = _sampled_lower(network, norm, options, fell_back)
     start = time.perf_counter()
     if method == "auto":
-        name, out, fell_back = _anytime(network, norm, options, progress)
+        name, out, notes = _anytime(network, norm, options, progress, lower)
+        fell_back += notes
         info = get_method(name)
     else:
         info = get_method(method)
@@ -110,17 +119,20 @@ def bound(
                                    None, norm, output_rows, method, fell_back)
             raise
     elapsed = time.perf_counter() - start
-    lower = None
-    if isinstance(lower_bound, (int, float)) and not isinstance(lower_bound, bool):
-        lower = float(lower_bound)
-    elif lower_bound and info.kind != "lower":
-        try:
-            lower = _run(get_method("lower"), network, norm,
-                         {"time_limit": lower_time_limit(options.get("time_limit"))}).bound
-        except SolverError as exc:
-            fell_back.append(f"sampled lower bound not computed ({exc})")
+    if sample_lower and method != "auto" and info.kind != "lower":
+        lower = _sampled_lower(network, norm, options, fell_back)
     return _result(network, name, info, out, elapsed, lower, norm, output_rows, method,
                    fell_back)
+
+
+def _sampled_lower(network, norm, options, notes) -> float | None:
+    """The sampled lower bound (§6.4) within its share of the time limit, or None (noted)."""
+    try:
+        return _run(get_method("lower"), network, norm,
+                    {"time_limit": lower_time_limit(options.get("time_limit"))}).bound
+    except SolverError as exc:
+        notes.append(f"sampled lower bound not computed ({exc})")
+        return None
 
 
 def _bound_on_region(model, region, method, norm, output_rows, lower_bound, options):
@@ -241,7 +253,7 @@ def _check_solver(solver: str) -> None:
                           f"{', '.join(usable)}")
 
 
-def _anytime(network: Network, norm: str, options: dict, progress):
+def _anytime(network: Network, norm: str, options: dict, progress, lower=None):
     """``auto``: :func:`lipverify.methods.anytime.run_stages` with each stage's own options
     checked and passed; returns ``(method, output, notes)``, the stages in the details."""
     from .methods.anytime import default_time_limit, run_stages
@@ -257,7 +269,7 @@ def _anytime(network: Network, norm: str, options: dict, progress):
         used.update(mine)
         return _run(info, network, norm, mine)
 
-    name, out, stages, notes = run_stages(network, norm, options, run, progress)
+    name, out, stages, notes = run_stages(network, norm, options, run, progress, lower)
     unused = sorted(k for k in set(options) - used if options[k] not in (None, "auto"))
     if unused:
         notes.insert(0, f"options not used by auto's stages: {', '.join(unused)}")

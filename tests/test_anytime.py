@@ -179,3 +179,21 @@ def test_real_conv_and_residual_nets_beat_naive_within_the_time_limit(name):
     r = lipverify.bound(path, time_limit=120)
     naive = r.details["auto_stages"][0]["bound"]
     assert r.certified and r.bound < naive
+
+
+def test_auto_stops_once_its_bound_meets_the_lower_bound():
+    """An orthogonal ReLU net: naive is exactly 1 (up to rounding) and the sampled lower bound
+    reaches 1, so no SDP runs; a known lower bound passed in does the same."""
+    rng = np.random.default_rng(1)
+    q1, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    q2, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    net = Network.sequential([q1, q2], [RELU])
+    r = lipverify.bound(net, lower_bound=True)
+    assert [s["method"] for s in r.details["auto_stages"]] == ["naive"]
+    assert r.certified and r.lower_bound <= r.bound <= 1 + 1e-11  # naive: 1 + 2e-12
+    assert r.lower_bound == pytest.approx(1.0, abs=1e-9)
+    assert sum("within 1e-06 of the sampled lower bound" in w for w in r.warnings) == 2
+    r = lipverify.bound(net, lower_bound=1.0)
+    assert [s["method"] for s in r.details["auto_stages"]] == ["naive"]
+    r = lipverify.bound(net)  # no lower bound: every stage runs
+    assert len(r.details["auto_stages"]) == 3

@@ -44,6 +44,9 @@ STRUCTURED_TIME_LIMIT = 300.0
 AUTO_MAX_ORDER = 6000
 #: Largest monolithic residual LMI handed to ``lipsdp-neuron``; larger ones use the split.
 AUTO_MAX_DAG_ORDER = 2000
+#: Later stages are skipped once the certified bound is within this relative distance of a
+#: known lower bound.
+TIGHT = 1e-6
 #: A stage is not started with less than this many seconds left.
 MIN_STAGE_SECONDS = 0.5
 
@@ -173,11 +176,13 @@ def _tell(progress, index: int, total: int, method: str, state: str, text: str, 
 
 
 def run_stages(network: Network, norm: str, options: dict, run: Runner,
-               progress: Callable[[StageEvent], None] | None = None):
+               progress: Callable[[StageEvent], None] | None = None,
+               lower: float | None = None):
     """Run :func:`plan`'s stages with ``run(method, options)``; returns ``(method, output,
     stage results, notes)`` for the smallest certified bound. ``options["time_limit"]`` (or
     :func:`default_time_limit`) is shared by all stages; ``progress`` gets a
-    :class:`StageEvent` as each stage starts and ends."""
+    :class:`StageEvent` as each stage starts and ends. With a known ``lower`` bound, stages
+    stop once the best certified bound is within :data:`TIGHT` of it (nothing left to gain)."""
     limit = options.get("time_limit") or default_time_limit(network)
     start = time.perf_counter()
     stages = plan(network, norm, limit)
@@ -188,6 +193,12 @@ def run_stages(network: Network, norm: str, options: dict, run: Runner,
         if stage.skip is not None:
             notes.append(f"auto: {stage.method} skipped ({stage.skip})")
             say("skipped", f"skipped ({stage.skip})", best)
+            continue
+        if best is not None and best.certified and lower is not None and \
+                best.bound <= lower * (1.0 + TIGHT):
+            notes.append(f"auto: {stage.method} not run (the certified {best.bound:.9g} is "
+                         f"within {TIGHT:g} of the sampled lower bound {lower:.9g})")
+            say("skipped", "not run, the bound is tight", best)
             continue
         if best is not None and left < MIN_STAGE_SECONDS:
             notes.append(f"auto: {stage.method} not run (time limit reached)")
