@@ -175,7 +175,11 @@ def _kind_cases():
         [rng.normal(size=(5, 3)), rng.normal(size=(5, 5)), rng.normal(size=(2, 5))], [relu] * 2)
     dag = resnet([(rng.normal(size=(6, 6)) * 0.3, rng.normal(size=(6, 6)) * 0.3)] * 2,
                  np.random.default_rng(3), m=6)
-    return {"lipsdp-l2": (chain, "l2"), "lipsdp-dag": (dag, "l2"), "lipsdp-linf": (chain, "linf")}
+    wide = lipverify.Network.sequential([rng.normal(size=(40, 3)), rng.normal(size=(2, 40))],
+                                        [relu])
+    return {"lipsdp-l2": (chain, "l2", "lipsdp-neuron"), "lipsdp-dag": (dag, "l2", "lipsdp-neuron"),
+            "lipsdp-linf": (chain, "linf", "lipsdp-neuron"),
+            "lipsdp-wide": (wide, "l2", "lipsdp-wide")}
 
 
 def test_every_certificate_kind_is_covered():
@@ -192,8 +196,8 @@ def test_every_certificate_kind_checks_and_rejects(kind):
     import lipverify
     from lipverify.certify.files import certificate_dict
 
-    net, norm = _kind_cases()[kind]
-    r = lipverify.bound(net, method="lipsdp-neuron", norm=norm)
+    net, norm, method = _kind_cases()[kind]
+    r = lipverify.bound(net, method=method, norm=norm)
     cert = certificate_dict(r)
     assert cert["certificate"]["kind"] == kind
     ok = lipverify.check_certificate(net, cert)

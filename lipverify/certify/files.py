@@ -138,6 +138,24 @@ def check_lipsdp_dag(net: Network, body: dict) -> CheckResult:
     return _check_lmi(net, body, dag=True)
 
 
+@register_certificate_kind("lipsdp-wide")
+def check_lipsdp_wide(net: Network, body: dict) -> CheckResult:
+    """One hidden layer: the reduced LipSDP matrix K(rho, t) of lipsdp-wide (§1.2, §8)."""
+    from ..methods.wide import WideForm
+
+    form = WideForm.from_network(net, body.get("multipliers", "neuron"))
+    rho = float(body["rho"])
+    s = np.asarray(body["params"], dtype=np.float64)
+    if s.shape != (form.n_groups,):
+        return CheckResult(False, math.inf, f"expected {form.n_groups} multipliers, got "
+                                            f"{s.size}")
+    if form.verify(s, rho):
+        bound = round_up(math.sqrt(rho))
+        return CheckResult(True, bound, f"valid: L2 <= {bound:.10g}")
+    return CheckResult(False, math.inf, "rejected: the reduced matrix K(rho, t) is not "
+                                        "provably positive definite")
+
+
 @register_certificate_kind("lipsdp-linf")
 def check_lipsdp_linf(net: Network, body: dict) -> CheckResult:
     """One bordered l_inf LMI per output row (§1.4, §8); the bound is the largest row's."""

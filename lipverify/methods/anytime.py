@@ -8,7 +8,8 @@ Stages (:func:`plan`), each run on what is left of the time limit:
 * ``ldlt-fast`` (§2b) on chains: closed-form multipliers, milliseconds to seconds;
 * an SDP: ``lipsdp-neuron`` on chains whose chordal certificate fits (§3, §8) and on residual
   networks whose monolithic LMI is small (§5a); ``lipsdp-split`` (a certified product over
-  segments between cut nodes, each its own LMI) on larger chains and residual networks.
+  segments between cut nodes, each its own LMI) on larger chains and residual networks;
+  ``lipsdp-wide`` (the same LMI reduced to order n_in + n_out) on one wide hidden layer.
 
 A stage whose first §8 certificate is estimated to take longer than the time left is skipped
 with a note (it could not return anything certified in time). A stage that fails (a solver
@@ -99,8 +100,13 @@ def _sdp_stage(network: Network, norm: str, limit: float) -> Stage | None:
     from .lipsdp import MIN_OVERRUN_SECONDS, certificate_seconds
     from .split import cuts
     from .split import plan as plan_segments
+    from .wide import applicable as wide_applicable
 
     order = _order(network)
+    if network.is_sequential and norm == "l2" and wide_applicable(network) is None and (
+            order > AUTO_MAX_ORDER
+            or dense_certificate_bytes(order) > MAX_CERTIFICATE_BYTES):
+        return Stage("lipsdp-wide")  # one wide hidden layer: the reduced LMI, order n0 + m
     if network.is_sequential:
         if order > AUTO_MAX_ORDER:
             if norm == "l2" and len(plan_segments(network)) > 1:
