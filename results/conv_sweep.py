@@ -13,6 +13,7 @@ time and the process's peak memory. Writes results/conv-sweep.{csv,md}.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +64,8 @@ def main(limit: str = "60", channels: str = "8,16,32", depths: str = "2,4,8,16")
             print(row, flush=True)
     write_csv(ROOT / "results" / "conv-sweep.csv", FIELDS, rows)
     lines = ["# Conv depth sweep: random 3x3 conv chains on 14x14 inputs, default auto", "",
-             machine(), "", f"Command: `python results/conv_sweep.py {limit} {channels} "
+             machine(), "", f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} "
+             f"python results/conv_sweep.py {limit} {channels} "
              f"{depths}` (time limit {limit} s per network, a fresh process each).", "",
              "| channels | depth | LMI order | certified bound | stage | naive | lower | s | "
              "peak MiB | stages |", "|---|---|---|---|---|---|---|---|---|---|"]

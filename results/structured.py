@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -83,7 +84,7 @@ def _parsed(row: dict) -> dict:
     return out
 
 
-def _cell(row: dict, key: str, fmt: str = "{:.6g}") -> str:
+def _cell(row: dict, key: str, fmt: str = "{:.8g}") -> str:
     v = row.get(key)
     return "" if v is None else (fmt.format(v) if isinstance(v, float) else str(v))
 
@@ -100,8 +101,10 @@ def main(limit: str | None = None, names: list[str] | None = None) -> None:
             if p.stem in new or p.stem in old]
     write_csv(ROOT / "results" / "bench-structured.csv", FIELDS, rows)
     lines = ["# Default `lipverify bound` on convolutional and residual networks", "",
-             machine(), "", f"Command: `python results/structured.py{' ' + limit if limit else ''}`"
-             " (each model: `lipverify bound MODEL --format json`, a fresh process).", "",
+             machine(), "", f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} "
+             f"python results/structured.py{' ' + limit if limit else ''}` (each model: "
+             "`lipverify bound MODEL --format json`, a fresh process; with model names, only "
+             "those rows are re-run).", "",
              "| model | LMI order | certified bound | stage | naive | naive / bound | lower | "
              "wall s | peak MiB | stages |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
