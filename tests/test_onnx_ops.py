@@ -1236,3 +1236,22 @@ def test_binary_min_max_share_one_groupsort_and_reduce_linear():
         x = rng.normal(size=(1, 4)).astype(np.float32)
         ref = sess.run(None, {"x": x})[0]
         np.testing.assert_allclose(net.forward(x.astype(np.float64)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_transposed_convs_and_non_lipschitz_pooling_are_listed_at_once():
+    """Issue 16's bad input: a ConvTranspose, an LpPool (p-norm pooling) and a MaxUnpool in
+    one CNN are refused in one error that names all three nodes."""
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w"], ["a"], name="up", kernel_shape=[2, 2],
+                         strides=[2, 2]),
+        helper.make_node("LpPool", ["a"], ["b"], name="lp", kernel_shape=[2, 2], p=3),
+        helper.make_node("Relu", ["b"], ["c"], name="act"),
+        helper.make_node("MaxUnpool", ["c", "idx"], ["y"], name="unpool", kernel_shape=[2, 2]),
+    ]
+    model = make_model(nodes, [1, 1, 4, 4], {"w": rand(1, 2, 2, 2),
+                                             "idx": np.zeros((1, 2, 4, 4), np.int64)})
+    with pytest.raises(UnsupportedModelError) as exc_info:
+        network_from_onnx(model, name="cnn")
+    msg = str(exc_info.value)
+    for op, node in (("ConvTranspose", "up"), ("LpPool", "lp"), ("MaxUnpool", "unpool")):
+        assert op in msg and node in msg, msg
