@@ -24,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "results"))
-from make_compare import SHARED, machine  # noqa: E402
+from make_compare import SHARED, machine, write_csv  # noqa: E402
 
 import lipverify  # noqa: E402
 from lipverify.regions import Ball  # noqa: E402
@@ -99,20 +99,44 @@ def part_c(lines, rows):
     lines.append("")
 
 
+def _old_sections(path: Path) -> dict[str, list[str]]:
+    """The ``## A.`` / ``## B.`` / ``## C.`` sections of the last report, by part letter."""
+    out: dict[str, list[str]] = {}
+    if not path.exists():
+        return out
+    part = None
+    for line in path.read_text().splitlines():
+        if line.startswith("## ") and line[3:4] in "ABC" and line[4:5] == ".":
+            part = line[3]
+            out[part] = []
+        if part:
+            out[part].append(line)
+    return out
+
+
 def main(parts: str = "ABC") -> None:
-    lines = ["# Robustness: certified accuracy, local bounds, margin bounds", "", machine(), "",
-             "Command: `python results/robustness.py`.", ""]
+    """Run ``parts``; the other parts' sections and rows are kept from the last report."""
+    md, csv_path = ROOT / "results" / "robustness.md", ROOT / "results" / "robustness.csv"
+    old = _old_sections(md)
     rows: list[dict] = []
+    if csv_path.exists():
+        with open(csv_path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r["part"] not in parts]
+    sections = {}
     for name in parts:
+        lines: list[str] = []
         {"A": part_a, "B": part_b, "C": part_c}[name](lines, rows)
+        sections[name] = lines
         print("\n".join(lines), flush=True)
-    (ROOT / "results" / "robustness.md").write_text("\n".join(lines) + "\n")
+    head = ["# Robustness: certified accuracy, local bounds, margin bounds", "", machine(), "",
+            "Command: `python results/robustness.py [PARTS]` (PARTS: letters of the sections "
+            f"to re-run; this run: {parts}).", ""]
+    body = [line for name in "ABC" for line in sections.get(name, old.get(name, []))]
+    md.write_text("\n".join(head + body) + "\n")
     first = ("part", "model", "what")
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in first, k))
-    with open(ROOT / "results" / "robustness.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    rows.sort(key=lambda r: r["part"])
+    write_csv(csv_path, keys, rows)
 
 
 if __name__ == "__main__":

@@ -197,3 +197,19 @@ def test_auto_stops_once_its_bound_meets_the_lower_bound():
     assert [s["method"] for s in r.details["auto_stages"]] == ["naive"]
     r = lipverify.bound(net)  # no lower bound: every stage runs
     assert len(r.details["auto_stages"]) == 3
+
+
+def test_large_conv_chains_try_channel_multipliers_before_the_split():
+    """Order > 6000: lipsdp-channel (one LMI, few variables) runs before lipsdp-split when its
+    certificate fits in half the time limit; with a short limit only the split is planned."""
+    rng = np.random.default_rng(0)
+    ops = [Conv2d(rng.normal(size=(8, 1, 3, 3)), (1, 30, 30), pads=(1, 1, 1, 1), stride=(2, 2))]
+    ops += [Conv2d(rng.normal(size=(8, 8, 3, 3)) / 8, (8, 15, 15), pads=(1, 1, 1, 1))
+            for _ in range(3)]
+    ops.append(rng.normal(size=(10, 1800)) / 40)
+    net = Network.sequential(ops, [RELU] * 4, input_shape=(1, 30, 30))
+    assert 900 + 4 * 1800 > 6000
+    assert [s.method for s in plan(net, "l2", 300)] == ["naive", "ldlt-fast", "lipsdp-channel",
+                                                        "lipsdp-split"]
+    assert [s.method for s in plan(net, "l2", 10)][-1] == "lipsdp-split"
+    assert [s.method for s in plan(mlp(), "l2", 300)][-1] == "lipsdp-neuron"
