@@ -201,7 +201,7 @@ class WideForm:
             rho, _ = self.rho_star(s)
             if rho < best:
                 best, best_s = rho, s
-        return best_s
+        return best_s if best_s is not None else np.full(self.n_groups, lo * 1e6)
 
     def verify(self, s: np.ndarray, rho: float) -> bool:
         """Rigorous: ``K(rho, t) > 0`` for the exact weights and ``t = expand(s)`` (module
