@@ -53,6 +53,9 @@ def test_wide_equals_lipsdp_neuron(act, shape):
     assert wide.bound == pytest.approx(full.bound, rel=2e-5)
     assert wide.lower_bound <= wide.bound <= lipverify.bound(net, method="naive").bound
     assert wide.details["reduced_order"] == shape[0] + shape[2]
+    # a measured gap from an exactly feasible dual point (measured: 1e-4 to 1.2e-3)
+    assert wide.status.gap is not None and 0.0 <= wide.status.gap <= 5e-3
+    assert wide.details["dual_bound"] <= full.bound * (1 + 1e-9)
 
 
 def test_channel_multipliers_match_lipsdp_channel_on_a_conv_layer():
