@@ -123,3 +123,14 @@ def test_convnet_avgpool_at_channel_level():
     r = lipverify.bound(path, method="lipsdp-wide", lower_bound=True, time_limit=300)
     assert r.certified and r.details["multipliers"] == "channel"
     assert 58.6 <= r.lower_bound <= r.bound <= 95.0
+
+
+def test_a_layer_too_wide_for_the_dense_certificate_goes_to_lipsdp_wide():
+    """Order 35023: the full LMI's dense certificate would need over 9 GiB and is refused up
+    front, naming what fits; auto certifies it through the reduced form (order 23)."""
+    net = one_layer(20, 35000, 3, seed=4)
+    with pytest.raises(NotApplicableError, match="lipsdp-wide for one hidden layer"):
+        lipverify.bound(net, method="lipsdp-neuron")
+    r = lipverify.bound(net, lower_bound=True, time_limit=20)
+    assert r.method == "lipsdp-wide" and r.certified
+    assert r.lower_bound <= r.bound < r.details["auto_stages"][0]["bound"]

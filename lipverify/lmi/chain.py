@@ -62,7 +62,8 @@ class ChainLMI(LMI):
             raise NotApplicableError(
                 f"{network.name}: the LMI has order {order}; its dense certificate needs about "
                 f"{need / 2**30:.1f} GiB (limit {MAX_CERTIFICATE_BYTES / 2**30:.0f} GiB). "
-                "Use --method naive (or gershgorin) for a certified bound."
+                "Use --method auto (it runs what fits: lipsdp-wide for one hidden layer, "
+                "lipsdp-split, ldlt-fast, naive) for a certified bound."
             )
         weights, radii = [], []
         for layer in layers:

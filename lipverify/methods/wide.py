@@ -76,6 +76,8 @@ MAX_REDUCED_ORDER = 6000
 MAX_W1_ENTRIES = 60_000_000
 #: Smoothing levels of the soft maximum, relative to the starting rho* (the last is exact).
 SMOOTHING = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
+#: Constraints of the small dual SDP behind the measured gap (groups are summed beyond it).
+DUAL_BUCKETS = 256
 #: Neuron multipliers are used (under "auto") when one evaluation costs at most this many
 #: multiply-adds (n * n0^2); wider layers share multipliers per channel.
 NEURON_FLOPS = 3e9
@@ -228,8 +230,11 @@ class WideForm:
         per = (np.einsum("ik,il->ikl", u, u) - ab2 * (np.einsum("ik,il->ikl", u, v)
                                                       + np.einsum("ik,il->ikl", v, u))
                + ab * np.einsum("ik,il->ikl", v, v))
-        groups = np.zeros((self.n_groups, k, k))
-        np.add.at(groups, self.groups, per)
+        # the small SDP sees at most DUAL_BUCKETS summed constraints (a relaxation; the
+        # repair below restores every group's own constraint)
+        buckets = self.groups % DUAL_BUCKETS if self.n_groups > DUAL_BUCKETS else self.groups
+        groups = np.zeros((int(buckets.max()) + 1, k, k))
+        np.add.at(groups, buckets, per)
         w = cp.Variable((k, k), PSD=True)
         cons = [cp.trace(w) == 1] + [cp.sum(cp.multiply(w, h)) <= 0 for h in groups]
         try:
