@@ -87,11 +87,11 @@ def bound(
     fell_back: list[str] = []
     sample_lower = isinstance(lower_bound, (bool, np.bool_)) and bool(lower_bound)
     lower = None if isinstance(lower_bound, (bool, np.bool_)) else float(lower_bound)
-    if method == "auto" and sample_lower:  # first, so that auto can stop once it is tight
-        if options.get("time_limit") is None:
-            from .methods.anytime import default_time_limit
+    if method == "auto" and options.get("time_limit") is None:
+        from .methods.anytime import default_time_limit
 
-            options["time_limit"] = default_time_limit(network)
+        options["time_limit"] = default_time_limit(network)
+    if method == "auto" and sample_lower:  # first, so that auto can stop once it is tight
         lower = _sampled_lower(network, norm, options, fell_back)
     start = time.perf_counter()
     if method == "auto":
@@ -256,10 +256,8 @@ def _check_solver(solver: str) -> None:
 def _anytime(network: Network, norm: str, options: dict, progress, lower=None):
     """``auto``: :func:`lipverify.methods.anytime.run_stages` with each stage's own options
     checked and passed; returns ``(method, output, notes)``, the stages in the details."""
-    from .methods.anytime import default_time_limit, run_stages
+    from .methods.anytime import run_stages
 
-    if options.get("time_limit") is None:
-        options["time_limit"] = default_time_limit(network)
     used: set[str] = set()
 
     def run(name: str, opts: dict) -> MethodOutput:

@@ -67,13 +67,15 @@ from ..numerics import UNIT_ROUNDOFF as U
 from ..numerics import gamma, round_up
 from ..options import Options, option
 from ..results import MethodOutput
-from ..status import Outcome, Status
+from ..status import GAP_TOLERANCE, Outcome, Status
 from . import register_method
 
 #: Largest reduced order n0 + m handled (a dense eigenproblem of that order per step).
 MAX_REDUCED_ORDER = 6000
 #: Largest dense first layer (entries) copied for the reduction.
 MAX_W1_ENTRIES = 60_000_000
+#: The objective (log rho*) where Q is not positive definite: far above any feasible value.
+INFEASIBLE_VALUE = 1e3
 #: Smoothing levels of the soft maximum, relative to the starting rho* (the last is exact).
 SMOOTHING = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
 #: Constraints of the small dual SDP behind the measured gap (groups are summed beyond it).
@@ -162,21 +164,30 @@ class WideForm:
             return np.tensordot(np.asarray(s, dtype=np.float64), self._cache["gram"], axes=1)
         return self.w1.T @ (t[:, None] * self.w1)
 
-    def rho_star(self, s: np.ndarray, mu: float = 0.0) -> tuple[float, np.ndarray | None]:
-        """``(rho*(t), gradient in s)`` for group multipliers ``s > 0``; ``(inf, None)`` when
-        ``Q`` is not positive definite. With ``mu > 0``, the smooth maximum ``mu log sum
-        exp(lambda_i / mu) >= lambda_max`` of the eigenvalues and its gradient instead
-        (L-BFGS stalls on the kinks of lambda_max where eigenvalues cross)."""
+    def _reduced(self, s: np.ndarray):
+        """``(t, chol(Q), Q^{-1} C^T, A)`` with ``A = a W_1^T T W_1 + b^2 C Q^{-1} C^T`` (whose
+        largest eigenvalue is ``rho*``), or None when ``Q`` is not positive definite."""
         a, b = self.ab
         t = self.expand(s)
         q = np.eye(self.w2.shape[0]) - 0.5 * (self.w2 / t) @ self.w2.T
         try:
             chol = scipy.linalg.cho_factor(q, lower=True)
         except np.linalg.LinAlgError:
-            return math.inf, None
+            return None
         c = self._c()
-        y_all = scipy.linalg.cho_solve(chol, c.T)  # Q^{-1} C^T
-        mat = a * self._gram(s, t) + b * b * (c @ y_all)
+        y_all = scipy.linalg.cho_solve(chol, c.T)
+        return t, chol, y_all, a * self._gram(s, t) + b * b * (c @ y_all)
+
+    def rho_star(self, s: np.ndarray, mu: float = 0.0) -> tuple[float, np.ndarray | None]:
+        """``(rho*(t), gradient in s)`` for group multipliers ``s > 0``; ``(inf, None)`` when
+        ``Q`` is not positive definite. With ``mu > 0``, the smooth maximum ``mu log sum
+        exp(lambda_i / mu) >= lambda_max`` of the eigenvalues and its gradient instead
+        (L-BFGS stalls on the kinks of lambda_max where eigenvalues cross)."""
+        reduced = self._reduced(s)
+        if reduced is None:
+            return math.inf, None
+        a, b = self.ab
+        t, _, y_all, mat = reduced
         n0 = mat.shape[0]
         if mu > 0:
             lam, vec = scipy.linalg.eigh(mat)
@@ -209,15 +220,10 @@ class WideForm:
         """
         import cvxpy as cp
 
-        a, b = self.ab
-        t = self.expand(s)
-        q = np.eye(self.w2.shape[0]) - 0.5 * (self.w2 / t) @ self.w2.T
-        try:
-            chol = scipy.linalg.cho_factor(q, lower=True)
-        except np.linalg.LinAlgError:
+        reduced = self._reduced(s)
+        if reduced is None:
             return 0.0
-        c = self._c()
-        mat = a * self._gram(s, t) + b * b * (c @ scipy.linalg.cho_solve(chol, c.T))
+        t, chol, _, mat = reduced
         lam, vec = scipy.linalg.eigh(mat)
         k = min(top, lam.size)
         x = vec[:, -k:]
@@ -327,73 +333,37 @@ def applicable(network: Network) -> str | None:
     return None
 
 
-def _lbfgs(fun, x0: np.ndarray, deadline: float, max_iter: int = 300, memory: int = 10):
-    """Minimise ``fun(x) -> (value, grad)`` (``value`` inf outside the domain) by L-BFGS with
-    backtracking; returns the best point found before ``deadline``."""
-    x = np.asarray(x0, dtype=np.float64)
-    f, g = fun(x)
-    hist: list[tuple[np.ndarray, np.ndarray, float]] = []
-    for it in range(max_iter):
-        if time.perf_counter() > deadline or g is None:
-            break
-        d = -g.copy()
-        alphas = []
-        for s_k, y_k, r_k in reversed(hist):
-            al = r_k * (s_k @ d)
-            alphas.append(al)
-            d -= al * y_k
-        if hist:
-            s_k, y_k, _ = hist[-1]
-            d *= (s_k @ y_k) / (y_k @ y_k)
-        else:
-            d *= 1.0 / max(np.abs(g).max(), 1e-300)
-        for (s_k, y_k, r_k), al in zip(hist, reversed(alphas)):
-            d += s_k * (al - r_k * (y_k @ d))
-        slope = g @ d
-        if slope >= 0:  # not a descent direction: restart from the gradient
-            hist.clear()
-            d, slope = -g / max(np.abs(g).max(), 1e-300), -(g @ g) / max(np.abs(g).max(), 1e-300)
-        step = 1.0
-        while True:
-            xn = x + step * d
-            fn, gn = fun(xn)
-            if fn <= f + 1e-4 * step * slope:
-                break
-            step *= 0.5
-            if step < 1e-10 or time.perf_counter() > deadline:
-                return x, f
-        s_k, y_k = xn - x, gn - g
-        if s_k @ y_k > 1e-12 * np.linalg.norm(s_k) * np.linalg.norm(y_k):
-            hist.append((s_k, y_k, 1.0 / (s_k @ y_k)))
-            hist = hist[-memory:]
-        done = abs(f - fn) <= 1e-10 * abs(f)
-        x, f, g = xn, fn, gn
-        if done and it > 5:
-            break
-    return x, f
-
-
 def solve(form: WideForm, deadline: float) -> tuple[np.ndarray, float]:
-    """Group multipliers minimising ``rho*`` (L-BFGS on ``log s``) and that ``rho*``."""
-    theta = np.log(form.start())
-    scale = form.rho_star(np.exp(theta))[0]
-    best_s, best = np.exp(theta), scale
+    """Group multipliers minimising ``rho*`` and that ``rho*``: L-BFGS-B on ``log s`` over a
+    soft maximum sharpened level by level, as :func:`lipverify.solvers.smooth_rho.minimize_rho`
+    does for chains (a point where ``Q`` is not positive definite gets a large value)."""
+    import scipy.optimize
+
+    theta0 = np.log(form.start())
+    best = {"theta": theta0, "rho": form.rho_star(np.exp(theta0))[0]}
+    scale = best["rho"]
     for rel in SMOOTHING:  # smooth maximum, sharpened level by level (§2's soft maximum)
         mu = rel * scale
 
         def fun(th, mu=mu):
+            if time.perf_counter() > deadline:
+                raise TimeoutError
             rho, grad = form.rho_star(np.exp(th), mu)
-            if not math.isfinite(rho) or rho <= 0:
-                return math.inf, None
+            if grad is None or not rho > 0:
+                return INFEASIBLE_VALUE, np.zeros_like(th)
             return math.log(rho), grad * np.exp(th) / rho
 
-        theta, _ = _lbfgs(fun, theta, deadline)
-        exact = form.rho_star(np.exp(theta))[0]
-        if exact < best:
-            best_s, best = np.exp(theta), exact
-        if time.perf_counter() > deadline:
+        try:
+            res = scipy.optimize.minimize(fun, best["theta"], jac=True, method="L-BFGS-B",
+                                          options={"maxiter": 300, "ftol": 1e-13,
+                                                   "gtol": 1e-12, "maxcor": 10})
+            theta = res.x
+        except TimeoutError:
             break
-    return best_s, best
+        exact = form.rho_star(np.exp(theta))[0]
+        if exact < best["rho"]:
+            best = {"theta": theta, "rho": exact}
+    return np.exp(best["theta"]), best["rho"]
 
 
 def certify_wide(form: WideForm, s: np.ndarray, rho_star: float) -> tuple[bool, float]:
@@ -437,7 +407,10 @@ def lipsdp_wide(network: Network, *, norm: str = "l2", multipliers: str = "auto"
                "certificate": {"kind": "lipsdp-wide", "multipliers": form.multipliers,
                                "rho": rho, "params": s.tolist()}}
     if ok:
-        status = Status.solved("reduced LipSDP (one hidden layer), L-BFGS").with_gap(
+        # optimal only with a measured gap within tolerance (L-BFGS has no own optimality test)
+        outcome = Outcome.OPTIMAL if gap is not None and gap <= GAP_TOLERANCE \
+            else Outcome.CONVERGED
+        status = Status(outcome, "reduced LipSDP (one hidden layer), L-BFGS").with_gap(
             gap, None if gap is not None else "no dual point")
         details["dual_bound"] = math.sqrt(dual) if dual > 0 else None
     else:
