@@ -56,8 +56,16 @@ from .common import (
     "--solver",
     default="auto",
     show_default=True,
-    help="SDP solver: auto, ipm or smooth (built in), clarabel, scs, cvxopt, mosek "
+    help="SDP solver: auto, ipm, lowrank or smooth (built in), clarabel, scs, cvxopt, mosek "
     "(`lipverify solvers`).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the low-rank solver runs (large chains): auto = CUDA when torch sees a GPU. "
+    "Certificates are always checked in float64 on the CPU.",
 )
 @click.option(
     "--time-limit",
@@ -84,8 +92,8 @@ from .common import (
 @load_options
 @handle_errors
 def bound(
-    model, method, norm, output_rows, fmt, lower, solver, time_limit, save_certificate, margins,
-    region_spec, vnnlib_path, domain, **load_opts
+    model, method, norm, output_rows, fmt, lower, solver, device, time_limit, save_certificate,
+    margins, region_spec, vnnlib_path, domain, **load_opts
 ):
     """Bound the Lipschitz constant of MODEL (.onnx, .pt/.pt2, .npz, .mat, .nnet).
 
@@ -105,6 +113,7 @@ def bound(
             output_rows=parse_rows(output_rows),
             lower_bound=lower,
             solver=solver,
+            device=device,
             time_limit=time_limit,
             region=region,
             progress=_stages(status) if method == "auto" else None,

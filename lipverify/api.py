@@ -82,6 +82,7 @@ def bound(
     _check_time_limit(options.get("time_limit"))
     load_opts, options = split_options(options)
     _check_solver(options.get("solver", "auto"))
+    _check_device(options.get("device", "auto"))
     network = load(model, **load_opts)
     network = network.select_outputs(list(output_rows) if output_rows is not None else None)
     fell_back: list[str] = []
@@ -151,6 +152,7 @@ def _bound_on_region(model, region, method, norm, output_rows, lower_bound, opti
     _check_time_limit(options.get("time_limit"))
     load_opts, options = split_options(options)
     _check_solver(options.get("solver", "auto"))
+    _check_device(options.get("device", "auto"))
     network = load(model, **load_opts).select_outputs(output_rows)
     result = local_bound(network, region, method, lower=bool(lower_bound), **options)
     return replace(result, output_rows=tuple(output_rows) if output_rows is not None else None)
@@ -235,6 +237,19 @@ def split_options(options: dict) -> tuple[dict, dict]:
     load_opts = {k: v for k, v in options.items() if k in LoadOptions.names()}
     LoadOptions.from_dict(load_opts)
     return load_opts, {k: v for k, v in options.items() if k not in load_opts}
+
+
+def _check_device(device) -> None:
+    """A device that is not one of DEVICES is a usage error, and cuda without a GPU visible
+    to torch a solver error (exit 5), before any work: never a silent CPU run."""
+    from .options import DEVICES
+
+    if device not in DEVICES:
+        raise UsageError(f"bad device {device!r}; choose one of: {', '.join(DEVICES)}")
+    if device == "cuda":
+        from .solvers.lowrank import resolve_device
+
+        resolve_device(device)
 
 
 def _check_solver(solver: str) -> None:

@@ -5,7 +5,7 @@ key is a :class:`~lipverify.errors.UsageError` (exit 2) that lists the known one
 value is checked against its field's type and constraint before any work.
 
 >>> SDPOptions.from_dict({"time_limit": 5, "solver": "scs"})
-SDPOptions(solver='scs', time_limit=5.0, form='chordal')
+SDPOptions(solver='scs', time_limit=5.0, form='chordal', device='auto')
 >>> try:
 ...     SDPOptions.from_dict({"time_limt": 5})
 ... except UsageError as exc:
@@ -21,6 +21,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 from .errors import UsageError
+
+#: Devices of the solvers that can use a GPU (:mod:`lipverify.solvers.lowrank`).
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _number(v) -> bool:
@@ -169,6 +172,9 @@ class SDPOptions(Options):
                                       help="seconds for the whole bound")
     form: str = option("chordal", choices=("chordal", "dense", "full", "monolithic"),
                        help="chordal (§3) or the dense/monolithic LMI (§5a), for checking")
+    device: str = option("auto", choices=DEVICES,
+                         help="where the low-rank solver runs: auto (CUDA when torch sees a "
+                              "GPU), cpu or cuda; certificates are always float64 on the CPU")
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def test_solves_a_relu_chain_to_a_certified_near_optimal_bound(name, optimum):
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_declared_capabilities_are_honoured(name):
     """A GroupSort chain and a residual DAG: solved when declared, refused with a reason
-    otherwise (the ipm takes slope QCs only)."""
+    otherwise (the ipm takes slope QCs only, lowrank slope-QC chains only)."""
     s = SOLVERS[name]
     if not s.availability()[0]:
         pytest.skip(f"{name}: {s.availability()[1]}")
@@ -83,7 +83,8 @@ def test_declared_capabilities_are_honoured(name):
     for lmi in (gs, dag):
         why = s.takes(lmi)
         if why is not None:
-            assert name == "ipm" and ("groupsort" in why or "slope" in why)
+            assert (name == "ipm" and ("groupsort" in why or "slope" in why)) or \
+                (name == "lowrank" and ("slope" in why or "dag" in why)), (name, why)
             continue
         res = s.solve(lmi, time_limit=60)
         assert res.params is not None, (name, res.status)

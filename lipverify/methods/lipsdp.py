@@ -100,6 +100,7 @@ def _lipsdp_run(
     solver: str = "auto",
     time_limit: float | None = None,
     form: str = "chordal",
+    device: str = "auto",
     **_,
 ) -> MethodOutput:
     if norm != "l2":
@@ -110,7 +111,8 @@ def _lipsdp_run(
         details = {"order": lmi.order, "form": form, "multipliers": multiplier_kind(per_neuron)}
         return pipeline.run(network, lmi, per_neuron=per_neuron, solver=solver, clock=clock,
                             conic=lambda m, be, tl: solve_chain(m, be, tl, form),
-                            cone=pipeline.estimate_chain_cone(lmi, form), details=details)
+                            cone=pipeline.estimate_chain_cone(lmi, form), details=details,
+                            device=device)
     # residual / skip networks (§5): the chained LMI (§5b) for the conic solvers, the
     # monolithic one (§5a) with form="full" (for checking); the certificate is always §5a's
     from ..lmi.banded import max_cone

@@ -14,6 +14,7 @@ from .base import Capabilities, ConicSolver, Solver, SolveResult
 from .clarabel import Clarabel
 from .cvxopt import CVXOPT
 from .ipm import InteriorPoint
+from .lowrank import LowRank
 from .mosek import Mosek
 from .scs import SCS
 from .smooth import Smooth
@@ -35,7 +36,7 @@ def get_solver(name: str) -> Solver:
     return SOLVERS[name]
 
 
-for _cls in (Mosek, Clarabel, InteriorPoint, Smooth, SCS, CVXOPT):
+for _cls in (Mosek, Clarabel, InteriorPoint, LowRank, Smooth, SCS, CVXOPT):
     register_solver(_cls())
 
 __all__ = ["SOLVERS", "Capabilities", "ConicSolver", "SolveResult", "Solver", "get_solver",

@@ -28,13 +28,13 @@ def get_backend(name: str) -> Backend:
 def choose_backend(max_cone: int, requested: str = "auto", conic_only: bool = False) -> Backend:
     """The first usable backend whose memory limit admits a cone of order ``max_cone``
     (``conic_only``: a cvxpy solver, for problems the structured solver does not take)."""
-    if requested in ("ipm", "smooth") and conic_only:
+    if requested in ("ipm", "smooth", "lowrank") and conic_only:
         conic = [n for n, b in BACKENDS.items() if not b.structured]
         raise UsageError(
             f"solver {requested} cannot solve this problem: it needs a conic solver "
             f"({', '.join(conic)}, or auto)"
         )
-    if requested == "ipm":  # the methods run the IPM themselves where it applies
+    if requested in ("ipm", "lowrank"):  # the pipeline runs them itself where they apply
         requested = "smooth"
     if requested != "auto":
         backend = get_backend(requested)
@@ -46,7 +46,7 @@ def choose_backend(max_cone: int, requested: str = "auto", conic_only: bool = Fa
         return backend
     reasons = []
     for backend in BACKENDS.values():
-        if (conic_only and backend.structured) or backend.name == "ipm":
+        if (conic_only and backend.structured) or backend.name in ("ipm", "lowrank"):
             continue
         ok, why = backend.availability()
         if ok and max_cone <= backend.max_cone:
