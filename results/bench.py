@@ -52,6 +52,8 @@ def cases(suite: str) -> list[dict]:
     if suite == "full":
         out.append({"name": "784-1024x8-10", "widths": [784] + [1024] * 8 + [10], "seed": 8,
                     "runners": ("lipverify", "naive"), "limit": 600.0})
+        out.append({"name": "784-2048x8-10", "widths": [784] + [2048] * 8 + [10], "seed": 2048,
+                    "runners": ("lipverify", "naive"), "limit": 1800.0})
         out.append({"name": "depth sweep 64x64 (ours)", "widths": [64] * 65 + [10], "seed": 64,
                     "runners": ("lipverify",)})
         out.append({"name": "depth sweep 64x64 exact (--solver ipm)", "widths": [64] * 65 + [10],
@@ -100,7 +102,7 @@ def _child(case, runner) -> dict:
         r = lipverify.bound(net, method="lipsdp-neuron", solver=case.get("solver", "auto"),
                             time_limit=case.get("limit", OURS_LIMIT))
         res.update(bound=r.bound, certified=r.certified, gap=r.details.get("gap"),
-                   status=r.status)
+                   status=str(r.status), solver=r.solver, device=r.details.get("device", "cpu"))
     elif runner == "naive":
         r = lipverify.bound(net, method="naive")
         res.update(bound=r.bound, certified=r.certified)
@@ -170,8 +172,8 @@ def _previous() -> dict:
             if v in ("", None):
                 continue
             try:
-                parsed[k] = float(v) if k not in ("case", "runner", "status", "certified") \
-                    else v
+                parsed[k] = float(v) if k not in ("case", "runner", "status", "certified",
+                                                  "solver", "device") else v
             except ValueError:
                 parsed[k] = v
         parsed["certified"] = row.get("certified") == "True"
@@ -212,7 +214,7 @@ def main(suite: str) -> None:
 
 
 FIELDS = ("case", "runner", "order", "bound", "certified", "gap", "seconds", "peak_mb",
-          "time_ratio_vs_ours", "bound_ratio_vs_ours", "status")
+          "time_ratio_vs_ours", "bound_ratio_vs_ours", "solver", "device", "status")
 
 
 def _fmt(v):

@@ -213,3 +213,24 @@ def test_large_conv_chains_try_channel_multipliers_before_the_split():
                                                         "lipsdp-split"]
     assert [s.method for s in plan(net, "l2", 10)][-1] == "lipsdp-split"
     assert [s.method for s in plan(mlp(), "l2", 300)][-1] == "lipsdp-neuron"
+
+
+def test_dense_chains_above_the_order_limit_get_the_low_rank_solver():
+    """Order 6128 > AUTO_MAX_ORDER (6000): a dense ReLU chain still gets lipsdp-neuron (the
+    low-rank solver takes it); the same chain with GroupSort layers does not."""
+    from lipverify.ir.activations import GroupSort
+    from lipverify.methods.anytime import AUTO_MAX_ORDER
+
+    widths = (128,) + (1000,) * 6 + (10,)
+    net = mlp(widths)
+    order = sum(widths[:-1])
+    assert order > AUTO_MAX_ORDER
+    stages = plan(net, "l2", 120)
+    assert [s.method for s in stages] == ["naive", "ldlt-fast", "lipsdp-neuron"]
+    assert stages[-1].skip is None
+    rng = np.random.default_rng(0)
+    qs = [np.linalg.qr(rng.standard_normal((a, a)))[0] for a in widths[:-1]]
+    qs = [np.eye(b, a) @ q for q, a, b in zip(qs, widths, widths[1:])]
+    gs = Network.sequential(qs, [GroupSort(2)] * (len(qs) - 1))
+    assert plan(gs, "l2", 120)[-1].method != "lipsdp-neuron" or \
+        plan(gs, "l2", 120)[-1].skip is not None

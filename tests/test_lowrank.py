@@ -17,6 +17,7 @@ from lipverify.certify.gate import certify
 from lipverify.errors import NotApplicableError, SolverError, UsageError
 from lipverify.ir.activations import GroupSort, SlopeRestricted
 from lipverify.lmi.chain import ChainLMI, balance
+from lipverify.methods import pipeline
 from lipverify.solvers.interior import solve_chain_ipm
 from lipverify.solvers.lowrank import (
     VectorNetwork,
@@ -180,10 +181,12 @@ def test_cli_device_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     assert res.exit_code == 5 and "no CUDA GPU" in res.output
 
 
-def test_pipeline_uses_it_on_large_chains_and_matches_the_interior_point():
-    """A 16-layer chain of order 1040 (auto's threshold is 1000): lowrank, certified, equal to
-    the interior point's bound, between the sampled lower bound and ldlt-fast."""
+def test_pipeline_uses_it_on_large_chains_and_matches_the_interior_point(monkeypatch):
+    """A 16-layer chain of 1024 neurons: lowrank (by auto's threshold, lowered here),
+    certified, equal to the interior point's bound, between the sampled lower bound and
+    ldlt-fast; at the default threshold the interior point takes it."""
     net = _net([16] + [64] * 16 + [4], 7)
+    monkeypatch.setattr(pipeline, "LOWRANK_AUTO_MIN_NEURONS", 1000)
     out = lipverify.bound(net, method="lipsdp-neuron", lower_bound=True)
     assert out.certified and out.solver == "lowrank" and out.details["device"] == "cpu"
     assert out.details["gap"] <= 1e-4
@@ -191,3 +194,6 @@ def test_pipeline_uses_it_on_large_chains_and_matches_the_interior_point():
     assert out.bound == pytest.approx(ipm.bound, rel=1e-4)
     fast = lipverify.bound(net, method="ldlt-fast", lower_bound=False)
     assert out.lower_bound <= out.bound <= fast.bound
+    monkeypatch.undo()
+    small = lipverify.bound(net, method="lipsdp-neuron", lower_bound=False, time_limit=1.0)
+    assert small.solver != "lowrank" and "1024 neurons < 2000" in small.details["lowrank"]

@@ -112,19 +112,23 @@ def _sdp_stage(network: Network, norm: str, limit: float) -> Stage | None:
             or dense_certificate_bytes(order) > MAX_CERTIFICATE_BYTES):
         return Stage("lipsdp-wide")  # one wide hidden layer: the reduced LMI, order n0 + m
     if network.is_sequential:
-        if order > AUTO_MAX_ORDER:
+        if order > AUTO_MAX_ORDER and norm == "l2" and not is_structured(network) and \
+                _lowrank_takes(network):
+            name = "lipsdp-neuron"  # dense chains: the low-rank solver, O(r sum n_k^2) a step
+        elif order > AUTO_MAX_ORDER:
             if norm == "l2" and len(plan_segments(network)) > 1:
                 return Stage("lipsdp-split")
             return Stage("lipsdp-neuron", f"LMI order {order} > {AUTO_MAX_ORDER}, and no "
                                           "cut splits it into smaller segments")
-        if dense_certificate_bytes(order) > MAX_CERTIFICATE_BYTES:
-            return Stage("lipsdp-neuron", f"its certificate would not fit in memory "
-                                          f"(order {order})")
-        try:
-            ChainLMI.from_network(network)  # every activation has a QC, and it fits
-        except (NotApplicableError, MemoryError) as exc:
-            return Stage("lipsdp-neuron", str(exc).splitlines()[0])
-        name = "lipsdp-neuron"
+        else:
+            if dense_certificate_bytes(order) > MAX_CERTIFICATE_BYTES:
+                return Stage("lipsdp-neuron", f"its certificate would not fit in memory "
+                                              f"(order {order})")
+            try:
+                ChainLMI.from_network(network)  # every activation has a QC, and it fits
+            except (NotApplicableError, MemoryError) as exc:
+                return Stage("lipsdp-neuron", str(exc).splitlines()[0])
+            name = "lipsdp-neuron"
     elif norm != "l2":
         return None
     elif order <= AUTO_MAX_DAG_ORDER:
@@ -142,6 +146,17 @@ def _sdp_stage(network: Network, norm: str, limit: float) -> Stage | None:
         return Stage(name, f"its first certificate would take about {cost:.3g} s, over the "
                            f"{limit:g} s time limit")
     return Stage(name)
+
+
+def _lowrank_takes(network: Network) -> bool:
+    """Whether the low-rank solver takes this chain's neuron LMI (and it fits in memory)."""
+    from ..lmi.chain import ChainLMI
+    from ..solvers.lowrank import lowrank_reason
+
+    try:
+        return lowrank_reason(ChainLMI.from_network(network)) is None
+    except (NotApplicableError, MemoryError):
+        return False
 
 
 def plan(network: Network, norm: str, limit: float) -> list[Stage]:

@@ -47,10 +47,11 @@ POLISH_STAGES = (1e-6, 1e-7, 1e-8, 1e-9)
 #: ``auto`` runs the interior-point solver on slope-QC LMIs up to this order (its dense
 #: inverse and n x n Newton matrix cost O(N^3) per iteration; larger LMIs use ``smooth``).
 IPM_AUTO_MAX_ORDER = 3000
-#: ``auto`` runs the low-rank dual solver on neuron-multiplier slope-QC chains from this
-#: order on (:mod:`lipverify.solvers.lowrank`; measured: 64x32 in 10 s against the interior
-#: point's 123 s, 784-1024x8-10 gap 4e-7 in 68 s; below it the interior point is as fast).
-LOWRANK_AUTO_MIN_ORDER = 1000
+#: ``auto`` runs the low-rank dual solver on neuron-multiplier slope-QC chains with this many
+#: hidden neurons, or above IPM_AUTO_MAX_ORDER (:mod:`lipverify.solvers.lowrank`; measured:
+#: 64x32 in 15 s against the interior point's 123 s, 784-1024x8-10 gap 4e-7 in 76 s; on
+#: trained nets of 512-1800 neurons the interior point is as fast or faster).
+LOWRANK_AUTO_MIN_NEURONS = 2000
 #: Residual networks above this order skip the chained conic solve (structured solver only).
 CHAINED_MAX_ORDER = 1500
 #: The safety net (a conic solve after a stopped interior point) runs on LMIs up to this
@@ -184,8 +185,9 @@ def use_ipm(lmi: LMI, solver: str, details: dict) -> bool:
 
 
 def use_lowrank(lmi: LMI, solver: str, details: dict) -> bool:
-    """Whether the low-rank solver takes this LMI (``auto`` from LOWRANK_AUTO_MIN_ORDER on,
-    or ``lowrank`` requested: then an LMI it cannot take is an error, not a silent switch)."""
+    """Whether the low-rank solver takes this LMI (``auto``: from LOWRANK_AUTO_MIN_NEURONS
+    neurons or above IPM_AUTO_MAX_ORDER; ``lowrank`` requested: then an LMI it cannot take is
+    an error, not a silent switch)."""
     from ..solvers.lowrank import lowrank_reason
 
     if solver not in ("auto", "lowrank"):
@@ -194,8 +196,10 @@ def use_lowrank(lmi: LMI, solver: str, details: dict) -> bool:
     if reason is not None and solver == "lowrank":
         raise NotApplicableError(f"solver lowrank cannot solve this problem: {reason}; use "
                                  "--solver auto")
-    if reason is None and solver == "auto" and lmi.order < LOWRANK_AUTO_MIN_ORDER:
-        reason = f"order {lmi.order} < {LOWRANK_AUTO_MIN_ORDER} (the interior point is used)"
+    neurons = sum(qc.n for qc in lmi.qcs)
+    if reason is None and solver == "auto" and neurons < LOWRANK_AUTO_MIN_NEURONS and \
+            lmi.order <= IPM_AUTO_MAX_ORDER:
+        reason = f"{neurons} neurons < {LOWRANK_AUTO_MIN_NEURONS} (the interior point is used)"
     if reason is not None:
         details["lowrank"] = f"not used: {reason}"
     return reason is None

@@ -486,7 +486,7 @@ class LowRank(Solver):
     name = "lowrank"
     summary = ("lipverify's low-rank dual solver for chains with neuron multipliers: dual "
                "ascent on a vector network, multipliers by back-propagation, measured gap; "
-               "CPU or CUDA (chosen by auto for chains of order >= 1000)")
+               "CPU or CUDA (chosen by auto for chains of 2000+ neurons or order > 3000)")
     capabilities = Capabilities(lmi_kinds=frozenset({"chain"}), qc_kinds=frozenset({"slope"}))
 
     def takes(self, lmi):
