@@ -197,3 +197,21 @@ def test_pipeline_uses_it_on_large_chains_and_matches_the_interior_point(monkeyp
     monkeypatch.undo()
     small = lipverify.bound(net, method="lipsdp-neuron", lower_bound=False, time_limit=1.0)
     assert small.solver != "lowrank" and "1024 neurons < 2000" in small.details["lowrank"]
+
+
+def test_certificate_round_trip(tmp_path):
+    """A lowrank bound's certificate file is re-verified from scratch by check_certificate,
+    and a lowered rho is rejected."""
+    import json
+
+    net = _net([8] * 9 + [3], 11)
+    out = lipverify.bound(net, method="lipsdp-neuron", solver="lowrank", lower_bound=False)
+    assert out.certified and out.solver == "lowrank"
+    path = tmp_path / "cert.json"
+    lipverify.save_certificate(out, path)
+    check = lipverify.check_certificate(net, path)
+    assert check.valid and check.bound == pytest.approx(out.bound)
+    data = json.loads(path.read_text())
+    data["certificate"]["rho"] *= 0.99
+    data["bound"] *= 0.995
+    assert not lipverify.check_certificate(net, data).valid

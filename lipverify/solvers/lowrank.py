@@ -73,7 +73,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from ..errors import SolverError, UsageError
+from ..errors import LipverifyError, SolverError, UsageError
 from ..lmi.chain import ChainLMI, balance
 from ..numerics import blas_threads
 from ..options import DEVICES
@@ -168,7 +168,10 @@ class VectorNetwork:
         import torch
 
         self.torch, self.rank, self.device = torch, rank, device
-        as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), device=device)  # noqa: E731
+
+        def as_t(a):
+            return torch.as_tensor(np.asarray(a, dtype=np.float64), device=device)
+
         self.weights = [as_t(w) for w in lmi.weights]
         self.sizes = [w.shape[1] for w in lmi.weights]
         cols = []
@@ -317,8 +320,8 @@ def polish_window(lmi: ChainLMI, ts: list[np.ndarray], a: int,
                    f"{lmi.name} (layers 1..{a})")
     try:
         res = solve_chain_ipm(sub, None, time_limit=time_limit)
-    except Exception:  # noqa: BLE001  (a polish that fails leaves the fitted point)
-        return None
+    except (LipverifyError, np.linalg.LinAlgError, ValueError, ArithmeticError):
+        return None  # a polish that fails leaves the fitted point
     if res.params is None:
         return None
     return np.concatenate([np.asarray(res.params, dtype=np.float64), *ts[a:]])
@@ -488,6 +491,14 @@ class LowRank(Solver):
                "ascent on a vector network, multipliers by back-propagation, measured gap; "
                "CPU or CUDA (chosen by auto for chains of 2000+ neurons or order > 3000)")
     capabilities = Capabilities(lmi_kinds=frozenset({"chain"}), qc_kinds=frozenset({"slope"}))
+    module = "torch"
+
+    def availability(self) -> tuple[bool, str]:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return False, "torch is not installed"
+        return True, "built in (torch)"
 
     def takes(self, lmi):
         return super().takes(lmi) or lowrank_reason(lmi)
