@@ -215,3 +215,20 @@ def test_certificate_round_trip(tmp_path):
     data["certificate"]["rho"] *= 0.99
     data["bound"] *= 0.995
     assert not lipverify.check_certificate(net, data).valid
+
+
+def test_auto_leaves_conv_chains_to_the_other_solvers(monkeypatch):
+    from lipverify.ir.linear import Conv2d, Dense
+    from lipverify.ir.network import Affine, Node, Term
+
+    rng = np.random.default_rng(0)
+    conv = Conv2d(rng.standard_normal((2, 1, 3, 3)), (1, 5, 5), pads=(1, 1, 1, 1))
+    n1 = Node(RELU, Affine((Term(0, conv),), np.zeros(50)), (2, 5, 5))
+    out = Affine((Term(1, Dense(rng.standard_normal((3, 50)) / 7)),), np.zeros(3))
+    net = lipverify.Network((1, 5, 5), (n1,), out)
+    monkeypatch.setattr(pipeline, "LOWRANK_AUTO_MIN_NEURONS", 10)
+    res = lipverify.bound(net, method="lipsdp-neuron", lower_bound=False)
+    assert res.solver != "lowrank" and "convolutional" in res.details["lowrank"]
+    forced = lipverify.bound(net, method="lipsdp-neuron", solver="lowrank", lower_bound=False)
+    assert forced.solver == "lowrank" and forced.certified
+    assert forced.bound == pytest.approx(res.bound, rel=1e-5)

@@ -391,10 +391,12 @@ def _solve(lmi: ChainLMI, *, time_limit, tol, rank, device, max_iterations) -> L
     upper = {"rho": math.inf, "params": None, "polished": False}
     # seconds of one multiplier fit and one polish (estimates until measured), and when the
     # last polish ended: the dual ascent stops early enough for a final fit and polish
-    cost = {"fit": 0.0, "polish": POLISH_SECONDS_PER_CUBE * sum(sizes[:2]) ** 3,
-            "ascent": 0.0, "at_polish": 0.0}
     polish_cap = POLISH_MAX_SECONDS if time_limit is None else \
         max(1.0, POLISH_SHARE * time_limit)
+    first = sum(sizes[:2])  # the smallest window; none at all above WINDOW_MAX_ORDER
+    cost = {"fit": 0.0, "ascent": 0.0, "at_polish": 0.0,
+            "polish": 0.0 if first > WINDOW_MAX_ORDER
+            else min(polish_cap, POLISH_SECONDS_PER_CUBE * first ** 3)}
     iterations, status = 0, "iteration limit"
 
     def ascent_over() -> bool:
