@@ -144,24 +144,36 @@ class ChainLMI(LMI):
         return np.arange(offs[k - 1], offs[k]), self.weights[k - 1]
 
     # ------------------------------------------------------------- recursion
-    def rho_star(self, params) -> float:
-        """Best rho for fixed multipliers by the backward Schur recursion (§2); inf if none."""
+    def backward_pivots(self, params, last: int = 1):
+        """The backward Schur recursion (§2): yields ``(k, cho_factor(Y_k), d, b)`` for
+        ``k = L-1 .. last`` (``d``, ``b`` the blocks of ``M(0, params)``), and ``(k, None, d,
+        b)`` at the first pivot that is not positive definite, then stops."""
         d, b = self.blocks(params, 0.0)
         y = d[-1]
-        for k in range(len(d) - 1, 0, -1):
+        for k in range(len(d) - 1, last - 1, -1):
             try:
                 chol = scipy.linalg.cho_factor(y, lower=True, check_finite=False)
             except (scipy.linalg.LinAlgError, ValueError):
+                yield k, None, d, b
+                return
+            yield k, chol, d, b
+            if k > last:
+                y = d[k - 1] - b[k - 1] @ scipy.linalg.cho_solve(chol, b[k - 1].T,
+                                                                 check_finite=False)
+
+    def rho_star(self, params) -> float:
+        """Best rho for fixed multipliers by the backward Schur recursion (§2); inf if none."""
+        step = None
+        for step in self.backward_pivots(params):
+            if step[1] is None:
                 return math.inf
-            if k == 1:
-                schur = b[0] @ scipy.linalg.cho_solve(chol, b[0].T, check_finite=False)
-                top = schur - d[0]
-                top = (top + top.T) / 2.0
-                if not np.isfinite(top).all():  # overflow: no rho representable in float64
-                    return math.inf
-                return max(lambda_max(top, "rho* (top Schur block)"), 0.0)
-            y = d[k - 1] - b[k - 1] @ scipy.linalg.cho_solve(chol, b[k - 1].T, check_finite=False)
-        raise AssertionError("unreachable")  # pragma: no cover
+        _, chol, d, b = step
+        schur = b[0] @ scipy.linalg.cho_solve(chol, b[0].T, check_finite=False)
+        top = schur - d[0]
+        top = (top + top.T) / 2.0
+        if not np.isfinite(top).all():  # overflow: no rho representable in float64
+            return math.inf
+        return max(lambda_max(top, "rho* (top Schur block)"), 0.0)
 
     def anchor(self) -> np.ndarray:
         """Strictly feasible layer multipliers for any slopes (§6.1, generalised; §8 step 4).

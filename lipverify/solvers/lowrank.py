@@ -263,43 +263,29 @@ class VectorNetwork:
 def schur_failure(lmi: ChainLMI, params) -> int:
     """The hidden layer ``k`` (1-based) whose backward Schur pivot ``Y_k`` (§2) is not positive
     definite, the deepest such; 0 when every pivot is."""
-    d, b = lmi.blocks(params, 0.0)
-    y = d[-1]
-    for k in range(len(d) - 1, 0, -1):
-        try:
-            chol = scipy.linalg.cho_factor(y, lower=True, check_finite=False)
-        except (scipy.linalg.LinAlgError, ValueError):
+    for k, chol, _, _ in lmi.backward_pivots(params):
+        if chol is None:
             return k
-        if k > 1:
-            y = d[k - 1] - b[k - 1] @ scipy.linalg.cho_solve(chol, b[k - 1].T,
-                                                             check_finite=False)
     return 0
 
 
 def tail_gram(lmi: ChainLMI, params, a: int) -> np.ndarray | None:
     """``Q_a`` of the module docstring (what hidden layers ``a+1..L-1`` subtract from
     ``D_a``), None when a tail pivot is not positive definite."""
-    qc_next = lmi.qcs[a] if a < len(lmi.qcs) else None
-    d, b = lmi.blocks(params, 0.0)
-    if qc_next is None:  # the window is the whole chain: its output is W_L
+    if a >= len(lmi.qcs):  # the window is the whole chain: its output is W_L
         w = lmi.weights[-1]
         return w.T @ w
-    y = d[-1]
-    for k in range(len(d) - 1, a, -1):
-        try:
-            chol = scipy.linalg.cho_factor(y, lower=True, check_finite=False)
-        except (scipy.linalg.LinAlgError, ValueError):
+    step = None
+    for step in lmi.backward_pivots(params, last=a + 1):
+        if step[1] is None:
             return None
-        x = scipy.linalg.cho_solve(chol, b[k - 1].T, check_finite=False)
-        if k - 1 == a:
-            own = qc_next.blocks(lmi.split(params)[a]).vv  # -2ab t of layer a+1
-            w = lmi.weights[a]
-            gram = b[k - 1] @ x
-            if np.any(own):
-                gram = gram + (w.T * own) @ w
-            return (gram + gram.T) / 2.0
-        y = d[k - 1] - b[k - 1] @ x
-    raise AssertionError("unreachable")  # pragma: no cover
+    _, chol, _, b = step
+    gram = b[a] @ scipy.linalg.cho_solve(chol, b[a].T, check_finite=False)
+    own = lmi.qcs[a].blocks(lmi.split(params)[a]).vv  # -2ab t of layer a+1
+    if np.any(own):
+        w = lmi.weights[a]
+        gram = gram + (w.T * own) @ w
+    return (gram + gram.T) / 2.0
 
 
 def polish_window(lmi: ChainLMI, ts: list[np.ndarray], a: int,
