@@ -327,3 +327,54 @@ def test_margin_bounds_refuse_a_global_result_that_is_no_upper_bound_of_this_mod
     other = lipverify.bound(ROOT / "models" / "digits_mlp_tanh.onnx", method="naive")
     with pytest.raises(UsageError, match="another model"):
         margin_bounds(net, global_result=other)
+
+
+@pytest.mark.parametrize("seed,widths", [(3, (8, 16, 16, 5)), (5, (6, 12, 4)),
+                                         (7, (6, 10, 10, 10, 4))])
+def test_shared_sweep_pairs_are_feasible_points_of_each_pair_lmi(seed, widths):
+    """The shared forward sweep (one Rump test per pair) gives every pair a certified value
+    between the pair LMI's own optimum (it is one of its feasible points) and sqrt(2) L, and
+    every value comes from it (source "pair")."""
+    from dataclasses import replace
+
+    from lipverify.certify.chordal import ForwardChordal
+    from lipverify.lmi.chain import ChainLMI
+    from lipverify.robustness.margins import shared_pair_bounds
+
+    net = _net(seed, widths=widths)
+    glob = lipverify.bound(net, method="lipsdp-neuron", lower_bound=False)
+    body = glob.certificate.body
+    pairs = check_pairs(None, net.output_dim)
+    shared = shared_pair_bounds(net, pairs, body)
+    for (i, j), value in zip(pairs, shared):
+        own = lipverify.bound(difference(net, i, j), method="lipsdp-neuron",
+                              lower_bound=False).bound
+        assert own * (1 - 1e-6) <= value <= sqrt2_times(glob.bound)
+    # a row the network cannot separate (c = 0) is refused, not certified at 0
+    lmi = ChainLMI.from_network(net)
+    w = lmi.weights[-1]
+    plain = replace(lmi, weights=(*lmi.weights[:-1], np.zeros((0, w.shape[1]))),
+                    radii=(*lmi.radii[:-1], None))
+    got = ForwardChordal(plain, np.asarray(body["params"])).output_bounds(
+        float(body["rho"]), w, None, np.zeros((1, w.shape[0])))
+    assert got[0] == math.inf
+
+
+def test_pairs_cost_less_than_three_global_bounds(monkeypatch):
+    """Issue target, checked by work done rather than time: the shared sweep certifies
+    every pair of a 10-class MLP without a per-pair solve or per-pair chain certificate."""
+    import lipverify.certify.gate as gate
+
+    net = _net(11, widths=(20, 32, 32, 10))
+    glob = lipverify.bound(net, method="lipsdp-neuron", lower_bound=False)
+    calls = []
+    original = gate.certify
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gate, "certify", counting)
+    mb = margin_bounds(net, global_result=glob)
+    assert len(mb.pairs) == 45 and not calls
+    assert "pair" in mb.source and np.all(mb.values <= sqrt2_times(glob.bound))

@@ -227,10 +227,15 @@ class ForwardChordal:
         self._pieces = [_Segment([c]) for c in self.cliques]
         self._delta = [FIRST_MARGIN] * len(self.cliques)  # last margin that certified
 
-    def _sweep(self, rho: float, certify: bool) -> bool:
+    def _sweep(self, rho: float, certify: bool, stop: int | None = None) -> bool:
+        """The forward sweep; with ``stop``, it ends before clique ``stop`` and keeps the
+        splitting matrix entering it in ``self.head``."""
         n0 = self.cliques[0].a.shape[0]
         q_prev = np.diag(np.full(n0, float(rho)))
         for k, clq in enumerate(self.cliques):
+            if k == stop:
+                self.head = q_prev
+                return True
             last = k == len(self.cliques) - 1
             top = clq.a + q_prev
             top = (top + top.T) / 2.0
@@ -268,6 +273,64 @@ class ForwardChordal:
                     return False
             q_prev = q_next
         return True
+
+    def output_bounds(self, rho: float, w_out: np.ndarray, r_out, rows: np.ndarray,
+                      margins=(1e-9, 1e-6, 1e-3)) -> np.ndarray:
+        """Certified l2 bounds on ``Lip(c_p^T W_out x_{L-1})`` for every row ``c_p`` of
+        ``rows``, all from one forward sweep [derived; §3, §8 "Chordal form"].
+
+        The cliques must come from the chain *without* its output term (``w_out`` of zero
+        rows). Every clique but the last is certified once at ``rho``; the last one is the
+        same for every row except its output term. With ``P`` the forward pivot left in the
+        last block and ``g_p = W_out^T c_p``, the LMI ``rho E_0 + sum t F - sigma_p g_p g_p^T``
+        is positive definite for ``sigma_p < 1 / (g_p^T P^-1 g_p)``; it is proven per row by
+        Rump's test on the last clique, with the output term's rounding in the radius
+        (``r_out``: the weights' own radius, or None). Scaling by ``1 / sigma_p`` turns it into
+        the row's LipSDP certificate with ``rho / sigma_p``, multipliers ``t / sigma_p``
+        (§1.2; multipliers are a cone), so ``Lip <= sqrt(rho / sigma_p)``. inf where no
+        margin passes.
+        """
+        from ..numerics import round_up
+
+        out = np.full(len(rows), math.inf)
+        if not (math.isfinite(rho) and rho > 0 and self._sweep(rho, True, len(self.cliques) - 1)):
+            return out
+        q_prev, clq, piece = self.head, self.cliques[-1], self._pieces[-1]
+        top = clq.a + q_prev
+        try:
+            chol = scipy.linalg.cho_factor((top + top.T) / 2.0, lower=True, check_finite=False)
+        except (scipy.linalg.LinAlgError, ValueError):
+            return out
+        pivot = clq.c - clq.b.T @ scipy.linalg.cho_solve(chol, clq.b, check_finite=False)
+        try:
+            pchol = scipy.linalg.cho_factor((pivot + pivot.T) / 2.0, lower=True,
+                                            check_finite=False)
+        except (scipy.linalg.LinAlgError, ValueError):
+            return out
+        z, z_rad = piece.assemble(q_prev, None), piece.radius(q_prev, None)
+        n = clq.c.shape[0]
+        w_abs = np.abs(w_out) + (0 if r_out is None else r_out)
+        inner = max(piece.inner, w_out.shape[0])
+        for p, c in enumerate(np.asarray(rows, dtype=np.float64)):
+            g = w_out.T @ c
+            h = w_abs.T @ np.abs(c)
+            need = float(g @ scipy.linalg.cho_solve(pchol, g, check_finite=False))
+            if not (math.isfinite(need) and need > 0):
+                continue
+            for eta in margins:
+                sigma = 1.0 / (need * (1.0 + eta))
+                zp = z.copy()
+                zp[-n:, -n:] -= sigma * np.outer(g, g)
+                rad = z_rad.copy()
+                extra = gamma(2 * inner + 8) * 1.01 * np.outer(h, h)
+                if r_out is not None:  # the exact W_out is within r_out of the stored one
+                    e = np.outer(np.asarray(r_out).T @ np.abs(c), h)
+                    extra = extra + e + e.T
+                rad[-n:, -n:] += sigma * extra * (1.0 + 1e-12)
+                if certify_pd(zp, rad):
+                    out[p] = round_up(math.sqrt(round_up(rho / sigma)))
+                    break
+        return out
 
     def feasible(self, rho: float) -> bool:
         """Float forward sweep, no certificate: do all forward pivots stay positive?"""
