@@ -232,3 +232,23 @@ def test_auto_leaves_conv_chains_to_the_other_solvers(monkeypatch):
     forced = lipverify.bound(net, method="lipsdp-neuron", solver="lowrank", lower_bound=False)
     assert forced.solver == "lowrank" and forced.certified
     assert forced.bound == pytest.approx(res.bound, rel=1e-5)
+
+
+def test_per_neuron_slopes_of_local_bounds():
+    """Per-neuron slope intervals (as local bounds produce them, none degenerate) give the
+    interior point's optimum too."""
+    from dataclasses import replace
+
+    from lipverify.qc import SlopeQC
+
+    lmi = _lmi([6, 9, 9, 3], 13)
+    rng = np.random.default_rng(2)
+    qcs = []
+    for qc in lmi.qcs:
+        lo = rng.uniform(0.0, 0.4, qc.n)
+        qcs.append(SlopeQC(qc.n, lo, lo + rng.uniform(0.1, 0.6, qc.n)))
+    local = replace(lmi, qcs=tuple(qcs))
+    ipm = solve_chain_ipm(local)
+    res = solve_chain_lowrank(local)
+    assert res.rho == pytest.approx(ipm.rho, rel=1e-5)
+    assert certify(local, res.params).ok
