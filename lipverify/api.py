@@ -242,11 +242,7 @@ def split_options(options: dict) -> tuple[dict, dict]:
 def _check_device(device) -> None:
     """A device that is not one of DEVICES is a usage error, and cuda without a GPU visible
     to torch a solver error (exit 5), before any work: never a silent CPU run."""
-    from .options import DEVICES
-
-    if device not in DEVICES:
-        raise UsageError(f"bad device {device!r}; choose one of: {', '.join(DEVICES)}")
-    if device == "cuda":
+    if device != "auto":  # auto is always usable (and torch need not be imported for it)
         from .solvers.lowrank import resolve_device
 
         resolve_device(device)

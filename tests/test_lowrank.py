@@ -252,3 +252,27 @@ def test_per_neuron_slopes_of_local_bounds():
     res = solve_chain_lowrank(local)
     assert res.rho == pytest.approx(ipm.rho, rel=1e-5)
     assert certify(local, res.params).ok
+
+
+def test_rank_staircase_reaches_the_optimum_from_rank_two():
+    """Started below the rank it needs, the solve adds columns when it stalls (rank 2 -> 4
+    here) and still meets the interior point's optimum; rank 1 (no continuous freedom) is
+    raised to 2."""
+    lmi = _lmi([10, 12, 12, 12, 4], 1)
+    ipm = solve_chain_ipm(lmi)
+    res = solve_chain_lowrank(lmi, rank=2)
+    assert res.rank > 2 and res.status == "optimal"
+    assert res.rho == pytest.approx(ipm.rho, rel=1e-6)
+    assert res.lower == pytest.approx(ipm.rho, rel=1e-6)
+    assert solve_chain_lowrank(lmi, rank=1, max_iterations=400).rank >= 2
+
+
+def test_a_failing_solve_falls_back_to_the_certified_start():
+    """A zero output map (f = 0 at every dual point): the low-rank solver refuses, and the
+    bound is ldlt-fast's certified one, saying so."""
+    rng = np.random.default_rng(0)
+    ws = [rng.normal(size=(6, 4)), rng.normal(size=(6, 6)), np.zeros((2, 6))]
+    net = lipverify.Network.sequential(ws, [RELU, RELU])
+    out = lipverify.bound(net, method="lipsdp-neuron", solver="lowrank", lower_bound=False)
+    assert out.certified and out.bound <= 1e-5
+    assert "low-rank solver failed" in str(out.status)

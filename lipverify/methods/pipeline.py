@@ -231,7 +231,13 @@ def run_lowrank(lmi: LMI, details: dict, clock: Clock,
         # the last certificate costs about what this one did (measured on 784-1024x8-10:
         # 11 s against 12 s), so keep 1.25x of it, not 2x of everything so far
         reserve = 1.25 * (clock.elapsed() - began)
-    res = solve_chain_lowrank(lmi, time_limit=clock.left(reserve), device=device)
+    try:
+        res = solve_chain_lowrank(lmi, time_limit=clock.left(reserve), device=device)
+    except SolverError as exc:  # e.g. a zero output map: its start, saying why
+        status = Status(Outcome.FALLBACK, f"ldlt-fast (the low-rank solver failed: {exc})",
+                        fallback_from="lowrank")
+        cert = first if first is not None else certify(lmi, start, clock.deadline)
+        return cert, status.with_gap(None, "no dual point"), None
     details.update(lowrank_iterations=res.iterations, lowrank_rank=res.rank,
                    lowrank_status=res.status, lowrank_polished=res.polished,
                    device=res.device, solve_seconds=res.seconds)
@@ -239,12 +245,9 @@ def run_lowrank(lmi: LMI, details: dict, clock: Clock,
     status = Status.solved("" if optimal else f"low-rank solver: {res.status}",
                            solver_optimal=optimal, timed_out=res.status == "time limit")
     cert = None if res.params is None else certify(lmi, res.params, clock.deadline)
-    if cert is None or not cert.ok or (first is not None and first.bound < cert.bound):
-        if first is None:
-            first = certify(lmi, start, clock.deadline)
-        if cert is None or not cert.ok or first.bound < cert.bound:
-            cert, details["lowrank_start_better"] = first, True
-            status = status.with_(note="its start (ldlt-fast) certified lower")
+    if cert is None or not cert.ok or first is not None:
+        cert, status = prefer_start(lmi, start, first, cert, status, clock, details,
+                                    "lowrank_start_better")
     low = math.sqrt(max(res.lower, 0.0))
     if cert.ok and math.isfinite(res.lower):
         details["dual_lower"], details["gap"] = low, max(cert.bound - low, 0.0) / cert.bound
@@ -273,6 +276,20 @@ def with_gap(lmi: LMI, cert: Certificate, status: Status, details: dict,
     return status.with_gap(g["gap"], None if g["gap"] is not None else "no dual bound")
 
 
+def prefer_start(lmi: LMI, start, first: Certificate | None, cert: Certificate | None,
+                 status: Status, clock: Clock, details: dict,
+                 key: str) -> tuple[Certificate, Status]:
+    """The solver's certificate, or its start's (``first``, certified here if None) when
+    that is lower or the solver's did not certify: never worse than the certified start."""
+    if first is None:
+        first = certify(lmi, start, clock.deadline)
+    if cert is not None and cert.ok and not first.bound < cert.bound:
+        return cert, status
+    details[key] = True
+    name = "anchor" if lmi.kind == "dag" else "ldlt-fast"
+    return first, status.with_(note=f"its start ({name}) certified lower")
+
+
 def run_ipm(lmi: LMI, details: dict, clock: Clock) -> tuple[Certificate, Status, float]:
     """Solver stage, interior point (:mod:`lipverify.solvers.interior`), then the §8 gate.
     Its gap comes from its own dual point. With a time limit the start is certified first
@@ -293,12 +310,8 @@ def run_ipm(lmi: LMI, details: dict, clock: Clock) -> tuple[Certificate, Status,
     status = Status.solved("" if optimal else f"interior point: {res.status}",
                            solver_optimal=optimal, timed_out=res.status == "time limit")
     if not optimal:  # stopped early: never worse than its certified start
-        if first is None:
-            first = certify(lmi, start, clock.deadline)
-        if first.bound < cert.bound:
-            cert, details["ipm_start_better"] = first, True
-            name = "anchor" if lmi.kind == "dag" else "ldlt-fast"
-            status = status.with_(note=f"its start ({name}) certified lower")
+        cert, status = prefer_start(lmi, start, first, cert, status, clock, details,
+                                    "ipm_start_better")
     if res.lower is not None and cert.ok:
         low = math.sqrt(max(res.lower, 0.0))
         details["dual_lower"], details["gap"] = low, (cert.bound - low) / cert.bound

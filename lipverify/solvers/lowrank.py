@@ -46,8 +46,8 @@ fixed, the tail's Schur complement ``Q_a = B_{a+1} Y_{a+1}^{-1} B_{a+1}^T - 2 al
 W_{a+1}^T T_{a+1} W_{a+1}`` enters ``D_a`` alone, so ``M >= 0`` is the LipSDP of the
 ``a``-layer network ``W_1 .. W_a`` with output Gram ``Q_a`` (§2 lemma). It is solved by the
 interior point (:mod:`lipverify.solvers.interior`) on the factor ``R^T R = Q_a^+`` (negative
-eigenvalues clipped, which only tightens the LMI). The certificate (§8) is the caller's, on
-the exact weights, as for every solver.
+eigenvalues clipped, which only tightens the LMI); the result's ``rho*`` is recomputed on the
+whole chain. The certificate (§8) is the caller's, on the exact weights, as for every solver.
 
 Everything runs on the balanced chain (§2, :func:`lipverify.lmi.chain.balance`) in torch,
 float64, on the CPU or a CUDA device; the multipliers are fitted and checked in numpy.
@@ -238,19 +238,21 @@ class VectorNetwork:
         g[:self.offsets[1]] = ((grad - torch.sum(grad * y0) * y0) / n0).reshape(-1)
         return f, g.cpu().numpy()
 
-    def multipliers(self, z_np: np.ndarray) -> tuple[float, list[np.ndarray], float]:
-        """``(rho, [t_1..t_{L-1}], f)`` fitted to ``M(rho, t) Y = 0`` from the last layer back."""
+    def multipliers(self, z_np: np.ndarray) -> list[np.ndarray]:
+        """``[t_1..t_{L-1}]`` fitted to ``M(rho, t) Y = 0`` from the last layer back (rho
+        itself is recomputed exactly from them, by the §2 recursion)."""
         torch = self.torch
-        f, ys, cache = self.forward(torch.as_tensor(z_np, device=self.device))
+        _, ys, cache = self.forward(torch.as_tensor(z_np, device=self.device))
         r = self.weights[-1].T @ (self.weights[-1] @ ys[-1])
         ts = [None] * (len(self.weights) - 1)
         for k in range(len(self.weights) - 2, -1, -1):
             _, u, v, nv = cache[k]
             t = torch.sum(r * u, dim=1) / (2.0 * self.s[k][:, 0] * nv[:, 0]).clamp_min(1e-300)
             ts[k] = t
-            r = self.weights[k].T @ (t[:, None] * (self.sum[k] * ys[k + 1] - self.prod2[k] * v))
-        rho = float(torch.sum(r * ys[0]) / torch.sum(ys[0] * ys[0]))
-        return rho, [t.cpu().numpy() for t in ts], f
+            if k > 0:
+                r = self.weights[k].T @ (t[:, None] * (self.sum[k] * ys[k + 1]
+                                                       - self.prod2[k] * v))
+        return [t.cpu().numpy() for t in ts]
 
     def grow(self, z_np: np.ndarray, rank: int, seed: int = 1) -> np.ndarray:
         """``z`` with ``rank - r`` new columns of small noise (the rank staircase)."""
@@ -303,7 +305,9 @@ def polish_window(lmi: ChainLMI, ts: list[np.ndarray], a: int,
     if gram is None or not np.isfinite(gram).all():
         return None
     evals, vecs = np.linalg.eigh(gram)
-    factor = (vecs * np.sqrt(np.maximum(evals, 0.0))).T  # R^T R = Q^+ >= Q
+    # R^T R = Q^+ >= Q; directions below 1e-15 of the largest are dropped (no longer >= Q,
+    # by that much: the full chain's rho* is recomputed from the result, and certified)
+    factor = (vecs * np.sqrt(np.maximum(evals, 0.0))).T
     keep = evals > evals[-1] * 1e-15 if evals[-1] > 0 else evals > 0
     factor = factor[keep] if keep.any() else factor[-1:]
     sub = ChainLMI(tuple(lmi.weights[:a]) + (factor,), (None,) * (a + 1), lmi.qcs[:a],
@@ -371,7 +375,7 @@ def _solve(lmi: ChainLMI, *, time_limit, tol, rank, device, max_iterations) -> L
     dev = resolve_device(device)
     scaled, factors, out = balance(lmi)
     sizes = scaled.sizes
-    r = rank or default_rank(sizes)
+    r = max(2, rank or default_rank(sizes))  # rank 1: unit "vectors" are +-1, no gradient
     net = VectorNetwork(scaled, r, dev)
     z = net.start()
     f0, _ = net.value_grad(z)
@@ -379,8 +383,8 @@ def _solve(lmi: ChainLMI, *, time_limit, tol, rank, device, max_iterations) -> L
         raise SolverError("the low-rank solver needs a nonzero output map (f = 0 at its start)")
     best = {"f": f0, "z": z.copy()}
     upper = {"rho": math.inf, "params": None, "polished": False}
-    # seconds of one multiplier fit and one polish (estimates until measured), and when the
-    # last polish ended: the dual ascent stops early enough for a final fit and polish
+    # seconds of one multiplier fit and one polish (estimates until measured), of ascent so
+    # far and at the last polish: the ascent stops early enough for a final fit and polish
     polish_cap = POLISH_MAX_SECONDS if time_limit is None else \
         max(1.0, POLISH_SHARE * time_limit)
     first = sum(sizes[:2])  # the smallest window; none at all above WINDOW_MAX_ORDER
@@ -414,7 +418,7 @@ def _solve(lmi: ChainLMI, *, time_limit, tol, rank, device, max_iterations) -> L
 
     def fit(final: bool) -> None:
         start = time.perf_counter()
-        _, ts, _ = net.multipliers(best["z"])
+        ts = net.multipliers(best["z"])
         ts = [np.maximum(t, 0.0) for t in ts]
         params = np.concatenate(ts)
         offer(params)
