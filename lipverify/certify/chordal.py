@@ -38,7 +38,7 @@ FIRST_MARGIN = 2.0**-40
 LAST_MARGIN = 2.0**-8
 
 
-class _Clique:
+class Clique:
     """Blocks of clique k without its Q terms: ``Z_k = [[Q_{k-1} + a, b], [b^T, c - Q_k]]``,
     with their absolute-value twins for the assembly radius (§8). Assembled and checked as
     a :class:`_Segment` (of one clique or several)."""
@@ -50,7 +50,7 @@ class _Clique:
         self.weight_rad = weight_rad  # extra radius from weights known up to a radius
 
 
-def chain_cliques(lmi: ChainLMI, params) -> list[_Clique]:
+def chain_cliques(lmi: ChainLMI, params) -> list[Clique]:
     out = []
     splits = lmi.split(params)
     last = len(lmi.qcs)
@@ -82,7 +82,25 @@ def chain_cliques(lmi: ChainLMI, params) -> list[_Clique]:
                 extra[2] = extra[2] + wl_abs.T @ wl_abs - np.abs(wl).T @ np.abs(wl)
         weight_rad = None if extra is None else np.block([[extra[0], extra[1]],
                                                           [extra[1].T, extra[2]]])
-        out.append(_Clique(a, b, c, a_abs, b_abs, c_abs, inner, weight_rad))
+        out.append(Clique(a, b, c, a_abs, b_abs, c_abs, inner, weight_rad))
+    return out
+
+
+def dag_cliques(lmi, params) -> list[Clique]:
+    """The cliques of a residual network's LMI over its groups (§5c): clique ``g`` holds the
+    QC terms of group ``g``'s nodes (and the output term in the last), on the columns of
+    groups ``g - 1`` and ``g``, with the same radii as the monolithic certificate."""
+    out = []
+    sizes = lmi.group_sizes
+    for g in range(1, len(sizes)):
+        n = sizes[g - 1]
+        m = lmi.clique(params, g)
+        m_abs = lmi.clique(params, g, absolute=True)
+        plain = lmi.clique(params, g, absolute=True, radii=False)
+        extra = m_abs - plain
+        out.append(Clique(m[:n, :n], m[:n, n:], m[n:, n:], m_abs[:n, :n], m_abs[:n, n:],
+                          m_abs[n:, n:], lmi.clique_inner(g),
+                          extra if np.any(extra) else None))
     return out
 
 
@@ -95,7 +113,7 @@ class _Segment:
     """Consecutive cliques ``k..l`` as one tridiagonal matrix: top-left ``Q_{k-1} + a_k``,
     interior ``c_j + a_{j+1}`` (the LMI's own diagonal blocks), bottom-right ``c_l - Q_l``."""
 
-    def __init__(self, cliques: list[_Clique]):
+    def __init__(self, cliques: list[Clique]):
         self.cliques = cliques
         sizes = [cliques[0].a.shape[0]] + [c.c.shape[0] for c in cliques]
         self.offs = np.concatenate([[0], np.cumsum(sizes)])
@@ -149,7 +167,7 @@ class _Segment:
         return (y + y.T) / 2.0
 
 
-def _segments(cliques: list[_Clique], max_order: int) -> list[_Segment]:
+def _segments(cliques: list[Clique], max_order: int) -> list[_Segment]:
     out, cur = [], []
     for clq in cliques:
         order = cur[0].a.shape[0] + sum(c.c.shape[0] for c in cur) if cur else 0

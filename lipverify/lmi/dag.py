@@ -9,13 +9,37 @@ With ``z = (x_0, z_1, ..., z_K)`` (input and every activation node), node ``k`` 
 dense because skips couple the blocks. For fixed multipliers
 ``rho* = lambda_max(N_01 N_11^{-1} N_10 - N_00)`` (§8, "General rho*"), certified exactly as
 the chain LMI. Dense linear algebra: meant for small and medium networks.
+
+**(c) Grouped form [derived].** In the coordinates ``z`` above (post-activations, not the
+increments of §5a), node ``k``'s term ``[V_k; S_k]^T Gamma_k [V_k; S_k]`` touches only the
+blocks node ``k`` reads and its own; ``C^T C`` only those the output reads. Group the blocks
+into consecutive runs ``G_0 = {input}, G_1, ..., G_m`` such that every node of ``G_g`` reads
+only ``G_{g-1} u G_g`` and the output only ``G_{m-1} u G_m`` (:func:`group_starts`; a ResNet
+block whose add feeds an activation puts its two convolutions in one group). Then
+
+    M(rho, p) = rho E_0^T E_0 + sum_{g=1..m} E_g^T Z_g(p) E_g,
+
+with ``Z_g`` (order ``|G_{g-1}| + |G_g|``) the terms of group ``g``'s nodes (and ``-C^T C``
+in ``Z_m``), and ``E_g`` selecting ``G_{g-1} u G_g``: ``M`` is block tridiagonal over the
+groups, and everything the chain does per layer holds per group.
+
+* ``rho*`` by the backward Schur recursion over the groups (§2): pivots of order ``|G_g|``.
+* The §8 certificate clique by clique (§3, §8 "Chordal form"): the splitting matrices
+  ``Q_g`` cancel in the sum, so ``Z_g + diag(Q_{g-1}, -Q_g) > 0`` for every ``g`` proves
+  ``M > 0``; each clique carries the radius of its own assembly, as the dense check does.
+* Nothing of order ``N`` is factored: resnet_2b (order 9316) has groups 3072 | 2048 | 2048
+  | 2048 | 100 and cliques of order at most 5120.
+
+The LMI is the same as (a) (same multipliers, same optimum); only its factorisation
+changes. A network whose skips span more than one group boundary collapses into fewer,
+larger groups (one group: the dense path).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import ClassVar
 
 import numpy as np
@@ -26,7 +50,7 @@ from ..errors import NotApplicableError
 from ..ir.network import Network
 from ..numerics import gamma, lambda_max, round_up, spectral_norm
 from ..qc import QC
-from ..solvers.smooth_rho import soft_max_eig
+from ..solvers.smooth_rho import schur_top, soft_max_eig
 from .base import LMI
 from .chain import MAX_CERTIFICATE_BYTES, dense_certificate_bytes, node_qcs
 
@@ -43,6 +67,55 @@ def _nonzero_columns(mat: np.ndarray, radius: np.ndarray | None) -> np.ndarray:
     return np.flatnonzero(used)
 
 
+#: The grouped form's soft maximum weighs at most this many eigenpairs (each is a column
+#: through every pivot; resnet_2b at mu = 1e-2 rho: 5 s an evaluation uncapped).
+SOFT_MAX_PAIRS = 64
+
+
+def group_starts(reads) -> tuple[int, ...]:
+    """First block of each group: consecutive blocks (0 the input, k node k) grouped, the
+    input alone in group 0, so that every node reads only its own group and the one before,
+    and the output (the last entry of ``reads``) only the last two. Then ``M`` is block
+    tridiagonal over the groups (§5c). Greedy, so groups are as small as the skips allow:
+    a chain gets one block each; resnet_2b 3072 | 2048 | 2048 | 2048 | 100.
+
+    >>> group_starts([(0,), (1,), (1, 2), (3,), (3, 4), (5,)])  # two residual blocks
+    (0, 1, 2, 4)
+    """
+    starts = [0]
+    for k, src in enumerate(reads[:-1], start=1):
+        lo = min(src, default=k)
+        if lo >= starts[-1]:
+            starts.append(k)  # k opens a group: it reads only the group before
+            continue
+        while len(starts) > 2 and lo < starts[-2]:
+            starts.pop()  # it reads further back: merge the last two groups
+    lo = min(reads[-1], default=len(reads) - 1)
+    while len(starts) > 2 and lo < starts[-2]:
+        starts.pop()
+    return tuple(starts)
+
+
+def network_groups(network: Network) -> list[int]:
+    """Sizes of the groups of ``network``'s LMI (:func:`group_starts`), from its graph alone."""
+    reads = [tuple(t.source for t in aff.terms)
+             for aff in [*(n.pre for n in network.nodes), network.output]]
+    sizes = [network.input_dim, *(n.width for n in network.nodes)]
+    bounds = [*group_starts(reads), len(sizes)]
+    return [sum(sizes[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+def dag_bytes(network: Network) -> int:
+    """Memory of a :class:`DagLMI` and its certificate: the pre-activation maps over all
+    coordinates (with their restricted copies, 4x) and the dense certificate of the largest
+    clique (§5c), or of the whole LMI when there is one group."""
+    groups = network_groups(network)
+    total = sum(groups)
+    rows = sum(n.width for n in network.nodes) + network.output_dim
+    largest = max(a + b for a, b in zip(groups, groups[1:])) if len(groups) > 2 else total
+    return 4 * 8 * rows * total + dense_certificate_bytes(largest)
+
+
 @dataclass(frozen=True, eq=False)
 class DagLMI(LMI):
     kind: ClassVar[str] = "dag"
@@ -57,10 +130,12 @@ class DagLMI(LMI):
     def from_network(cls, network: Network, per_neuron: bool | str = True) -> DagLMI:
         sizes = [network.input_dim, *(n.width for n in network.nodes)]
         total = sum(sizes)
-        if dense_certificate_bytes(total) > MAX_CERTIFICATE_BYTES:
+        need = dag_bytes(network)
+        if need > MAX_CERTIFICATE_BYTES:
             raise NotApplicableError(
-                f"{network.name}: the monolithic LMI has order {total}, too large to certify "
-                "densely here; use --method naive"
+                f"{network.name}: the LMI has order {total}; its data and certificate need "
+                f"about {need / 2**30:.1f} GiB (limit {MAX_CERTIFICATE_BYTES / 2**30:.1f} "
+                "GiB); use --method auto (lipsdp-split or naive)"
             )
         offs = np.concatenate([[0], np.cumsum(sizes)])
 
@@ -165,7 +240,98 @@ class DagLMI(LMI):
         m[np.arange(self.sizes[0]), np.arange(self.sizes[0])] += abs(rho)
         return m
 
+    # ------------------------------------------------------------ groups (§5c)
+    @cached_property
+    def reads(self) -> tuple[tuple[int, ...], ...]:
+        """Per reader (nodes 1..K, then the output): the blocks it reads (0 is the input)."""
+        offs = self.offsets
+        out = []
+        for v, r in [*zip(self.pres, self.pre_radii), (self.out, self.out_radius)]:
+            used = _nonzero_columns(v, r)
+            out.append(tuple(sorted({int(j) for j in
+                                     np.searchsorted(offs, used, side="right") - 1})))
+        return tuple(out)
+
+    @cached_property
+    def groups(self) -> tuple[int, ...]:
+        """First block of each group (:func:`group_starts` of what each reader reads)."""
+        return group_starts(self.reads)
+
+    @property
+    def group_sizes(self) -> list[int]:
+        bounds = [*self.groups, len(self.sizes)]
+        return [sum(self.sizes[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+    def clique(self, params, g: int, absolute: bool = False, radii: bool = True) -> np.ndarray:
+        """The terms of group ``g``'s nodes (and, for the last group, the output term) on the
+        columns of groups ``g - 1`` and ``g``: ``M(0, params)`` is the sum of these cliques
+        placed on the diagonal (§5c). Same assembly (and ``absolute`` / ``radii`` meaning) as
+        :meth:`assemble`."""
+        bounds = [*self.groups, len(self.sizes)]
+        offs = self.offsets
+        c0, c1 = int(offs[bounds[g - 1]]), int(offs[bounds[g + 1]])
+        m = np.zeros((c1 - c0, c1 - c0))
+        sign = 1.0 if absolute else -1.0
+        pick = 0 if not absolute else (1 if radii else 2)
+        splits = self.split(params)
+
+        def local(runs):
+            return [(slice(z.start - c0, z.stop - c0), lb) for z, lb in runs]
+
+        readers = list(range(bounds[g], bounds[g + 1]))
+        for k in readers:
+            runs, *mats = self.layout[k - 1]
+            runs, v = local(runs), mats[pick]
+            qc = self.qcs[k - 1]
+            gb = qc.blocks_abs(splits[k - 1]) if absolute else qc.blocks(splits[k - 1])
+            own = slice(int(offs[k]) - c0, int(offs[k + 1]) - c0)
+            if np.any(gb.vv):
+                self._add(m, runs, sign * _quad(v, gb.vv, v))
+            cross = sign * (v.T * gb.vw if gb.vw.ndim == 1 else v.T @ gb.vw)
+            self._add(m, runs, cross.T, rows=own)
+            for zb, lb in runs:
+                m[zb, own] += cross[lb, :]
+            m[own, own] += sign * (np.diag(gb.ww) if gb.ww.ndim == 1 else gb.ww)
+        if g == len(self.groups) - 1:
+            runs, *mats = self.layout[-1]
+            c = mats[pick]
+            self._add(m, local(runs), sign * (c.T @ c))
+        return m
+
+    def clique_inner(self, g: int) -> int:
+        """Largest inner dimension of the products in clique ``g`` (the n-bar of §8)."""
+        bounds = [*self.groups, len(self.sizes)]
+        rows = [self.pres[k - 1].shape[0] for k in range(bounds[g], bounds[g + 1])]
+        if g == len(self.groups) - 1:
+            rows.append(self.out.shape[0])
+        return max([*rows, sum(self.group_sizes[g - 1:g + 1])])
+
+    def blocks(self, params, rho: float = 0.0, absolute: bool = False):
+        """``M(rho, params)`` as diagonal blocks and upper couplings over the groups (§5c),
+        the layout of :meth:`lipverify.lmi.chain.ChainLMI.blocks`."""
+        sizes = self.group_sizes
+        d = [np.zeros((n, n)) for n in sizes]
+        b = []
+        for g in range(1, len(sizes)):
+            m = self.clique(params, g, absolute)
+            n = sizes[g - 1]
+            d[g - 1] += m[:n, :n]
+            b.append(np.ascontiguousarray(m[:n, n:]))
+            d[g] += m[n:, n:]
+        d[0][np.diag_indices(sizes[0])] += abs(rho)
+        return d, b
+
+    @property
+    def grouped(self) -> bool:
+        """More than one group after the input: the block recursion beats dense algebra."""
+        return len(self.groups) > 2
+
     def rho_star(self, params) -> float:
+        if self.grouped:  # §5c: the backward recursion over the groups (§2)
+            top, _, _ = schur_top(self, params)
+            if top is None or not top.finite():
+                return math.inf
+            return max(top.lambda_max("rho* (top Schur block)"), 0.0)
         m = self.assemble(params, 0.0)
         n0 = self.sizes[0]
         try:
@@ -187,8 +353,19 @@ class DagLMI(LMI):
         return max(lam1, 0.0), soft, grad
 
     def soft_parts(self, params, mu: float):
-        """One dense Schur complement onto the input block; the weighted null vectors
-        ``z = (u, -N_11^{-1} N_10 u)`` give the gradient through each node's QC (§2)."""
+        """One dense Schur complement onto the input block (grouped: the block recursion over
+        the groups, §5c); the weighted null vectors ``z = (u, -N_11^{-1} N_10 u)`` give the
+        gradient through each node's QC (§2)."""
+        if self.grouped:
+            top, chols, b = schur_top(self, params)
+            if top is None or not top.finite():
+                return None
+            lam1, soft, u = top.soft_max(mu, SOFT_MAX_PAIRS)
+            zs = [u]
+            for g in range(1, len(chols)):
+                zs.append(-scipy.linalg.cho_solve(chols[g], b[g - 1].T @ zs[-1],
+                                                  check_finite=False))
+            return lam1, soft, *self._node_grads(np.vstack(zs))
         m = self.assemble(params, 0.0)
         n0 = self.sizes[0]
         try:
@@ -198,13 +375,17 @@ class DagLMI(LMI):
         x = scipy.linalg.cho_solve(chol, m[n0:, :n0], check_finite=False)
         top = m[:n0, n0:] @ x - m[:n0, :n0]
         lam1, soft, u = soft_max_eig((top + top.T) / 2.0, mu)
-        z = np.vstack([u, -x @ u])
+        return lam1, soft, *self._node_grads(np.vstack([u, -x @ u]))
+
+    def _node_grads(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         offs = self.offsets
         grads = [qc.value_grad(v @ z, z[offs[k]:offs[k + 1]])
                  for k, (qc, v) in enumerate(zip(self.qcs, self.pres), start=1)]
-        return lam1, soft, z, np.concatenate(grads)
+        return z, np.concatenate(grads)
 
     def _nodes_pd(self, params) -> bool:
+        if self.grouped:  # every pivot of the group recursion positive definite (§5c)
+            return schur_top(self, params)[0] is not None
         n0 = self.sizes[0]
         try:
             scipy.linalg.cholesky(self.assemble(params, 0.0)[n0:, n0:], lower=True,
@@ -262,28 +443,43 @@ class DagLMI(LMI):
 
 
 def verify_dag(lmi: DagLMI, params, rho: float) -> bool:
-    """The §8 check for the monolithic LMI at given multipliers (already in their set)."""
+    """The §8 check of ``M(rho, params) > 0`` at given multipliers (already in their set):
+    one dense test, or, on a grouped LMI (§5c), clique by clique over its groups (§3) when
+    the dense test is too large or fails."""
+    from ..certify.chordal import ChordalCertificate, dag_cliques
+    from ..certify.gate import LARGE_ORDER
+
     params = np.asarray(params, dtype=np.float64)
     if params.shape != (sum(lmi.param_sizes),) or not np.array_equal(lmi.project(params), params):
         return False
-    return certify_pd(lmi.assemble(params, rho), lmi.radius(params, rho))
+    if not lmi.grouped or lmi.order <= LARGE_ORDER:
+        if certify_pd(lmi.assemble(params, rho), lmi.radius(params, rho)):
+            return True
+    return lmi.grouped and \
+        ChordalCertificate(None, params, cliques=dag_cliques(lmi, params)).check(rho)
 
 
 def certify_dag(lmi: DagLMI, params):
     """§8 for the monolithic LMI: project, blend toward the anchor if needed, inflate, check."""
+    from ..certify.chordal import ChordalCertificate, dag_cliques
     from ..certify.gate import ABSOLUTE_MARGIN, LARGE_ORDER, smallest_margin
 
     p = lmi.project(params)
     anchor, theta, unit = None, 0.0, None
     while True:
         q = p if theta == 0.0 else (1.0 - theta) * p + theta * anchor
-        rho = lmi.rho_star(q)
+        if lmi.grouped:  # §5c: clique by clique over the groups (§3, §8 "Chordal form")
+            chordal = ChordalCertificate(None, q, cliques=dag_cliques(lmi, q))
+            rho, check = chordal.rho_star, chordal.check
+        else:
+            rho = lmi.rho_star(q)
+            check = partial(verify_dag, lmi, q)
         if math.isfinite(rho):
             if unit is None:  # the absolute margin, relative to the network's scale of rho
                 unit = lmi.rho_star(lmi.anchor())
                 unit = ABSOLUTE_MARGIN * (unit if 0 < unit < math.inf else 1.0)
-            found = smallest_margin(lambda r, q=q: verify_dag(lmi, q, r), rho,
-                                    steps=3 if lmi.order <= LARGE_ORDER else 1, unit=unit)
+            found = smallest_margin(check, rho, steps=3 if lmi.order <= LARGE_ORDER else 1,
+                                    unit=unit)
             if found is not None:
                 return round_up(math.sqrt(found[0])), q, found[0], theta
         if theta >= 1.0:

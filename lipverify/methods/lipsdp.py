@@ -25,7 +25,13 @@ from ..solvers.conic import solve_banded, solve_chain, solve_dag, solve_linf
 from ..solvers.sequential import ldlt_fast_params, ldlt_params
 from ..status import Outcome, Status
 from . import pipeline, register_method
-from .pipeline import CHAINED_MAX_ORDER, fallback, multiplier_kind, output
+from .pipeline import (
+    CERTIFY_SECONDS_PER_CUBE,
+    CHAINED_MAX_ORDER,
+    fallback,
+    multiplier_kind,
+    output,
+)
 
 
 def _with_fallback(backend, cone: int) -> list:
@@ -42,10 +48,6 @@ def _chain(network: Network, per_neuron: bool | str) -> ChainLMI:
     return ChainLMI.from_network(network, per_neuron=per_neuron)
 
 
-#: Seconds per (n_k + n_k+1)^3 of one chain certificate (factorisations of each clique, its
-#: Schur recursion and a few margin checks), measured on the bench machine: a 3072-2048-1024
-#: chain takes 26 s on one core. ``auto`` in :mod:`lipverify.api` uses the same estimate.
-CERTIFY_SECONDS_PER_CUBE = 1.6e-10
 
 
 #: A first certificate estimated under this many seconds runs even past a smaller time limit
@@ -54,11 +56,17 @@ MIN_OVERRUN_SECONDS = 1.0
 
 
 def certificate_seconds(network: Network) -> float:
-    """Estimated seconds of one §8 certificate: the chain's cliques (§3), or the monolithic
-    DAG LMI (§5a) of a residual network."""
+    """Estimated seconds of one §8 certificate: the chain's cliques (§3), a residual
+    network's cliques over its groups (§5c), or its monolithic LMI (§5a) when it has one
+    group only."""
+    from ..lmi.dag import network_groups
+
     sizes = network.widths
     if network.is_sequential:
         return CERTIFY_SECONDS_PER_CUBE * sum((a + b) ** 3 for a, b in zip(sizes, sizes[1:-1]))
+    groups = network_groups(network)
+    if len(groups) > 2:
+        return CERTIFY_SECONDS_PER_CUBE * sum((a + b) ** 3 for a, b in zip(groups, groups[1:]))
     return CERTIFY_SECONDS_PER_CUBE * float(sum(sizes[:-1])) ** 3
 
 

@@ -59,6 +59,21 @@ CHAINED_MAX_ORDER = 1500
 SAFETY_NET_MAX_ORDER = 500
 #: The structured solver stage always gets at least this long on a DAG (its start is cheap).
 DAG_MIN_SECONDS = 1.0
+#: Share of the solver's time the layer warm start may take.
+WARM_SHARE = 1 / 3
+#: Seconds per (n_k + n_k+1)^3 of one chain certificate (factorisations of each clique, its
+#: Schur recursion and a few margin checks), measured on the bench machine: a 3072-2048-1024
+#: chain takes 26 s on one core. ``auto`` in :mod:`lipverify.api` uses the same estimate.
+CERTIFY_SECONDS_PER_CUBE = 1.6e-10
+
+
+def grouped_certificate_seconds(lmi: LMI) -> float:
+    """Estimated seconds of the clique-wise certificate of a grouped DAG LMI (§5c), 0 for any
+    other (measured on resnet_2b: 34 s, estimate 45 s)."""
+    if lmi.kind != "dag" or not lmi.grouped:
+        return 0.0
+    sizes = lmi.group_sizes
+    return CERTIFY_SECONDS_PER_CUBE * sum((a + b) ** 3 for a, b in zip(sizes, sizes[1:]))
 
 
 def multiplier_kind(per_neuron: bool | str) -> str:
@@ -360,7 +375,9 @@ def warm_stage(network: Network, lmi: LMI, cands: Candidates, clock: Clock,
     else:
         layer = replace(lmi, qcs=node_qcs(network, False))
         start = layer.anchor()
-    lp, _, _ = minimize_rho(layer, start, time_limit=clock.left(2.0 * reserve, share=1 / 3))
+    lp, rho, _ = minimize_rho(layer, start,
+                              time_limit=clock.left(2.0 * reserve, share=WARM_SHARE))
+    details["warm_start_bound"] = math.sqrt(rho) if math.isfinite(rho) else None
     if cands.add(np.concatenate([qc.from_layer(p) for qc, p in
                                  zip(lmi.qcs, layer.split(lp))])):
         details["warm_start"] = "lipsdp-layer"
@@ -407,7 +424,8 @@ def run(network: Network, lmi: LMI, *, per_neuron: bool | str, solver: str, cloc
 
     with keep_best(best):
         # what one certification costs: kept in reserve so the last certificate always fits
-        reserve = 2.0 * clock.elapsed()
+        # (a DAG's start is not certified: its clique-wise certificate is estimated)
+        reserve = max(2.0 * clock.elapsed(), grouped_certificate_seconds(lmi))
         status, value, stages = Status(Outcome.CONVERGED, "structured solver"), None, \
             SMOOTH_STAGES
         if not backend.structured:
