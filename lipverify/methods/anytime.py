@@ -139,7 +139,7 @@ def _sdp_stage(network: Network, norm: str, limit: float) -> Stage | None:
         name = "lipsdp-neuron"
     elif _grouped_fits(network, limit):
         # one LMI over the whole network, clique-wise over its groups (§5c), with channel
-        # multipliers: resnet_2b 254.6 in 300 s against lipsdp-split's 517.7
+        # multipliers: resnet_2b 317.7 in 300 s against lipsdp-split's 517.7
         name = "lipsdp-channel"
     elif len(cuts(network)) > 0:
         return Stage("lipsdp-split")
