@@ -212,6 +212,18 @@ class DagLMI(LMI):
             else:
                 m[rows, zb] += block[:, lb]
 
+    @classmethod
+    def _place(cls, m, runs, v, g, own: slice, sign: float) -> None:
+        """Add one node's QC term ``sign [V; S]^T G [V; S]`` to ``m``: ``V`` on the column
+        ``runs`` it reads, ``S`` on its ``own`` block."""
+        if np.any(g.vv):  # zero for ReLU-type slopes (alpha = 0): skip the big product
+            cls._add(m, runs, sign * _quad(v, g.vv, v))
+        cross = sign * (v.T * g.vw if g.vw.ndim == 1 else v.T @ g.vw)
+        cls._add(m, runs, cross.T, rows=own)
+        for zb, lb in runs:
+            m[zb, own] += cross[lb, :]
+        m[own, own] += sign * (np.diag(g.ww) if g.ww.ndim == 1 else g.ww)
+
     def assemble(self, params, rho: float, absolute: bool = False,
                  radii: bool = True) -> np.ndarray:
         """``M(rho, params)``, or with ``absolute`` the same with every term in absolute value
@@ -229,14 +241,7 @@ class DagLMI(LMI):
             runs, *mats = layout[k - 1]
             v = mats[pick - 1]
             g = qc.blocks_abs(p) if absolute else qc.blocks(p)
-            own = slice(offs[k], offs[k + 1])
-            if np.any(g.vv):  # zero for ReLU-type slopes (alpha = 0): skip the big product
-                self._add(m, runs, sign * _quad(v, g.vv, v))
-            cross = sign * (v.T * g.vw if g.vw.ndim == 1 else v.T @ g.vw)
-            self._add(m, runs, cross.T, rows=own)
-            for zb, lb in runs:
-                m[zb, own] += cross[lb, :]
-            m[own, own] += sign * (np.diag(g.ww) if g.ww.ndim == 1 else g.ww)
+            self._place(m, runs, v, g, slice(offs[k], offs[k + 1]), sign)
         m[np.arange(self.sizes[0]), np.arange(self.sizes[0])] += abs(rho)
         return m
 
@@ -284,14 +289,7 @@ class DagLMI(LMI):
             runs, v = local(runs), mats[pick]
             qc = self.qcs[k - 1]
             gb = qc.blocks_abs(splits[k - 1]) if absolute else qc.blocks(splits[k - 1])
-            own = slice(int(offs[k]) - c0, int(offs[k + 1]) - c0)
-            if np.any(gb.vv):
-                self._add(m, runs, sign * _quad(v, gb.vv, v))
-            cross = sign * (v.T * gb.vw if gb.vw.ndim == 1 else v.T @ gb.vw)
-            self._add(m, runs, cross.T, rows=own)
-            for zb, lb in runs:
-                m[zb, own] += cross[lb, :]
-            m[own, own] += sign * (np.diag(gb.ww) if gb.ww.ndim == 1 else gb.ww)
+            self._place(m, runs, v, gb, slice(int(offs[k]) - c0, int(offs[k + 1]) - c0), sign)
         if g == len(self.groups) - 1:
             runs, *mats = self.layout[-1]
             c = mats[pick]

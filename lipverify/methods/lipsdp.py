@@ -28,6 +28,7 @@ from . import pipeline, register_method
 from .pipeline import (
     CERTIFY_SECONDS_PER_CUBE,
     CHAINED_MAX_ORDER,
+    clique_seconds,
     fallback,
     multiplier_kind,
     output,
@@ -63,10 +64,10 @@ def certificate_seconds(network: Network) -> float:
 
     sizes = network.widths
     if network.is_sequential:
-        return CERTIFY_SECONDS_PER_CUBE * sum((a + b) ** 3 for a, b in zip(sizes, sizes[1:-1]))
+        return clique_seconds(sizes[:-1])
     groups = network_groups(network)
     if len(groups) > 2:
-        return CERTIFY_SECONDS_PER_CUBE * sum((a + b) ** 3 for a, b in zip(groups, groups[1:]))
+        return clique_seconds(groups)
     return CERTIFY_SECONDS_PER_CUBE * float(sum(sizes[:-1])) ** 3
 
 
