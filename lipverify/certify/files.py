@@ -156,6 +156,25 @@ def check_lipsdp_wide(net: Network, body: dict) -> CheckResult:
                                         "provably positive definite")
 
 
+@register_certificate_kind("lipsdp-spectral")
+def check_lipsdp_spectral(net: Network, body: dict) -> CheckResult:
+    """A conv chain's channel multipliers on the per-frequency LMI (§7 [derived], §8)."""
+    from ..lmi.spectral import SpectralLMI
+    from .spectral import check
+
+    lmi = SpectralLMI.from_network(net)
+    params = np.asarray(body["params"], dtype=np.float64)
+    rho = float(body["rho"])
+    if params.shape != (lmi.n_params,):
+        return CheckResult(False, math.inf, f"expected {lmi.n_params} channel multipliers, "
+                                            f"got {params.size}")
+    if check(lmi, params, rho):
+        bound = round_up(math.sqrt(rho))
+        return CheckResult(True, bound, f"valid: L2 <= {bound:.10g}")
+    return CheckResult(False, math.inf, "rejected: the per-frequency LMI is not provably "
+                                        "positive semidefinite (or a multiplier is negative)")
+
+
 @register_certificate_kind("lipsdp-linf")
 def check_lipsdp_linf(net: Network, body: dict) -> CheckResult:
     """One bordered l_inf LMI per output row (§1.4, §8); the bound is the largest row's."""

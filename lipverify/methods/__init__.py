@@ -62,4 +62,4 @@ def method_option_names() -> tuple[str, ...]:
 
 def _load_builtin() -> None:
     # imported for their registration side effects
-    from . import baselines, gershgorin_lmi, lipsdp, lower, split, wide  # noqa: F401
+    from . import baselines, gershgorin_lmi, lipsdp, lower, spectral, split, wide  # noqa: F401

@@ -7,8 +7,10 @@ Stages (:func:`plan`), each run on what is left of the time limit:
   result, so ``auto`` never returns more than it and never fails where it succeeds;
 * ``ldlt-fast`` (§2b) on chains: closed-form multipliers, milliseconds to seconds;
 * an SDP: ``lipsdp-neuron`` on chains whose chordal certificate fits (§3, §8) and on residual
-  networks whose monolithic LMI is small (§5a); ``lipsdp-split`` (a certified product over
-  segments between cut nodes, each its own LMI) on larger chains and residual networks;
+  networks whose monolithic LMI is small (§5a); ``lipsdp-spectral`` (one small LMI per DFT
+  frequency, §7) on stride-1 conv chains too large for that; ``lipsdp-split`` (a certified
+  product over segments between cut nodes, each its own LMI) on larger chains and residual
+  networks;
   ``lipsdp-wide`` (the same LMI reduced to order n_in + n_out) on one wide hidden layer.
 
 A stage whose first §8 certificate is estimated to take longer than the time left is skipped
@@ -180,15 +182,26 @@ def plan(network: Network, norm: str, limit: float) -> list[Stage]:
     from .lipsdp import MIN_OVERRUN_SECONDS, certificate_seconds
 
     stages = [Stage("naive")]
+    sdp = _sdp_stage(network, norm, limit)
+    spectral = _spectral_stage(network, norm, limit)
+    if spectral is not None and sdp is not None and sdp.skip is None and \
+            sdp.method == "lipsdp-neuron":
+        spectral = None  # neuron multipliers on the exact LMI: tighter where they fit
     if network.is_sequential and norm == "l2":
         # ldlt-fast's multipliers (a dense factorisation per layer, not interruptible) add to
         # its §8 certificate: measured 73 s against a 45 s certificate estimate on a
-        # 16-channel 14x14 conv chain, 31 s against 35 s on an 8-channel one
+        # 16-channel 14x14 conv chain, 31 s against 35 s on an 8-channel one. Before the
+        # spectral stage it may take a quarter of the limit at most.
         cost = LDLT_FAST_FACTOR * certificate_seconds(network)
-        stages.append(Stage("ldlt-fast", None if cost <= max(limit, MIN_OVERRUN_SECONDS) else
+        most = max(limit if spectral is None else limit / 4, MIN_OVERRUN_SECONDS)
+        stages.append(Stage("ldlt-fast", None if cost <= most else
                             f"its multipliers and certificate would take about {cost:.3g} s, "
-                            f"over the {limit:g} s time limit"))
-    sdp = _sdp_stage(network, norm, limit)
+                            f"over {most:.3g} s of the {limit:g} s time limit"))
+    if spectral is not None:
+        # a stride-1 conv chain too large for neuron multipliers: one small LMI per
+        # frequency (conv sweep, 16 channels x depth 4: 32.18 in 15 s against split's 121.2)
+        stages.append(spectral)
+        return stages
     if sdp is not None and sdp.method == "lipsdp-split" and network.is_sequential \
             and is_structured(network):
         channel = _channel_stage(network, limit)
@@ -197,6 +210,26 @@ def plan(network: Network, norm: str, limit: float) -> list[Stage]:
     if sdp is not None:
         stages.append(sdp)
     return stages
+
+
+def _spectral_stage(network: Network, norm: str, limit: float) -> Stage | None:
+    """``lipsdp-spectral`` where its per-frequency form applies (a stride-1 conv chain with a
+    small output map), skipped when its certificate would take more than half the limit."""
+    if norm != "l2" or not network.is_sequential or not is_structured(network):
+        return None
+    from ..errors import NotApplicableError
+    from ..lmi.spectral import SpectralLMI
+    from .spectral import certificate_seconds
+
+    try:
+        lmi = SpectralLMI.from_network(network)
+    except NotApplicableError:
+        return None
+    cost = certificate_seconds(lmi)
+    if cost > limit / 2:
+        return Stage("lipsdp-spectral", f"its certificate would take about {cost:.3g} s, over "
+                                        f"half the {limit:g} s time limit")
+    return Stage("lipsdp-spectral")
 
 
 def _channel_stage(network: Network, limit: float) -> Stage | None:
