@@ -41,14 +41,15 @@ r = lipverify.bound(net, time_limit=limit, lower_bound=True)
 st = r.details.get("auto_stages", [])
 print(json.dumps({"bound": r.bound, "certified": r.certified, "stage": r.method,
                   "naive": st[0]["bound"] if st else None, "lower": r.lower_bound,
+                  "gap": r.status.gap,
                   "time_s": time.perf_counter() - t0,
                   "stages": "; ".join(f"{s['method']} {float(s['bound']):.6g} "
                                       f"({s['seconds']:.0f} s)" for s in st),
                   "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
-FIELDS = ("channels", "depth", "order", "bound", "certified", "stage", "naive", "lower", "time_s",
-          "peak_mib", "stages")
+FIELDS = ("channels", "depth", "order", "bound", "certified", "stage", "gap", "naive", "lower",
+          "time_s", "peak_mib", "stages")
 
 
 def main(limit: str = "60", channels: str = "8,16,32", depths: str = "2,4,8,16") -> None:
@@ -67,15 +68,16 @@ def main(limit: str = "60", channels: str = "8,16,32", depths: str = "2,4,8,16")
              machine(), "", f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} "
              f"python results/conv_sweep.py {limit} {channels} "
              f"{depths}` (time limit {limit} s per network, a fresh process each).", "",
-             "| channels | depth | LMI order | certified bound | stage | naive | lower | s | "
-             "peak MiB | stages |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| channels | depth | LMI order | certified bound | stage | gap | naive | lower | s | "
+             "peak MiB | stages |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         def num(key, fmt="{:.6g}", r=r):
             v = r.get(key)
             return fmt.format(v) if isinstance(v, (int, float)) else str(v or "")
         lines.append(f"| {r['channels']} | {r['depth']} | {r['order']} | {num('bound')}"
                      f"{'' if r.get('certified') else ' (not certified)'} | {r.get('stage', '')} "
-                     f"| {num('naive')} | {num('lower')} | {num('time_s', '{:.0f}')} | "
+                     f"| {num('gap', '{:.2g}')} | {num('naive')} | {num('lower')} | "
+                     f"{num('time_s', '{:.0f}')} | "
                      f"{num('peak_mib', '{:.0f}')} | {r.get('stages', '')} |")
     (ROOT / "results" / "conv-sweep.md").write_text("\n".join(lines) + "\n")
 

@@ -14,7 +14,7 @@ from lipverify.certify.spectral import certify_spectral, check
 from lipverify.errors import NotApplicableError
 from lipverify.ir.linear import Conv2d
 from lipverify.lmi.spectral import SpectralLMI
-from lipverify.solvers.spectral import dual_bound, minimize
+from lipverify.solvers.spectral import dual_bound, minimize, repaired_bound
 
 
 def conv_chain(rng, *, n=5, c=3, d=2, cin=1, m=3, act="relu", pads=(1, 1, 1, 1), k=3,
@@ -199,6 +199,21 @@ def test_dual_bound_measures_the_gap():
     assert rho * (1 - 1e-5) <= low <= rho * (1 + 1e-9)
     r = lipverify.bound(net, method="lipsdp-spectral")
     assert r.status.gap is not None and r.status.gap <= 1e-5
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_repaired_dual_is_below_the_optimum_anywhere(act):
+    """The repaired trajectories are dual feasible at any multipliers: their bound never
+    exceeds the optimum (here from the converged solve), and meets it at convergence."""
+    net = conv_chain(np.random.default_rng(19), n=6, c=4, d=3, cin=2, act=act)
+    lmi = SpectralLMI.from_network(net)
+    scaled, factors, out = lmi.balanced()
+    t, rho, _ = minimize(lmi)
+    assert repaired_bound(scaled, t / factors) * out >= rho * (1 - 1e-5)
+    for point in (lmi.anchor(), lmi.anchor() * np.random.default_rng(20).uniform(
+            0.5, 2.0, lmi.n_params)):
+        low = repaired_bound(scaled, point / factors)
+        assert low is not None and 0 < low * out <= rho * (1 + 1e-9)
 
 
 def test_not_applicable_lists_every_reason():

@@ -27,7 +27,7 @@ import math
 import numpy as np
 import scipy.linalg
 
-from ..lmi.spectral import SpectralLMI
+from ..lmi.spectral import SpectralLMI, half_frequencies
 from ..numerics import UNIT_ROUNDOFF as U
 from ..numerics import blas_threads, gamma, round_up
 from .gate import Certificate, smallest_margin
@@ -35,19 +35,6 @@ from .rump import certify_pd
 
 #: Frequencies assembled at once (each an order-sum(c) complex matrix).
 CHUNK = 8
-
-
-def half_frequencies(torus: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """One frequency of each conjugate pair (row-major indices) and its multiplicity 1 or 2."""
-    nh, nw = torus
-    idx, mult = [], []
-    for u in range(nh):
-        for v in range(nw):
-            k, kc = u * nw + v, ((-u) % nh) * nw + (-v) % nw
-            if k <= kc:
-                idx.append(k)
-                mult.append(1 if k == kc else 2)
-    return np.array(idx), np.array(mult)
 
 
 def _block_matrix(lmi: SpectralLMI, ts, rho: float, f: int) -> tuple[np.ndarray, np.ndarray]:

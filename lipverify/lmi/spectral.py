@@ -107,6 +107,19 @@ class Transfer:
     radius: np.ndarray
 
 
+def half_frequencies(torus: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One frequency of each conjugate pair (row-major indices) and its multiplicity 1 or 2."""
+    nh, nw = torus
+    idx, mult = [], []
+    for u in range(nh):
+        for v in range(nw):
+            k, kc = u * nw + v, ((-u) % nh) * nw + (-v) % nw
+            if k <= kc:
+                idx.append(k)
+                mult.append(1 if k == kc else 2)
+    return np.array(idx), np.array(mult)
+
+
 def frequency_grid(torus: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Row and column frequency of each of the ``N_h N_w`` frequencies (row-major)."""
     uu, vv = np.meshgrid(np.arange(torus[0]), np.arange(torus[1]), indexing="ij")
@@ -368,9 +381,13 @@ class SpectralLMI:
         ``s_j = S^{-1} sum_w (Q^{1d}_w)^H v_j(w)`` (Woodbury). So with ``Phi = K^{-1} R``
         (``c0 + m`` columns, one back substitution) and ``Gamma_w = sum_j y_j y_j^H`` every
         QC value is a diagonal of ``Phi_k Gamma Phi_l^H``: no per-eigenvector solves."""
-        tensors = self._tensors(torch)
+        tensors, pos, flip = self._tensors(torch)
         y = self._y(torch, state, v)
-        gamma_w = y @ y.conj().transpose(1, 2)
+        gamma_f = y @ y.conj().transpose(1, 2)
+        gamma_f = torch.where(flip[:, None, None], gamma_f.conj(), gamma_f)
+        # a conjugate frequency contributes Re diag(Phi conj(Gamma_f) Phi^H) (Phi its pair's)
+        gamma_w = torch.zeros((tensors[0].shape[0],) + gamma_f.shape[1:], dtype=y.dtype)
+        gamma_w.index_add_(0, pos, gamma_f)
         phis = self._phis(torch, state)
         out = []
         for k in range(1, self.depth + 1):
@@ -394,9 +411,9 @@ class SpectralLMI:
         return torch.cat([v, s.expand(freq, -1, -1)], dim=1)  # (F, c0 + m, nv)
 
     def _phis(self, torch, state):
-        """``Phi_k = (K^{-1} R)_k`` per frequency (``Phi_0 = -[I 0]``): ``x_k = -Phi_k y``."""
+        """``Phi_k = (K^{-1} R)_k`` on the half grid (``Phi_0 = -[I 0]``): ``x_k = -Phi_k y``."""
         chols, offdiag, gs, _, _ = state
-        freq, c0, d = self.frequencies, self.channels[0], self.depth
+        freq, c0, d = gs[0].shape[0], self.channels[0], self.depth
         phis = [None] * (d + 1)
         eye = torch.zeros(freq, c0, gs[0].shape[2], dtype=gs[0].dtype)
         eye[:, :, :c0] = -torch.eye(c0, dtype=gs[0].dtype)
@@ -421,15 +438,15 @@ class SpectralLMI:
         lam, vec = torch.linalg.eigh(h)
         r = min(rank, lam.shape[0])
         y = self._y(torch, state, vec[:, -r:])
-        xs = [(-phi @ y).numpy() for phi in self._phis(torch, state)]
+        xs = [(-self._full(torch, phi) @ y).numpy() for phi in self._phis(torch, state)]
         return lam[-r:].numpy(), xs
 
     def _input_matrix(self, torch, t):
         """``blkdiag(Q^11 - G) + V S^{-1} V^H`` (order ``c_0 F``) and the recursion's state,
         or None if infeasible."""
-        tensors = self._tensors(torch)
+        tensors = self._tensors(torch)[0]
         ts = torch.split(t, list(self.channels[1:]))
-        freq, c0, m = self.frequencies, self.channels[0], self.rows
+        freq, c0, m = tensors[0].shape[0], self.channels[0], self.rows
         d = self.depth
         chols, offdiag, gs = [], [None], []
         q = None
@@ -466,6 +483,8 @@ class SpectralLMI:
             q = z.conj().transpose(1, 2) @ z if q is None else q + z.conj().transpose(1, 2) @ z
             chols.append(chol)
             gs.append(g)
+        q = self._full(torch, q)
+        freq = q.shape[0]
         q11, q1d, qdd = q[:, :c0, :c0], q[:, :c0, c0:], q[:, c0:, c0:]
         s_out = torch.eye(m, dtype=q.dtype) - qdd.sum(0)
         s_out = 0.5 * (s_out + s_out.conj().T)
@@ -475,7 +494,7 @@ class SpectralLMI:
         a1, b1 = self.slopes[0]
         blocks = q11
         if a1 * b1 != 0.0:
-            p1, t1 = tensors[0], ts[0].to(tensors[0].dtype)
+            p1, t1 = self._full(torch, tensors[0]), ts[0].to(tensors[0].dtype)
             blocks = blocks - 2.0 * a1 * b1 * (p1.conj().transpose(1, 2) * t1[None, None, :]) @ p1
         v = q1d.reshape(freq * c0, m)
         w = torch.linalg.solve_triangular(s_chol, v.conj().T, upper=False)  # L^{-1} V^H
@@ -484,12 +503,34 @@ class SpectralLMI:
         return 0.5 * (h + h.conj().T), (chols, offdiag, gs, q1d, s_chol)
 
     def _tensors(self, torch):
+        """Torch copies of the transfers and ``U`` on one frequency of each conjugate pair
+        (:func:`half_frequencies`), and the maps back: ``pos[f]`` the representative of
+        frequency ``f`` and ``flip[f]`` whether ``f`` is its conjugate (real weights give
+        ``P(-w) = conj P(w)``, so every per-frequency quantity there is the conjugate)."""
         cache = self.__dict__.get("_torch")
         if cache is None:
-            cache = [torch.from_numpy(tr.value) for tr in self.transfers]
-            cache.append(torch.from_numpy(self.output.value))
+            idx, _ = half_frequencies(self.torus)
+            nh, nw = self.torus
+            pos = np.empty(self.frequencies, dtype=np.int64)
+            flip = np.zeros(self.frequencies, dtype=bool)
+            for j, f in enumerate(idx.tolist()):
+                u, v = divmod(f, nw)
+                fc = ((-u) % nh) * nw + (-v) % nw
+                pos[f], pos[fc] = j, j
+                flip[fc] = fc != f
+            half = [torch.from_numpy(np.ascontiguousarray(tr.value[idx]))
+                    for tr in self.transfers]
+            half.append(torch.from_numpy(np.ascontiguousarray(self.output.value[idx])))
+            cache = (half, torch.from_numpy(pos), torch.from_numpy(flip))
             object.__setattr__(self, "_torch", cache)
         return cache
+
+    def _full(self, torch, x):
+        """A per-frequency stack on the half grid, on every frequency (conjugated where
+        ``flip``)."""
+        _, pos, flip = self._tensors(torch)
+        x = x[pos]
+        return torch.where(flip[:, None, None], x.conj(), x)
 
 
 def _soft(lam: np.ndarray, mu: float | None) -> float:

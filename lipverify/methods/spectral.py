@@ -29,7 +29,7 @@ from ..lmi.spectral import SpectralLMI
 from ..options import TimeOptions
 from ..results import MethodOutput
 from ..runtime.clock import Clock
-from ..solvers.spectral import dual_bound, minimize
+from ..solvers.spectral import dual_bound, minimize, repaired_bound
 from ..status import GAP_TOLERANCE, Outcome, Status
 from . import register_method
 from .baselines import naive
@@ -77,8 +77,9 @@ def lipsdp_spectral(network: Network, *, norm: str = "l2", time_limit: float | N
     if cert.ok and not clock.expired():
         try:  # a measurement: its failure never costs the certified bound
             scaled, factors, out = lmi.balanced()
-            low = dual_bound(scaled, t / factors, DUAL_RANK)
-            dual = None if low is None else low * out
+            lows = [f(scaled, t / factors, DUAL_RANK) for f in (dual_bound, repaired_bound)]
+            lows = [v for v in lows if v is not None]
+            dual = max(lows) * out if lows else None
         except (ArithmeticError, ValueError, RuntimeError):
             dual = None
         gap = (rho - dual) / rho if dual is not None and dual > 0 else None
