@@ -78,7 +78,8 @@ CASES = [
 ]
 #: LMI methods that need not certify even on nice nets: the Gershgorin LP is often
 #: infeasible (its docstring), the split product certifies segment by segment.
-MAY_DECLINE = {"gershgorin-lmi", "lipsdp-wide"}  # wide: one hidden layer only
+MAY_DECLINE = {"gershgorin-lmi", "lipsdp-wide",  # wide: one hidden layer only
+               "lipsdp-spectral"}  # spectral: stride-1 conv chains only
 
 
 @cache
