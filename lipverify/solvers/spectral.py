@@ -31,7 +31,7 @@ CHANNEL_MU = (1e-3, 1e-4, 1e-5, 1e-6)
 #: Share of the time limit the per-layer warm start may take.
 LAYER_SHARE = 0.3
 #: A channel cycle that gains less than this (relative) ends the solve.
-MIN_GAIN = 1e-7
+MIN_GAIN = 1e-6
 
 
 def minimize(lmi: SpectralLMI, start=None, *, time_limit: float | None = None,
