@@ -63,6 +63,7 @@ def main(limit: str = "60", channels: str = "8,16,32", depths: str = "2,4,8,16")
             row.update(json.loads(line) if line else {"bound": f"exit {proc.returncode}"})
             rows.append(row)
             print(row, flush=True)
+    rows = _merged(rows)
     write_csv(ROOT / "results" / "conv-sweep.csv", FIELDS, rows)
     lines = ["# Conv depth sweep: random 3x3 conv chains on 14x14 inputs, default auto", "",
              machine(), "", f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} "
@@ -76,7 +77,9 @@ def main(limit: str = "60", channels: str = "8,16,32", depths: str = "2,4,8,16")
              "stage that gave the bound, from a dual point of its own formulation (blank: not "
              "measured). Networks: input 1x14x14, `depth` 3x3 convs (padding 1, `channels` "
              "out, ReLU, He-scaled Gaussian kernels, seed channels * 100 + depth), then a "
-             "dense map to 10 outputs.", "",
+             "dense map to 10 outputs. A run with some channels/depths replaces only those "
+             "rows (the command above is the last one); the others are kept from earlier "
+             "runs of the same script.", "",
              "| channels | depth | LMI order | certified bound | stage | gap | naive | lower | s | "
              "peak MiB | stages |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -89,6 +92,31 @@ def main(limit: str = "60", channels: str = "8,16,32", depths: str = "2,4,8,16")
                      f"{num('time_s', '{:.0f}')} | "
                      f"{num('peak_mib', '{:.0f}')} | {r.get('stages', '')} |")
     (ROOT / "results" / "conv-sweep.md").write_text("\n".join(lines) + "\n")
+
+
+def _merged(rows: list[dict]) -> list[dict]:
+    """The rows just measured, plus the previous file's rows for other networks (so one row
+    can be re-run alone); sorted by channels and depth."""
+    import csv
+
+    path = ROOT / "results" / "conv-sweep.csv"
+    done = {(r["channels"], r["depth"]) for r in rows}
+    old = []
+    if path.exists():
+        with open(path) as fh:
+            for r in csv.DictReader(fh):
+                key = (int(r["channels"]), int(r["depth"]))
+                if key in done:
+                    continue
+                for k in ("bound", "naive", "lower", "gap", "time_s", "peak_mib"):
+                    try:
+                        r[k] = float(r[k])
+                    except (KeyError, TypeError, ValueError):
+                        r[k] = r.get(k) or None
+                r["channels"], r["depth"] = key
+                r["certified"] = r.get("certified") in ("True", "true", "1")
+                old.append(r)
+    return sorted(rows + old, key=lambda r: (r["channels"], r["depth"]))
 
 
 if __name__ == "__main__":
