@@ -74,7 +74,7 @@ import numpy as np
 
 from ..errors import NotApplicableError
 from ..ir.activations import SlopeRestricted
-from ..ir.linear import Conv2d, LinearOp
+from ..ir.linear import Conv2d
 from ..ir.network import Network
 from ..numerics import UNIT_ROUNDOFF as U
 from ..numerics import gamma
@@ -152,7 +152,7 @@ def conv_transfer(op: Conv2d, torus: tuple[int, int]) -> Transfer:
 
 
 def output_transfer(w: np.ndarray, shape: tuple[int, int, int], offset: tuple[int, int],
-                    torus: tuple[int, int]) -> Transfer:
+                    torus: tuple[int, int], w_radius: np.ndarray | None = None) -> Transfer:
     """``U_w = What(w)^T``: ``(F, c, m)`` with ``What = |F|^{-1/2} sum_u W[:, c, u]
     exp(-2 pi i u.w / N)`` over the window at ``offset`` (direct summation, with radius)."""
     c, h, wd = shape
@@ -171,7 +171,10 @@ def output_transfer(w: np.ndarray, shape: tuple[int, int, int], offset: tuple[in
     value = (wf @ cos_t[idx] - 1j * (wf @ sin_t[idx])) * scale
     value = value.reshape(m, c, length).transpose(2, 1, 0)
     coef = (gamma(h * wd + 4) * (1.0 + TWIDDLE_ERROR) + TWIDDLE_ERROR) * (1.0 + 4 * U) + 4 * U
-    rad = (coef * np.abs(wf).sum(axis=1) * scale + h * wd * 2.0**-1074) * 1.01
+    rad = coef * np.abs(wf).sum(axis=1) * scale + h * wd * 2.0**-1074
+    if w_radius is not None:  # the map itself rounded (e.g. a composed output map)
+        rad = rad + np.asarray(w_radius, np.float64).reshape(m * c, h * wd).sum(axis=1) * scale
+    rad = rad * 1.01
     return Transfer(np.ascontiguousarray(value), rad.reshape(m, c).T.copy())
 
 
@@ -270,8 +273,9 @@ class SpectralLMI:
         if need > MAX_BYTES:
             raise NotApplicableError(f"the spectral form would need {need / 2**30:.1f} GiB "
                                      f"(limit {MAX_BYTES / 2**30:.0f} GiB)")
-        w_out = _dense(last.weight)
-        out = output_transfer(w_out, ops[-1].out_shape, offsets[-1], torus)
+        w_out, w_rad = last.weight.dense_with_radius()
+        w_out = np.asarray(w_out, dtype=np.float64)
+        out = output_transfer(w_out, ops[-1].out_shape, offsets[-1], torus, w_rad)
         if not all(np.isfinite(op.kernel).all() for op in ops) or not np.isfinite(w_out).all():
             raise NotApplicableError("the spectral form needs finite weights")
         return cls(torus, channels, tuple(conv_transfer(op, torus) for op in ops), out,
@@ -544,11 +548,6 @@ def _gram_sum(u: np.ndarray) -> np.ndarray:
     """``sum_w U_w^H U_w`` (the output map's Gram ``W W^T``, by Parseval)."""
     g = np.einsum("fcm,fcn->mn", u.conj(), u)
     return 0.5 * (g + g.conj().T)
-
-
-def _dense(op: LinearOp) -> np.ndarray:
-    w = op.to_dense() if hasattr(op, "to_dense") else np.asarray(op)
-    return np.asarray(w, dtype=np.float64)
 
 
 def _torus(ops: list[Conv2d]) -> tuple[int, int]:
