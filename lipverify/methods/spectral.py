@@ -36,7 +36,7 @@ from .baselines import naive
 from .pipeline import output
 
 #: Checks the certificate's margin search usually needs (for the time reserve).
-CERTIFICATE_CHECKS = 2
+CERTIFICATE_CHECKS = 3
 #: Rank of the dual candidate behind the measured gap.
 DUAL_RANK = 16
 
