@@ -82,6 +82,12 @@ def test_conformance_every_method_takes_its_declared_options(info):
     net = _net()
     if info.name == "lipsdp-wide":  # one hidden layer only
         net = lipverify.Network.sequential([np.eye(3), np.ones((2, 3))], [RELU])
+    if info.name == "lipsdp-spectral":  # stride-1 conv chains only
+        from lipverify.ir.linear import Conv2d
+
+        net = lipverify.Network.sequential(
+            [Conv2d(np.ones((2, 1, 3, 3)) / 9, (1, 4, 4), pads=(1, 1, 1, 1)), np.ones((2, 32))],
+            [RELU], input_shape=(1, 4, 4))
     r = lipverify.bound(net, method=info.name, **given)
     assert r.bound > 0 and not any("not used" in w for w in r.warnings)
 

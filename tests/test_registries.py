@@ -182,7 +182,8 @@ def _kind_cases():
     conv = lipverify.Network.sequential(
         [Conv2d(rng.normal(size=(2, 1, 3, 3)), (1, 4, 4), pads=(1, 1, 1, 1)),
          rng.normal(size=(3, 32))], [relu], input_shape=(1, 4, 4))
-    return {"lipsdp-spectral": (conv, "l2", "lipsdp-spectral"),"lipsdp-l2": (chain, "l2", "lipsdp-neuron"), "lipsdp-dag": (dag, "l2", "lipsdp-neuron"),
+    return {"lipsdp-spectral": (conv, "l2", "lipsdp-spectral"),
+            "lipsdp-l2": (chain, "l2", "lipsdp-neuron"), "lipsdp-dag": (dag, "l2", "lipsdp-neuron"),
             "lipsdp-linf": (chain, "linf", "lipsdp-neuron"),
             "lipsdp-wide": (wide, "l2", "lipsdp-wide")}
 
