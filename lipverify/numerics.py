@@ -101,6 +101,23 @@ def round_down(x: float) -> float:
 
 
 # ---------------------------------------------------------------------------- the machine
+#: Absolute error allowed for one computed twiddle ``cos``/``sin`` of :func:`twiddles`. The
+#: phase is an exact integer ``m`` reduced to ``|m| <= L/2``, so ``fl(2 pi m / L)`` is off by
+#: at most ``gamma_3 pi < 10u``; ``math.cos``/``math.sin`` (the C library's) are assumed
+#: within 4 ulp (<= 8u on ``[-1, 1]``; glibc documents <= 1 ulp). 32u leaves a margin.
+TWIDDLE_ERROR = 32.0 * UNIT_ROUNDOFF
+
+
+def twiddles(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """``cos`` and ``sin`` of ``2 pi m / length`` for ``m = 0..length-1``, the phase reduced to
+    ``|angle| <= pi``; each within :data:`TWIDDLE_ERROR` (DFTs with a rigorous radius, §7)."""
+    m = np.arange(length, dtype=np.int64)
+    m = np.where(2 * m > length, m - length, m)
+    angles = [2.0 * math.pi * float(k) / length for k in m.tolist()]
+    return (np.array([math.cos(t) for t in angles], dtype=np.float64),
+            np.array([math.sin(t) for t in angles], dtype=np.float64))
+
+
 def physical_memory() -> int:
     """Bytes of physical memory (16 GiB when the system does not say)."""
     try:

@@ -52,30 +52,12 @@ import math
 import numpy as np
 
 from ..ir.linear import Conv2d
+from ..numerics import TWIDDLE_ERROR, blas_threads, eigvalsh_batched, gamma, round_up, twiddles
 from ..numerics import UNIT_ROUNDOFF as U
-from ..numerics import blas_threads, eigvalsh_batched, gamma, round_up
 from .rump import ETA
-
-#: Absolute error allowed for one computed twiddle ``cos``/``sin``. The phase is an exact
-#: integer ``m`` reduced to ``|m| <= L/2``, so ``fl(2 pi m / L)`` is off by at most
-#: ``gamma_3 pi < 10u``; ``math.cos``/``math.sin`` (the C library's) are assumed within 4 ulp
-#: (<= 8u on ``[-1, 1]``; glibc documents <= 1 ulp). 32u leaves a generous margin.
-TWIDDLE_ERROR = 32.0 * U
 
 #: Working-memory budget of one frequency chunk (bytes); peak use is a small multiple.
 CHUNK_BYTES = 128 * 2**20
-
-
-def _twiddle_table(length: int) -> tuple[np.ndarray, np.ndarray]:
-    """``cos`` and ``sin`` of ``2 pi m / length`` for ``m = 0..length-1`` (phase reduced)."""
-    m = np.arange(length, dtype=np.int64)
-    m = np.where(2 * m > length, m - length, m)  # |m| <= length/2, so |angle| <= pi
-    two_pi = 2.0 * math.pi
-    angles = [two_pi * float(k) / length for k in m.tolist()]
-    return (
-        np.array([math.cos(t) for t in angles], dtype=np.float64),
-        np.array([math.sin(t) for t in angles], dtype=np.float64),
-    )
 
 
 def _lattice(op: Conv2d) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -254,7 +236,7 @@ def certified_conv_norm(op: Conv2d, extra_rel: float = 0.0) -> float:
     uu, vv = np.meshgrid(np.arange(nh), np.arange(nw // 2 + 1), indexing="ij")
     uu, vv = uu.ravel(), vv.ravel()
     length = nh * nw
-    cos_t, sin_t = _twiddle_table(length)
+    cos_t, sin_t = twiddles(length)
 
     m, n = min(og, cr), max(og, cr)
     per_freq = 8 * g * (8 * m * n + 24 * m * m + 2 * kh * kw)

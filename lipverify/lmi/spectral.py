@@ -76,27 +76,14 @@ from ..errors import NotApplicableError
 from ..ir.activations import SlopeRestricted
 from ..ir.linear import Conv2d
 from ..ir.network import Network
+from ..numerics import TWIDDLE_ERROR, gamma, twiddles
 from ..numerics import UNIT_ROUNDOFF as U
-from ..numerics import gamma
 
 #: Output maps with more rows than this are not treated by the Woodbury term (rank m).
 MAX_OUTPUT_ROWS = 256
 
 #: Working memory allowed for the transfer matrices and the output term (bytes).
 MAX_BYTES = 2 * 2**30
-
-#: Absolute error of one computed twiddle (see :data:`lipverify.certify.conv_norm`).
-TWIDDLE_ERROR = 32.0 * U
-
-
-def twiddles(length: int) -> tuple[np.ndarray, np.ndarray]:
-    """``cos`` and ``sin`` of ``2 pi m / length``, ``m = 0..length-1``, phase reduced to
-    ``|angle| <= pi`` (each within :data:`TWIDDLE_ERROR`)."""
-    m = np.arange(length, dtype=np.int64)
-    m = np.where(2 * m > length, m - length, m)
-    angles = [2.0 * math.pi * float(k) / length for k in m.tolist()]
-    return (np.array([math.cos(t) for t in angles]), np.array([math.sin(t) for t in angles]))
-
 
 @dataclass(frozen=True, eq=False)
 class Transfer:
