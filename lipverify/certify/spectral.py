@@ -101,8 +101,11 @@ def check(lmi: SpectralLMI, params, rho: float) -> bool:
         m = m * scale[:, None] * scale[None, :]  # exact (powers of two)
         r = r * scale[:, None] * scale[None, :]
         m = 0.5 * (m + m.conj().T)  # exact: M_w's entries are placed symmetrically
-        lam_min = float(scipy.linalg.eigh(m, eigvals_only=True, subset_by_index=[0, 0],
-                                          check_finite=False)[0])
+        try:  # an estimate only: mu_w is proved below
+            lam_min = float(scipy.linalg.eigh(m, eigvals_only=True, subset_by_index=[0, 0],
+                                              check_finite=False)[0])
+        except (np.linalg.LinAlgError, ValueError):
+            return False
         if not lam_min > 0:
             return False
         mu = 0.5 * lam_min
