@@ -255,8 +255,9 @@ class SpectralLMI:
                                      f"{MAX_OUTPUT_ROWS} rows (this one has {m})")
         channels = (ops[0].in_shape[0], *(op.out_shape[0] for op in ops))
         freq = torus[0] * torus[1]
-        need = 16 * freq * (sum(a * b for a, b in zip(channels, channels[1:]))
-                            + channels[-1] * m + (channels[0] * freq) ** 2 // freq)
+        # complex128 transfers and output term per frequency, and the order-c_0 F matrix H
+        need = 16 * (freq * (sum(a * b for a, b in zip(channels, channels[1:]))
+                             + channels[-1] * m) + (channels[0] * freq) ** 2)
         if need > MAX_BYTES:
             raise NotApplicableError(f"the spectral form would need {need / 2**30:.1f} GiB "
                                      f"(limit {MAX_BYTES / 2**30:.0f} GiB)")

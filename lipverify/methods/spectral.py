@@ -41,15 +41,6 @@ CERTIFICATE_CHECKS = 3
 DUAL_RANK = 16
 
 
-def applicable(network: Network) -> str | None:
-    """None if ``lipsdp-spectral`` applies to ``network``, else the reason it does not."""
-    try:
-        SpectralLMI.from_network(network)
-    except NotApplicableError as exc:
-        return str(exc)
-    return None
-
-
 def certificate_seconds(lmi: SpectralLMI) -> float:
     return CERTIFICATE_CHECKS * check_seconds(lmi)
 
