@@ -55,11 +55,12 @@ class Status:
     """What happened in one bound.
 
     ``detail`` says what the outcome alone does not (the solver's own status, why a fallback
-    was needed); ``gap`` is the measured relative optimality gap (None: not measured, with
-    ``gap_note`` saying why when known); ``theta`` the §8 repair blend toward the anchor;
-    ``timed_out`` that the time limit was reached (the best certified iterate is reported);
-    ``fallback_from`` the method or stage whose failure led to a fallback; ``notes`` any
-    further remarks, in order.
+    was needed); ``gap`` is the measured relative optimality gap of the bound,
+    ``(L - L_dual) / L`` with ``L_dual`` the square root of a dual bound on rho (None: not
+    measured, with ``gap_note`` saying why when known); ``theta`` the §8 repair blend toward
+    the anchor; ``timed_out`` that the time limit was reached (the best certified iterate is
+    reported); ``fallback_from`` the method or stage whose failure led to a fallback;
+    ``notes`` any further remarks, in order.
     """
 
     outcome: Outcome = Outcome.OK

@@ -73,7 +73,7 @@ def main(limit: str = "60", channels: str = "8,16,32", depths: str = "2,4,8,16")
              "and runs the default `auto` (`lipverify.bound(net, time_limit=LIMIT, "
              "lower_bound=True)`), so `s` includes naive, every stage that ran, the §8 "
              "certificates and the sampled lower bound; `peak MiB` is the process's maximum "
-             "resident set. `gap` is the relative optimality gap (rho - dual) / rho of the "
+             "resident set. `gap` is the relative optimality gap (L - L_dual) / L of the "
              "stage that gave the bound, from a dual point of its own formulation (blank: not "
              "measured). Networks: input 1x14x14, `depth` 3x3 convs (padding 1, `channels` "
              "out, ReLU, He-scaled Gaussian kernels, seed channels * 100 + depth), then a "

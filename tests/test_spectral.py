@@ -14,7 +14,13 @@ from lipverify.certify.spectral import certify_spectral, check
 from lipverify.errors import NotApplicableError
 from lipverify.ir.linear import Conv2d
 from lipverify.lmi.spectral import SpectralLMI
-from lipverify.solvers.spectral import dual_bound, minimize, repaired_bound
+from lipverify.solvers.spectral import (
+    ascent_bound,
+    dual_bound,
+    kkt_multipliers,
+    minimize,
+    trajectory_ascent,
+)
 
 
 def conv_chain(rng, *, n=5, c=3, d=2, cin=1, m=3, act="relu", pads=(1, 1, 1, 1), k=3,
@@ -202,18 +208,71 @@ def test_dual_bound_measures_the_gap():
 
 
 @pytest.mark.parametrize("act", ["relu", "gelu"])
-def test_repaired_dual_is_below_the_optimum_anywhere(act):
-    """The repaired trajectories are dual feasible at any multipliers: their bound never
-    exceeds the optimum (here from the converged solve), and meets it at convergence."""
+def test_ascent_dual_is_below_the_optimum_and_nearly_meets_it(act):
+    """The ascent's trajectories are dual feasible by construction: whatever the seed or
+    rank, their bound never exceeds the converged optimum, and the best comes within 1%."""
     net = conv_chain(np.random.default_rng(19), n=6, c=4, d=3, cin=2, act=act)
     lmi = SpectralLMI.from_network(net)
     scaled, factors, out = lmi.balanced()
-    t, rho, _ = minimize(lmi)
-    assert repaired_bound(scaled, t / factors) * out >= rho * (1 - 1e-5)
-    for point in (lmi.anchor(), lmi.anchor() * np.random.default_rng(20).uniform(
-            0.5, 2.0, lmi.n_params)):
-        low = repaired_bound(scaled, point / factors)
-        assert low is not None and 0 < low * out <= rho * (1 + 1e-9)
+    _, rho, _ = minimize(lmi)
+    lows = [ascent_bound(scaled, rank=rank, seed=seed, steps=steps) * out
+            for rank, seed, steps in ((1, 0, 3000), (2, 1, 3000), (1, 2, 5))]
+    assert all(0 < low <= rho * (1 + 1e-9) for low in lows)
+    assert max(lows) >= rho * (1 - 1e-2)
+
+
+def test_dual_start_is_near_the_optimum_and_both_starts_converge():
+    """Complementary slackness on the ascent's trajectory gives multipliers within 10% of
+    the optimum at once (rank 1 is tight on this chain); from either start the solve meets
+    the same optimum."""
+    net = conv_chain(np.random.default_rng(23), n=6, c=4, d=3, cin=1)
+    lmi = SpectralLMI.from_network(net)
+    scaled, _, out = lmi.balanced()
+    value, xs = trajectory_ascent(scaled)
+    start = kkt_multipliers(scaled, xs)
+    assert start is not None and (start > 0).all()
+    t_dual, rho_dual, info = minimize(lmi)
+    t_fwd, rho_fwd, info_fwd = minimize(lmi, dual_start=False)
+    assert info["start"] == "dual" and info_fwd["start"] == "forward"
+    assert value * out <= rho_dual * (1 + 1e-9)
+    assert scaled.rho_star(start) * out <= 1.1 * rho_dual
+    assert rho_dual == pytest.approx(rho_fwd, rel=1e-5)
+
+
+def test_forward_repair_makes_every_pivot_positive_definite():
+    """Multipliers far too large in the second layer have no finite rho* at any common scale;
+    scaling layers down in order restores it, and a repaired point is left as it is."""
+    net = conv_chain(np.random.default_rng(24), n=5, c=3, d=3, cin=1)
+    lmi = SpectralLMI.from_network(net)
+    t = lmi.anchor()
+    once = lmi.forward_repair(t)
+    assert lmi.forward_repair(once) == pytest.approx(once, rel=1e-9)
+    bad = t.copy()
+    bad[3:6] *= 1e4
+    assert all(lmi.rho_star(c * bad) == math.inf for c in (1e-3, 1.0, 1e3))
+    fixed = lmi.forward_repair(bad)
+    assert (fixed <= bad * (1 + 1e-12)).all()
+    assert any(math.isfinite(lmi.rho_star(10.0 ** k * fixed)) for k in range(0, 16, 2))
+
+
+def test_ascent_dual_measures_the_gap_where_the_primal_is_cut_short(monkeypatch):
+    """A solve that ran out of time (two L-BFGS iterations) still reports a measured gap,
+    from the ascent: its dual is below the converged optimum and within 1% of it."""
+    import lipverify.methods.spectral as method
+
+    net = conv_chain(np.random.default_rng(21), n=6, c=3, d=4, cin=1)
+    lmi = SpectralLMI.from_network(net)
+    _, rho, _ = minimize(lmi)
+
+    def cut_short(lmi, **_):
+        t, rho_short, info = minimize(lmi, max_iter=2)
+        return t, rho_short, {**info, "timed_out": True}
+
+    monkeypatch.setattr(method, "minimize", cut_short)
+    r = lipverify.bound(net, method="lipsdp-spectral")
+    dual = r.details["dual_bound"] ** 2
+    assert r.certified and rho * (1 - 1e-2) <= dual <= rho * (1 + 1e-9)
+    assert r.status.gap == pytest.approx(1 - math.sqrt(dual) / r.bound, rel=1e-6)
 
 
 def test_not_applicable_lists_every_reason():

@@ -186,7 +186,7 @@ def convert_activation(act: Activation, beta: Callable | None = None) -> Fn:
 
 
 # ---------------------------------------------------------------------------- network
-class _Tensors:
+class Tensors:
     """Turns read-only numpy arrays into tensors of one dtype on one device."""
 
     def __init__(self, dtype, device):
@@ -205,7 +205,7 @@ class TorchNetwork(torch.nn.Module):
 
     def __init__(self, network: Network, dtype, device, smooth: bool, smooth_beta):
         super().__init__()
-        t = _Tensors(dtype, device)
+        t = Tensors(dtype, device)
         self.input_dim, self.output_dim = network.input_dim, network.output_dim
         self.smooth_beta = smooth_beta
         beta = (lambda: self.smooth_beta) if smooth else None

@@ -331,6 +331,37 @@ class SpectralLMI:
             out.append(np.full(g.shape[1], t))
         return np.concatenate(out)
 
+    def forward_repair(self, params) -> np.ndarray | None:
+        """``params`` with each layer's multipliers scaled down, first layer to last, until
+        every pivot of the recursion is positive definite (None when a layer's slopes have
+        ``alpha beta != 0``, as :meth:`forward_start`).
+
+        With ``S_0 = I``, ``G_k = P_k S_{k-1}^{-1} P_k^H`` and ``lambda_k = (a+b)^2 max_w
+        lambda_max(T_k^{1/2} G_k T_k^{1/2})``, scaling ``T_k`` by ``theta = min(1, 1 /
+        lambda_k)`` gives ``S_k = 2 theta T_k - (a+b)^2 theta^2 T_k G_k T_k >= theta T_k``."""
+        if any(a * b != 0.0 for a, b in self.slopes):
+            return None
+        s_inv = np.broadcast_to(np.eye(self.channels[0]), (self.frequencies,) + (
+            self.channels[0],) * 2)
+        out = []
+        for tr, (a, b), t in zip(self.transfers, self.slopes, self.split(params)):
+            p = tr.value
+            g = p @ s_inv @ p.conj().transpose(0, 2, 1)
+            root = np.sqrt(np.maximum(t, 0.0))
+            h = root[:, None] * g * root[None, :]
+            h = 0.5 * (h + h.conj().transpose(0, 2, 1))
+            top = float(np.linalg.eigvalsh(h)[:, -1].max()) * (a + b) ** 2
+            t = t * min(1.0, 1.0 / top) if top > 0 else t
+            tt = np.diag(t)
+            s = 2.0 * tt - (a + b) ** 2 * (t[:, None] * g * t[None, :])
+            try:
+                s_inv = np.linalg.inv(s)
+            except np.linalg.LinAlgError:
+                return None
+            out.append(t)
+        out = np.concatenate(out)
+        return out if np.isfinite(out).all() and (out > 0).all() else None
+
     # ------------------------------------------------------------------ rho*
     def rho_star(self, params) -> float:
         """``rho*(t)`` (module docstring, item 4); ``inf`` outside the domain."""

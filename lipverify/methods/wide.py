@@ -399,7 +399,7 @@ def lipsdp_wide(network: Network, *, norm: str = "l2", multipliers: str = "auto"
         dual = form.dual_bound(s) if ok else 0.0
     except (np.linalg.LinAlgError, ValueError, ArithmeticError):
         dual = 0.0
-    gap = (rho - dual) / rho if ok and dual > 0 else None
+    gap = 1.0 - math.sqrt(dual / rho) if ok and dual > 0 else None  # of L, as Status says
     details = {"order": form.w1.shape[1] + form.w1.shape[0],
                "reduced_order": form.w1.shape[1] + form.w2.shape[0],
                "multipliers": form.multipliers, "groups": form.n_groups,

@@ -3,7 +3,7 @@
 The solver is §2's smooth route: ``rho*(t)`` is convex in the channel multipliers, its soft
 maximum ``F_mu = mu log tr exp(H(t) / mu)`` is a smooth upper approximation, and L-BFGS-B
 descends it with ``mu`` decreasing, on the balanced LMI (every ``P_k`` of unit norm).
-Gradients come from torch's autograd through the per-frequency Schur recursion.
+Gradients come from the envelope formula (:meth:`SpectralLMI.evaluate`).
 
 :func:`dual_bound` measures the gap: any Hermitian ``Z >= 0`` (in DFT coordinates) with
 ``tr(Z E_0) = 1`` and ``tr(Z A_i) <= 0`` for every multiplier's matrix ``A_i`` gives
@@ -12,6 +12,9 @@ tr(Z U U^H) + sum_i t_i tr(Z A_i)``). ``Z = Y X Y^H`` with ``Y`` the worst-case 
 the top eigenvectors of ``H`` at the final multipliers, and the small ``X >= 0`` chosen by a
 conic solve; weak duality holds for any such ``X``, so the bound is a true lower bound on the
 formulation's optimum whatever the solve's accuracy, once its constraints are rechecked.
+It is tight where the primal has converged. :func:`ascent_bound` needs no primal point: it
+ascends over trajectories that satisfy every channel's constraint by construction, and is
+what measures the gap on deep chains the primal has not converged on.
 """
 
 from __future__ import annotations
@@ -32,51 +35,69 @@ CHANNEL_MU = (1e-3, 1e-4, 1e-5, 1e-6)
 LAYER_SHARE = 0.8
 #: A channel cycle that gains less than this (relative) ends the solve.
 MIN_GAIN = 1e-6
+#: Share of the time limit the dual start's trajectory ascent may take.
+ASCENT_SHARE = 0.15
+#: Adam steps (at most) and step size of :func:`trajectory_ascent`.
+ASCENT_STEPS = 3000
+ASCENT_RATE = 0.05
 
 
 def minimize(lmi: SpectralLMI, start=None, *, time_limit: float | None = None,
-             max_iter: int = 500) -> tuple[np.ndarray, float, dict]:
+             max_iter: int = 500, dual_start: bool = True) -> tuple[np.ndarray, float, dict]:
     """``(t, rho*(t), info)`` minimising rho* on the balanced LMI, in ``log t``.
 
-    First one multiplier per layer (a few dozen variables, from the anchor), then one per
-    channel from there, in cycles of decreasing ``mu`` while a cycle still gains. Measured on
-    the 32-channel, depth-16 chain of the conv sweep (``results/conv_sweep.py``), 200 s:
-    per-layer first 4.446e6 in 87 s; per channel from the anchor 8.44e6 (log) and 1.25e7
-    (linear ``t`` with bounds) in 200 s. From the forward start, 200 s, by the share of the
-    time the per-layer stage may take: 4.195e5 (0), 2.540e5 (0.3), 1.996e5 (0.6), 1.864e5
-    (0.85): on deep chains the per-layer stage gains most; on shallow ones it converges
-    early and the channel stage gets the rest."""
+    1. A start: with ``dual_start``, :func:`trajectory_ascent` (at most ``ASCENT_SHARE`` of
+       the time) and the multipliers its trajectory's complementary slackness implies
+       (:func:`kkt_multipliers`); otherwise, or if that fails, ECLipsE-Fast's layer
+       multipliers (:meth:`SpectralLMI.forward_start`); each at its best common scale.
+       ``info["dual"]`` keeps the ascent's lower bound on the optimum.
+    2. One scale per layer on the start's channel profile (a few dozen variables).
+    3. One multiplier per channel, in cycles of decreasing ``mu`` while a cycle still gains.
+
+    Measured on the 32-channel, depth-16 chain of the conv sweep (``results/conv_sweep.py``):
+    from the forward start, stages 2-3 in 250 s reach 1.869e5; from the dual start 1.4080e5
+    in 250 s, against the ascent's lower bound 1.4021e5. On 8 x 16, 200 s: 1.732e5 from the
+    forward start, 65396 from the dual start (its raw KKT multipliers have no finite rho*
+    at any common scale; :meth:`SpectralLMI.forward_repair` restores the pivots)."""
     scaled, factors, out = lmi.balanced()
-    deadline = None if time_limit is None else time.perf_counter() + time_limit
-    info = {"evaluations": 0, "stages": 0, "timed_out": False}
-    anchor = _forward_start(scaled) if start is None else None
-    anchor = scaled.anchor() if anchor is None else anchor
-    x = anchor if start is None else np.maximum(np.asarray(start) / factors, 0.0)
-    rho0 = scaled.rho_star(x)
-    if not math.isfinite(rho0) or not (x > 0).all():
-        x, rho0 = anchor, scaled.rho_star(anchor)
-    best = {"x": x.copy(), "rho": rho0}
+    now = time.perf_counter()
+    deadline = None if time_limit is None else now + time_limit
+    info = {"evaluations": 0, "stages": 0, "timed_out": False, "dual": None, "start": None}
+    x = None
+    if start is not None:
+        x = np.maximum(np.asarray(start) / factors, 0.0)
+        x = x if (x > 0).all() and math.isfinite(scaled.rho_star(x)) else None
+    elif dual_start:
+        until = None if deadline is None else now + ASCENT_SHARE * time_limit
+        found = trajectory_ascent(scaled, until=until)
+        if found is not None:
+            info["dual"] = found[0] * out
+            kkt = kkt_multipliers(scaled, found[1])
+            x = None if kkt is None else _best_scale(scaled, scaled.forward_repair(kkt))
+            info["start"] = None if x is None else "dual"
+    if x is None:
+        forward = scaled.forward_start()
+        x = None if forward is None else _best_scale(scaled, forward)
+        info["start"] = "forward" if x is not None else "anchor"
+        x = scaled.anchor() if x is None else x
+    best = {"x": x.copy(), "rho": scaled.rho_star(x)}
     sizes = scaled.channels[1:]
     layer_of = np.repeat(np.arange(len(sizes)), sizes)
 
-    def run(mus, x0, per_layer, until):
+    def run(mus, per_layer, until):
         for rel in mus:
-            if _descend(scaled, best, info, rel, x0, per_layer, layer_of, until, max_iter):
+            if _descend(scaled, best, info, rel, per_layer, layer_of, until, max_iter):
                 return True
-            x0 = best["x"]
-            if per_layer:  # the best point is layer-uniform: one value per layer
-                x0 = np.array([x0[layer_of == k].mean() for k in range(len(sizes))])
         return False
 
     try:
         if start is None:
             until = None if deadline is None else \
-                time.perf_counter() + LAYER_SHARE * time_limit
-            layer = np.array([x[layer_of == k].mean() for k in range(len(sizes))])
-            run(LAYER_MU, layer, True, until)
+                time.perf_counter() + LAYER_SHARE * (deadline - time.perf_counter())
+            run(LAYER_MU, True, until)
         while True:
             before = best["rho"]
-            if run(CHANNEL_MU, best["x"], False, deadline):
+            if run(CHANNEL_MU, False, deadline):
                 info["timed_out"] = True
                 break
             if not best["rho"] < before * (1.0 - MIN_GAIN):
@@ -86,12 +107,41 @@ def minimize(lmi: SpectralLMI, start=None, *, time_limit: float | None = None,
     return best["x"] * factors, best["rho"] * out, info
 
 
-def _forward_start(lmi: SpectralLMI) -> np.ndarray | None:
-    """ECLipsE-Fast's layer multipliers (:meth:`SpectralLMI.forward_start`) at their best
-    common scale (a bounded search on ``log c`` of ``rho*(c t)``), if better than the anchor."""
+def kkt_multipliers(lmi: SpectralLMI, xs: list[np.ndarray]) -> np.ndarray | None:
+    """The multipliers that complementary slackness pairs with the trajectory ``xs``
+    (``x_0 ... x_d``, DFT coordinates), by least squares channel by channel; None if not
+    finite and positive somewhere.
+
+    **Derivation.** At an optimal pair, ``M(rho, t) z = 0`` for the dual trajectory ``z``.
+    With ``p_k = P_k x_{k-1}``, ``l_k = 2 x_k - (a_k + b_k) p_k`` and the blocks of the
+    module docstring of :mod:`lipverify.lmi.spectral`, block row ``d`` reads ``T_d l_d = U
+    sum_w U_w^H x_d(w)`` and block row ``k < d`` reads ``T_k l_k = P_{k+1}^H T_{k+1} ((a_{k+1}
+    + b_{k+1}) x_{k+1} - 2 a_{k+1} b_{k+1} p_{k+1})``. Solving these from the output back,
+    each channel's ``t`` is the real least-squares fit ``Re<l, r> / |l|^2`` over its
+    frequencies; multipliers below ``1e-8`` of the largest are raised to it."""
+    rhs = lmi.output.value @ np.einsum("fcm,fcj->mj", lmi.output.value.conj(), xs[-1])[None]
+    out = [None] * lmi.depth
+    for k in range(lmi.depth, 0, -1):
+        a, b = lmi.slopes[k - 1]
+        p = lmi.transfers[k - 1].value @ xs[k - 1]
+        lhs = 2.0 * xs[k] - (a + b) * p
+        den = (np.abs(lhs) ** 2).sum(axis=(0, 2))
+        out[k - 1] = (lhs.conj() * rhs).real.sum(axis=(0, 2)) / np.where(den > 0, den, 1.0)
+        if k > 1:
+            rhs = lmi.transfers[k - 1].value.conj().transpose(0, 2, 1) @ (
+                out[k - 1][None, :, None] * ((a + b) * xs[k] - 2.0 * a * b * p))
+    t = np.concatenate(out)
+    top = float(t.max(initial=0.0))
+    if not np.isfinite(t).all() or not top > 0:
+        return None
+    return np.maximum(t, 1e-8 * top)
+
+
+def _best_scale(lmi: SpectralLMI, t: np.ndarray | None) -> np.ndarray | None:
+    """``c t`` at the best common scale (a bounded search on ``log c`` of ``rho*(c t)``,
+    from the anchor's scale), if better than the anchor; else None."""
     import scipy.optimize
 
-    t = lmi.forward_start()
     if t is None:
         return None
     anchor = lmi.anchor()
@@ -112,18 +162,19 @@ class _Timeout(Exception):
     pass
 
 
-def _descend(lmi, best, info, rel, x0, per_layer, layer_of, until, max_iter) -> bool:
-    """One L-BFGS run on ``F_mu``, ``mu = rel * rho``, in ``log t`` (per layer: one ``log t``
-    per layer, broadcast to its channels). True if it stopped at ``until``."""
+def _descend(lmi, best, info, rel, per_layer, layer_of, until, max_iter) -> bool:
+    """One L-BFGS run on ``F_mu``, ``mu = rel * rho``, from the best point, in ``log t``
+    (per layer: one log scale per layer on the best point's channel profile). True if it
+    stopped at ``until``."""
     import scipy.optimize
 
-    mu, scale = rel * best["rho"], best["rho"]
+    mu, scale, base = rel * best["rho"], best["rho"], best["x"].copy()
 
     def fun(p):
         if until is not None and time.perf_counter() > until:
             raise _Timeout
         info["evaluations"] += 1
-        t = np.exp(p[layer_of] if per_layer else p)
+        t = base * np.exp(p[layer_of]) if per_layer else np.exp(p)
         res = lmi.evaluate(t, mu, grad=True)
         if res is None:
             return 1e3, np.zeros_like(p)
@@ -135,7 +186,7 @@ def _descend(lmi, best, info, rel, x0, per_layer, layer_of, until, max_iter) -> 
             g = np.bincount(layer_of, weights=g, minlength=p.size)
         return value / scale, g / scale
 
-    p0 = np.log(np.asarray(x0, dtype=np.float64))
+    p0 = np.zeros(int(layer_of[-1]) + 1) if per_layer else np.log(base)
     try:
         scipy.optimize.minimize(fun, p0, jac=True, method="L-BFGS-B",
                                 options={"maxiter": max_iter, "ftol": 1e-13, "gtol": 1e-11,
@@ -206,64 +257,89 @@ def dual_bound(lmi: SpectralLMI, params, rank: int = 12) -> float | None:
     return value
 
 
-def repaired_bound(lmi: SpectralLMI, params, rank: int = 16) -> float | None:
-    """A lower bound on the formulation's optimum from trajectories made dual feasible.
+def ascent_bound(lmi: SpectralLMI, **options) -> float | None:
+    """:func:`trajectory_ascent`'s lower bound on the formulation's optimum (None if none)."""
+    found = trajectory_ascent(lmi, **options)
+    return None if found is None else found[0]
 
-    For weights ``w_j >= 0`` on the top trajectories ``z_j``, ``Z = sum_j w_j z_j z_j^H`` is
-    dual feasible when every channel's constraint ``tr(Z A_i) <= 0`` holds (module
-    docstring). Going forward through the layers, each channel of ``x_k`` is scaled by the
-    ``s`` closest to 1 with ``2 s^2 X - 2 (a+b) s R + 2 a b V <= 0`` (``X = sum w |x|^2``,
-    ``R = sum w Re <x, v>``, ``V = sum w |v|^2``, ``v = P_k x_{k-1}`` of the repaired
-    previous layer; ``s = 0`` always qualifies as ``a b <= 0``), so the repaired ``Z`` is
-    feasible exactly and ``rho_opt >= tr(Z U U^H) / tr(Z E_0)``. Unlike :func:`dual_bound` it
-    needs no converged point; it is the best over a few weightings (each top trajectory
-    alone, and the top 2, 4, ... equally)."""
-    traj = lmi.trajectories(params, rank)
-    if traj is None:
+
+def trajectory_ascent(lmi: SpectralLMI, *, rank: int = 1, steps: int = ASCENT_STEPS,
+                      until: float | None = None, seed: int = 0
+                      ) -> tuple[float, list[np.ndarray]] | None:
+    """A lower bound on the formulation's optimum from trajectories feasible by construction,
+    and those trajectories ``x_0 ... x_d`` (each ``(F, c_k, rank)``, DFT coordinates).
+
+    **Derivation.** With ``m = (a+b)/2`` and ``r = (b-a)/2``, channel ``i``'s dual
+    constraint ``tr(Z A_i) <= 0`` (module docstring) on ``Z = sum_j z_j z_j^H`` reads
+    ``sum_j |x_j - m p_j|^2 <= r^2 sum_j |p_j|^2`` over the channel's DFT coordinates, with
+    ``p_j = P_k x_{k-1, j}``: the slope QC summed over pixels, ``|x|^2 - (a+b) Re<x, p> + a b
+    |p|^2 <= 0``, is this ball. So for *any* input ``x_0`` and directions ``u_k``, layer
+    after layer and channel by channel ``x_k = m p + r s |p| u / |u|`` (``s = 1 - 1e-9``,
+    norms over frequencies and ``j``) is dual feasible, and ``rho_opt >= sum_j |U^H
+    z_j|^2 / sum_j |x_{0, j}|^2`` by weak duality. Adam ascends the log of that ratio over
+    ``x_0`` and the ``u_k`` (torch autograd; nonconvex, so any iterate is a bound but the
+    best is not guaranteed optimal). Unlike :func:`dual_bound` it needs no converged primal
+    point: measured on the conv sweep's 16x8 chain, rank 1, 1000 steps (4 s), it reaches
+    413.9 against the optimum 415.6; on 32x16, 2000 steps (35 s), 1.404e5, against the
+    1.4080e5 the primal then reaches from it. Higher rank did not help there (8x16: 65357
+    at ranks 1, 4 and 16). The final point is re-evaluated in numpy with every
+    channel's constraint rechecked (None if one fails)."""
+    import torch
+
+    transfers = [torch.from_numpy(tr.value) for tr in lmi.transfers]
+    out_h = torch.from_numpy(lmi.output.value).conj().transpose(1, 2)
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn((lmi.frequencies, n, rank), dtype=torch.complex128,
+                          generator=gen).requires_grad_() for n in lmi.channels]
+    opt = torch.optim.Adam(params, lr=ASCENT_RATE)
+
+    def norm(x, dims=None):
+        return torch.linalg.vector_norm(x, dim=dims)
+
+    best, best_ps, stale = 0.0, None, 0
+    for _ in range(steps):
+        if until is not None and time.perf_counter() > until:
+            break
+        opt.zero_grad()
+        value = _trajectory(lmi.slopes, transfers, out_h, params, norm)[0]
+        v = float(value.detach())
+        if not math.isfinite(v):
+            break
+        stale = 0 if v > best * (1.0 + 1e-7) else stale + 1
+        if v > best:
+            best, best_ps = v, [q.detach().numpy().copy() for q in params]
+        if stale > 200:  # no gain for 200 steps
+            break
+        (-torch.log(value)).backward()
+        opt.step()
+    if best_ps is None:
         return None
-    _, xs = traj
-    r = xs[0].shape[2]
-    weightings = [np.eye(r)[j] for j in range(r - 1, max(r - 5, -1), -1)]
-    k = 2
-    while k <= r:
-        w = np.zeros(r)
-        w[-k:] = 1.0 / k
-        weightings.append(w)
-        k *= 2
-    best = None
-    for w in weightings:
-        x = xs[0]
-        energy_in = float((w * (np.abs(x) ** 2).sum(axis=(0, 1))).sum())
-        if not energy_in > 0:
-            continue
-        for k, tr in enumerate(lmi.transfers):
-            a, b = lmi.slopes[k]
-            v = tr.value @ x
-            xk = xs[k + 1]
-            big_x = (w * (np.abs(xk) ** 2).sum(axis=0)).sum(axis=1)
-            big_r = (w * (xk.conj() * v).real.sum(axis=0)).sum(axis=1)
-            big_v = (w * (np.abs(v) ** 2).sum(axis=0)).sum(axis=1)
-            x = xk * _scales(big_x, big_r, big_v, a, b)[None, :, None]
-        out = np.einsum("fcm,fcj->mj", lmi.output.value.conj(), x)
-        value = float((w * (np.abs(out) ** 2).sum(axis=0)).sum()) / energy_in
-        best = value if best is None else max(best, value)
-    return best
+
+    def norm_np(x, dims=None):
+        return np.sqrt((np.abs(x) ** 2).sum(axis=dims))
+
+    value, layers = _trajectory(lmi.slopes, [tr.value for tr in lmi.transfers],
+                                lmi.output.value.conj().transpose(0, 2, 1), best_ps, norm_np)
+    for (a, b), (x, p) in zip(lmi.slopes, layers):  # every channel's constraint, in float64
+        q = (np.abs(x) ** 2).sum(axis=(0, 2)) - (a + b) * (x.conj() * p).real.sum(axis=(0, 2)) \
+            + a * b * (np.abs(p) ** 2).sum(axis=(0, 2))
+        if (q > 1e-12 * (np.abs(p) ** 2).sum(axis=(0, 2))).any():
+            return None
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        return None
+    return value, [best_ps[0]] + [x for x, _ in layers]
 
 
-def _scales(big_x, big_r, big_v, a, b) -> np.ndarray:
-    """Per channel, the ``s`` closest to 1 with ``s^2 X - (a+b) s R + a b V <= 0``, shrunk
-    by 1e-12 toward the feasible interior to absorb rounding."""
-    s = np.zeros_like(big_x)
-    for i, (x, r, v) in enumerate(zip(big_x, big_r, big_v)):
-        if x <= 0:
-            continue
-        disc = ((a + b) * r) ** 2 - 4.0 * x * a * b * v
-        if disc < 0:
-            continue
-        lo = ((a + b) * r - math.sqrt(disc)) / (2.0 * x)
-        hi = ((a + b) * r + math.sqrt(disc)) / (2.0 * x)
-        if hi < 0 and lo < 0:
-            continue
-        lo, hi = max(lo, 0.0), max(hi, 0.0)
-        s[i] = min(max(1.0, lo), hi) * (1.0 - 1e-12)
-    return s
+def _trajectory(slopes, transfers, out_h, params, norm):
+    """:func:`ascent_bound`'s ratio ``|U^H x_d|^2 / |x_0|^2`` and each layer's ``(x_k, p_k)``
+    for the input ``params[0]`` and directions ``params[1:]`` (numpy or torch, by ``norm``)."""
+    x = params[0]
+    energy_in = norm(x) ** 2
+    layers = []
+    for (a, b), tr, u in zip(slopes, transfers, params[1:]):
+        p = tr @ x
+        radius = (0.5 * (b - a) * (1.0 - 1e-9)) * norm(p, (0, 2)) / norm(u, (0, 2))
+        x = 0.5 * (a + b) * p + radius[None, :, None] * u
+        layers.append((x, p))
+    return norm((out_h @ x).sum(0)) ** 2 / energy_in, layers

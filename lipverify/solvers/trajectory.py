@@ -1,0 +1,152 @@
+"""A lower bound on LipSDP's optimum for any network of slope-restricted nodes, from
+trajectories that are dual feasible by construction (§1.2, §5a) **[derived]**.
+
+**Weak duality.** LipSDP's matrix on a network with nodes ``x_k = sigma_k(V_k z)`` (``z`` the
+stacked input and node values, §5a) is ``M(rho, t) = rho E_0 - C^T C - sum_i t_i A_i`` with
+``t >= 0`` and ``z^T A_i z = q_i(z)``, the QC value of multiplier ``i``: summed over the
+neurons ``j`` sharing it (one neuron, or a channel), ``q_i = sum_j -2 a b p_j^2 + 2 (a+b) p_j
+x_j - 2 x_j^2`` with ``p = V_k z`` and ``x = x_k``. So for any ``z`` with every ``q_i(z) >=
+0``, ``M >= 0`` gives ``0 <= z^T M z = rho |x_0|^2 - |C z|^2 - sum_i t_i q_i(z)``, and
+``rho_opt >= |C z|^2 / |x_0|^2`` (rank one; sums of such ``z z^T`` are the dual's points).
+
+**Feasible by construction.** With ``m = (a+b)/2`` and ``r = (b-a)/2``, ``q_i >= 0`` reads
+``|x - m p|^2 <= r^2 |p|^2`` over the multiplier's neurons: a ball around ``m p``. So for any
+input ``x_0`` and any directions ``u_k``, node after node and group after group
+``x_k = m p + r s |p| c`` with ``c = u / |u|`` (``tanh u`` for a single neuron) and ``s = 1 -
+1e-9`` is feasible, and the bound holds whatever they are. Adam ascends ``log(|C z|^2 /
+|x_0|^2)`` over ``x_0`` and the ``u_k``, evaluating the network's own operators in torch
+(convolutions stay convolutions); the problem is not convex,
+so the best value is a valid lower bound but not necessarily the optimum. The final point is
+re-evaluated in float64 numpy with every group's constraint rechecked.
+
+It measures the optimality gap of ``lipsdp-channel`` / ``lipsdp-neuron`` where no dual point
+comes from the solver (residual and large conv networks). :mod:`lipverify.solvers.spectral`
+runs the same construction in DFT coordinates.
+
+>>> import numpy as np
+>>> from lipverify import Network, SlopeRestricted
+>>> net = Network.sequential([np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 1.0]])],
+...                          [SlopeRestricted.named("relu")])
+>>> low = ascent_bound(net, per_neuron=True)
+>>> 4.99 <= low <= 5.0      # LipSDP: rho = 5 (L = sqrt 5, both units active)
+True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..errors import NotApplicableError
+from ..ir.activations import SlopeRestricted
+from ..ir.network import Network
+
+#: Adam steps (at most), step size, and the steps without gain that end the ascent.
+STEPS = 3000
+RATE = 0.05
+PATIENCE = 200
+#: Feasibility margin: the radius used is ``(1 - MARGIN)`` of the ball's.
+MARGIN = 1e-9
+
+
+def groups(network: Network, per_neuron: bool | str) -> list[int]:
+    """Neurons per multiplier for each node: 1 (per neuron), the node's spatial size
+    (per channel: the QC's ``block``), or its width (per layer)."""
+    from ..lmi.chain import node_qcs
+
+    return [qc.n // qc.num_params() for qc in node_qcs(network, per_neuron)]
+
+
+def ascent_bound(network: Network, per_neuron: bool | str = "channel", *, steps: int = STEPS,
+                 until: float | None = None, seed: int = 0) -> float | None:
+    """A lower bound on LipSDP's optimal ``rho`` (``L^2``) with these multipliers (module
+    docstring), or None if the ascent found nothing positive. :class:`NotApplicableError`
+    for nodes that are not elementwise slope-restricted with one slope interval."""
+    import torch
+
+    from ..ir.torch_eval import Tensors, convert_linear
+
+    slopes = []
+    for k, node in enumerate(network.nodes, start=1):
+        act = node.activation
+        if not isinstance(act, SlopeRestricted) or np.ndim(act.alpha) or np.ndim(act.beta):
+            raise NotApplicableError(f"node {k}: the trajectory bound needs one slope "
+                                     f"interval per node ({act.describe()})")
+        slopes.append((float(act.alpha), float(act.beta)))
+    sizes = groups(network, per_neuron)
+    t = Tensors(torch.float64, "cpu")
+    nodes = [[(term.source, convert_linear(term.op, t)) for term in n.pre.terms]
+             for n in network.nodes]
+    output = [(term.source, convert_linear(term.op, t)) for term in network.output.terms]
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn((1, network.input_dim), dtype=torch.float64, generator=gen)]
+    params += [torch.randn((1, n.width), dtype=torch.float64, generator=gen)
+               for n in network.nodes]
+    for p in params:
+        p.requires_grad_()
+    opt = torch.optim.Adam(params, lr=RATE)
+
+    def value(ps, apply_nodes, apply_out, norm):
+        values = [ps[0]]
+        for (a, b), terms, u, size in zip(slopes, apply_nodes, ps[1:], sizes):
+            p = sum(fn(values[s]) for s, fn in terms)
+            pn = norm(p.reshape(-1, size))
+            c = direction(u.reshape(-1, size))
+            x = 0.5 * (a + b) * p + \
+                ((0.5 * (b - a) * (1.0 - MARGIN)) * pn[:, None] * c).reshape(p.shape)
+            values.append(x)
+        y = sum(fn(values[s]) for s, fn in apply_out)
+        return (y ** 2).sum() / (ps[0] ** 2).sum(), values
+
+    def tnorm(x):
+        return torch.linalg.vector_norm(x, dim=1)
+
+    def direction(u):  # a point of the unit ball: the sphere, or [-1, 1] for single neurons
+        if u.shape[1] == 1:
+            return torch.tanh(u)
+        return u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
+
+    best, best_ps, stale = 0.0, None, 0
+    for _ in range(steps):
+        if until is not None and time.perf_counter() > until:
+            break
+        opt.zero_grad()
+        v, _ = value(params, nodes, output, tnorm)
+        f = float(v.detach())
+        if not math.isfinite(f):
+            break
+        stale = 0 if f > best * (1.0 + 1e-7) else stale + 1
+        if f > best:
+            best, best_ps = f, [p.detach().numpy().copy() for p in params]
+        if stale > PATIENCE:
+            break
+        (-torch.log(v)).backward()
+        opt.step()
+    if best_ps is None:
+        return None
+    return _checked(network, slopes, sizes, best_ps)
+
+
+def _checked(network: Network, slopes, sizes, ps) -> float | None:
+    """The ratio at ``ps`` in float64 numpy (the network's own operators), or None if a
+    group's constraint ``|x|^2 - (a+b) <x, p> + a b |p|^2 <= 0`` fails there."""
+    values = [ps[0]]
+    for (a, b), node, u, size in zip(slopes, network.nodes, ps[1:], sizes):
+        p = sum(term.op.matmat(values[term.source]) for term in node.pre.terms)
+        pg, ug = p.reshape(-1, size), u.reshape(-1, size)
+        if size == 1:
+            c = np.tanh(ug)
+        else:
+            un = np.linalg.norm(ug, axis=1, keepdims=True)
+            c = ug / np.where(un > 0, un, 1.0)
+        x = 0.5 * (a + b) * pg + (0.5 * (b - a) * (1.0 - MARGIN)) * np.linalg.norm(
+            pg, axis=1, keepdims=True) * c
+        q = (x * x).sum(axis=1) - (a + b) * (x * pg).sum(axis=1) + a * b * (pg * pg).sum(axis=1)
+        if (q > 1e-12 * (pg * pg).sum(axis=1)).any():
+            return None
+        values.append(x.reshape(p.shape))
+    y = sum(term.op.matmat(values[term.source]) for term in network.output.terms)
+    value = float((y * y).sum()) / float((values[0] * values[0]).sum())
+    return value if math.isfinite(value) and value > 0 else None

@@ -1,0 +1,75 @@
+"""The trajectory lower bound on LipSDP's optimum (lipverify.solvers.trajectory): below the
+solved optimum and above the sampled lower bound on chains and residual networks, at the
+optimum with layer multipliers, refused where the QC is not a slope interval."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_residual import resnet
+
+import lipverify
+from lipverify.errors import NotApplicableError
+from lipverify.ir.activations import GroupSort
+from lipverify.ir.linear import Conv2d
+from lipverify.solvers.trajectory import ascent_bound, groups
+
+
+def _mlp(seed, act="relu"):
+    rng = np.random.default_rng(seed)
+    ws = [rng.normal(size=(8, 5)), rng.normal(size=(8, 8)), rng.normal(size=(3, 8))]
+    sigma = lipverify.SlopeRestricted.named("leaky_relu", 0.1) if act == "leaky" \
+        else lipverify.SlopeRestricted.named(act)
+    return lipverify.Network.sequential(ws, [sigma] * 2)
+
+
+@pytest.mark.parametrize(("seed", "act"), [(0, "relu"), (1, "tanh")])
+def test_between_the_sampled_lower_bound_and_the_neuron_optimum(seed, act):
+    """Rank one is not the whole dual for per-neuron multipliers: the ascent lies between the
+    sampled lower bound (a real trajectory is feasible) and LipSDP-Neuron's optimum."""
+    net = _mlp(seed, act)
+    rho = lipverify.bound(net, method="lipsdp-neuron").bound ** 2
+    lower = lipverify.bound(net, method="lower").bound ** 2
+    lows = [ascent_bound(net, True, seed=s) for s in range(3)]
+    assert all(0 < low <= rho * (1 + 1e-7) for low in lows)
+    assert max(lows) >= 0.95 * lower
+
+
+@pytest.mark.parametrize(("seed", "act"), [(0, "relu"), (1, "tanh"), (2, "leaky")])
+def test_meets_the_layer_optimum_on_mlps(seed, act):
+    """With one multiplier per layer the rank-one ascent reaches LipSDP-Layer's optimum."""
+    net = _mlp(seed, act)
+    rho = lipverify.bound(net, method="lipsdp-layer").bound ** 2
+    low = ascent_bound(net, False)
+    assert rho * (1 - 1e-3) <= low <= rho * (1 + 1e-7)
+
+
+def test_group_sizes():
+    rng = np.random.default_rng(4)
+    ops = [Conv2d(rng.normal(size=(3, 1, 3, 3)), (1, 5, 5), pads=(1, 1, 1, 1)),
+           Conv2d(rng.normal(size=(3, 3, 3, 3)), (3, 5, 5), pads=(1, 1, 1, 1)),
+           rng.normal(size=(2, 75))]
+    net = lipverify.Network.sequential(ops, [lipverify.SlopeRestricted.named("relu")] * 2,
+                                       input_shape=(1, 5, 5))
+    assert groups(net, False) == [75, 75] and groups(net, True) == [1, 1]
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_on_residual_nets(k):
+    """Residual DAGs (skip terms read earlier nodes): below each formulation's optimum, above
+    the sampled lower bound."""
+    rng = np.random.default_rng(k)
+    blocks = [(rng.normal(size=(10, 6)) / np.sqrt(6), rng.normal(size=(6, 10)) / np.sqrt(10))
+              for _ in range(k)]
+    net = resnet(blocks, rng)
+    lower = lipverify.bound(net, method="lower").bound ** 2
+    for mult, method in ((True, "lipsdp-neuron"), (False, "lipsdp-layer")):
+        rho = lipverify.bound(net, method=method).bound ** 2
+        low = ascent_bound(net, mult)
+        assert lower * 0.95 <= low <= rho * (1 + 1e-7)
+
+
+def test_groupsort_is_refused():
+    net = lipverify.Network.sequential([np.eye(4), np.eye(4)], [GroupSort(2)])
+    with pytest.raises(NotApplicableError, match="slope interval"):
+        ascent_bound(net)
