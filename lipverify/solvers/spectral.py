@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 
 from ..lmi.spectral import SpectralLMI
+from .trajectory import ascend
 
 #: Smoothing continuation of the per-layer warm start: ``mu = rel * rho`` for each stage.
 LAYER_MU = (1e-2, 1e-3, 1e-4)
@@ -291,27 +292,12 @@ def trajectory_ascent(lmi: SpectralLMI, *, rank: int = 1, steps: int = ASCENT_ST
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn((lmi.frequencies, n, rank), dtype=torch.complex128,
                           generator=gen).requires_grad_() for n in lmi.channels]
-    opt = torch.optim.Adam(params, lr=ASCENT_RATE)
 
     def norm(x, dims=None):
         return torch.linalg.vector_norm(x, dim=dims)
 
-    best, best_ps, stale = 0.0, None, 0
-    for _ in range(steps):
-        if until is not None and time.perf_counter() > until:
-            break
-        opt.zero_grad()
-        value = _trajectory(lmi.slopes, transfers, out_h, params, norm)[0]
-        v = float(value.detach())
-        if not math.isfinite(v):
-            break
-        stale = 0 if v > best * (1.0 + 1e-7) else stale + 1
-        if v > best:
-            best, best_ps = v, [q.detach().numpy().copy() for q in params]
-        if stale > 200:  # no gain for 200 steps
-            break
-        (-torch.log(value)).backward()
-        opt.step()
+    best_ps = ascend(params, lambda ps: _trajectory(lmi.slopes, transfers, out_h, ps, norm)[0],
+                     steps=steps, until=until, rate=ASCENT_RATE)
     if best_ps is None:
         return None
 

@@ -86,7 +86,6 @@ def ascent_bound(network: Network, per_neuron: bool | str = "channel", *, steps:
                for n in network.nodes]
     for p in params:
         p.requires_grad_()
-    opt = torch.optim.Adam(params, lr=RATE)
 
     def value(ps, apply_nodes, apply_out, norm):
         values = [ps[0]]
@@ -108,25 +107,38 @@ def ascent_bound(network: Network, per_neuron: bool | str = "channel", *, steps:
             return torch.tanh(u)
         return u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
 
+    best_ps = ascend(params, lambda ps: value(ps, nodes, output, tnorm)[0], steps=steps,
+                     until=until)
+    if best_ps is None:
+        return None
+    return _checked(network, slopes, sizes, best_ps)
+
+
+def ascend(params: list, value, *, steps: int = STEPS, until: float | None = None,
+           rate: float = RATE, patience: int = PATIENCE) -> list[np.ndarray] | None:
+    """Adam on ``-log value(params)`` (torch leaf tensors, updated in place) until ``steps``,
+    ``until`` or ``patience`` steps without a relative gain of 1e-7; numpy copies of the
+    best parameters seen (None if no finite positive value)."""
+    import torch
+
+    opt = torch.optim.Adam(params, lr=rate)
     best, best_ps, stale = 0.0, None, 0
     for _ in range(steps):
         if until is not None and time.perf_counter() > until:
             break
         opt.zero_grad()
-        v, _ = value(params, nodes, output, tnorm)
+        v = value(params)
         f = float(v.detach())
         if not math.isfinite(f):
             break
         stale = 0 if f > best * (1.0 + 1e-7) else stale + 1
         if f > best:
             best, best_ps = f, [p.detach().numpy().copy() for p in params]
-        if stale > PATIENCE:
+        if stale > patience:
             break
         (-torch.log(v)).backward()
         opt.step()
-    if best_ps is None:
-        return None
-    return _checked(network, slopes, sizes, best_ps)
+    return best_ps
 
 
 def _checked(network: Network, slopes, sizes, ps) -> float | None:
