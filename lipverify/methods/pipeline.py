@@ -310,6 +310,35 @@ TRAJECTORY_ABOVE_GAP = 1e-3
 TRAJECTORY_SECONDS = 30.0
 
 
+#: Share of the time left the DAG dual start may take (its trajectory ascent stops there),
+#: and the smallest LMI order it runs on (below it the structured solver converges anyway).
+DUAL_START_SHARE = 0.15
+DUAL_START_MIN_ORDER = 2000
+
+
+def dual_stage(network: Network, lmi: LMI, per_neuron, cands: Candidates, clock: Clock,
+               reserve: float, details: dict) -> None:
+    """Adds the multipliers a dual trajectory implies (:mod:`lipverify.solvers.dag_start`)
+    as a candidate start for the structured solver (kept only if its rho* is lowest)."""
+    import time
+
+    from ..solvers.dag_start import dual_start
+
+    t0 = time.perf_counter()
+    left = clock.left(reserve)
+    until = None if left is None else t0 + DUAL_START_SHARE * left
+    try:
+        params = dual_start(network, lmi, per_neuron, until=until)
+    except (ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+        details["dual_start"] = f"failed: {exc}"
+        return
+    details["dual_start_seconds"] = time.perf_counter() - t0
+    if params is None:
+        details["dual_start"] = "not applicable or nothing finite"
+        return
+    details["dual_start"] = "best start" if cands.add(params) else "not better"
+
+
 def trajectory_lower(network: Network, per_neuron, clock: Clock) -> float | None:
     """``sqrt`` of :func:`lipverify.solvers.trajectory.ascent_bound` (None where it does not
     apply: nodes that are not slope-restricted, or nothing found)."""
@@ -470,6 +499,9 @@ def run(network: Network, lmi: LMI, *, per_neuron: bool | str, solver: str, cloc
             stages = POLISH_STAGES if won else SMOOTH_STAGES
         if per_neuron and stages is SMOOTH_STAGES:
             warm_stage(network, lmi, cands, clock, reserve, details)
+        if lmi.kind == "dag" and stages is SMOOTH_STAGES and not clock.expired(reserve) \
+                and lmi.order >= DUAL_START_MIN_ORDER:
+            dual_stage(network, lmi, per_neuron, cands, clock, reserve, details)
         info: dict = {"timed_out": True}
         floor = DAG_MIN_SECONDS if lmi.kind == "dag" else 0.0
         if not clock.expired(reserve) or floor:

@@ -59,11 +59,20 @@ def groups(network: Network, per_neuron: bool | str) -> list[int]:
     return [qc.n // qc.num_params() for qc in node_qcs(network, per_neuron)]
 
 
-def ascent_bound(network: Network, per_neuron: bool | str = "channel", *, steps: int = STEPS,
-                 until: float | None = None, seed: int = 0) -> float | None:
+def ascent_bound(network: Network, per_neuron: bool | str = "channel", **options
+                 ) -> float | None:
     """A lower bound on LipSDP's optimal ``rho`` (``L^2``) with these multipliers (module
     docstring), or None if the ascent found nothing positive. :class:`NotApplicableError`
     for nodes that are not elementwise slope-restricted with one slope interval."""
+    found = trajectory_ascent(network, per_neuron, **options)
+    return None if found is None else found[0]
+
+
+def trajectory_ascent(network: Network, per_neuron: bool | str = "channel", *,
+                      steps: int = STEPS, until: float | None = None, seed: int = 0
+                      ) -> tuple[float, np.ndarray] | None:
+    """:func:`ascent_bound`'s value and its trajectory ``z`` (input then every node's value,
+    one vector of the LMI's order, scaled to ``|x_0| = 1``)."""
     import torch
 
     from ..ir.torch_eval import Tensors, convert_linear
@@ -141,9 +150,9 @@ def ascend(params: list, value, *, steps: int = STEPS, until: float | None = Non
     return best_ps
 
 
-def _checked(network: Network, slopes, sizes, ps) -> float | None:
-    """The ratio at ``ps`` in float64 numpy (the network's own operators), or None if a
-    group's constraint ``|x|^2 - (a+b) <x, p> + a b |p|^2 <= 0`` fails there."""
+def _checked(network: Network, slopes, sizes, ps) -> tuple[float, np.ndarray] | None:
+    """The ratio and trajectory at ``ps`` in float64 numpy (the network's own operators),
+    or None if a group's constraint ``|x|^2 - (a+b) <x, p> + a b |p|^2 <= 0`` fails there."""
     values = [ps[0]]
     for (a, b), node, u, size in zip(slopes, network.nodes, ps[1:], sizes):
         p = sum(term.op.matmat(values[term.source]) for term in node.pre.terms)
@@ -160,5 +169,8 @@ def _checked(network: Network, slopes, sizes, ps) -> float | None:
             return None
         values.append(x.reshape(p.shape))
     y = sum(term.op.matmat(values[term.source]) for term in network.output.terms)
-    value = float((y * y).sum()) / float((values[0] * values[0]).sum())
-    return value if math.isfinite(value) and value > 0 else None
+    energy = float((values[0] * values[0]).sum())
+    value = float((y * y).sum()) / energy
+    if not (math.isfinite(value) and value > 0):
+        return None
+    return value, np.concatenate([v[0] for v in values]) / math.sqrt(energy)
