@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import NotApplicableError
 from ..ir.network import Network
+from .smooth_rho import scale_search
 from .trajectory import trajectory_ascent
 
 #: Largest LMI order the node-by-node repair (dense Schur complements) takes.
@@ -106,8 +107,6 @@ def repair(lmi, t: np.ndarray) -> np.ndarray | None:
 def best_scale(lmi, t: np.ndarray, evaluations: int = 25) -> tuple[float, np.ndarray] | None:
     """``(rho*(c t), c t)`` at the best common scale ``c`` (bounded search on ``log c``,
     bracketed upward from ``c = 1`` until ``rho*`` is finite)."""
-    import scipy.optimize
-
     c, rho = 1.0, lmi.rho_star(t)
     for _ in range(40):
         if math.isfinite(rho):
@@ -117,14 +116,8 @@ def best_scale(lmi, t: np.ndarray, evaluations: int = 25) -> tuple[float, np.nda
     if not math.isfinite(rho):
         return None
 
-    def f(logc):
-        r = lmi.rho_star(math.exp(logc) * t)
-        return math.log(r) if math.isfinite(r) and r > 0 else 1e3
-
-    lo = math.log(c) - math.log(4.0)
-    res = scipy.optimize.minimize_scalar(f, bounds=(lo, math.log(c) + 3.0), method="bounded",
-                                         options={"xatol": 1e-2, "maxiter": evaluations})
-    best = min((res.fun, res.x), (math.log(rho), math.log(c)))
+    found = scale_search(lmi.rho_star, t, (math.log(c / 4.0), math.log(c) + 3.0), evaluations)
+    best = min(found, (math.log(rho), math.log(c)))
     return math.exp(best[0]), math.exp(best[1]) * t
 
 

@@ -197,6 +197,22 @@ def minimize_rho(lmi, start, *, balanced: bool = True, **kwargs):
     return _minimize_rho(lmi, start, **kwargs)
 
 
+def scale_search(rho_star, t: np.ndarray, bounds: tuple[float, float],
+                 evaluations: int = 40) -> tuple[float, float]:
+    """``(log rho*(c t), log c)`` at the best common scale ``c`` of the multipliers ``t``: a
+    bounded scalar search over ``log c`` in ``bounds`` (``rho*`` is homogeneous only up to
+    the output term, so the scale matters); infeasible scales count as ``log rho = 1e3``."""
+    import scipy.optimize
+
+    def f(logc):
+        rho = rho_star(math.exp(logc) * t)
+        return math.log(rho) if math.isfinite(rho) and rho > 0 else 1e3
+
+    res = scipy.optimize.minimize_scalar(f, bounds=bounds, method="bounded",
+                                         options={"xatol": 1e-2, "maxiter": evaluations})
+    return float(res.fun), float(res.x)
+
+
 def balance_dag(lmi):
     """A residual network's LMI rescaled to unit-norm maps (§2's balancing, for any DAG):
     node ``k``'s output scaled by ``s_k`` (a power of two, ``s_0 = 1``, ``s_k ~ ||[W_kj

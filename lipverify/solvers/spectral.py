@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 
 from ..lmi.spectral import SpectralLMI
+from .smooth_rho import scale_search
 from .trajectory import ascend
 
 #: Smoothing continuation of the per-layer warm start: ``mu = rel * rho`` for each stage.
@@ -141,22 +142,14 @@ def kkt_multipliers(lmi: SpectralLMI, xs: list[np.ndarray]) -> np.ndarray | None
 def _best_scale(lmi: SpectralLMI, t: np.ndarray | None) -> np.ndarray | None:
     """``c t`` at the best common scale (a bounded search on ``log c`` of ``rho*(c t)``,
     from the anchor's scale), if better than the anchor; else None."""
-    import scipy.optimize
-
     if t is None:
         return None
     anchor = lmi.anchor()
-    base = float(np.exp(np.mean(np.log(anchor / t))))  # the anchor's scale: feasible side
-
-    def f(logc):
-        rho = lmi.rho_star(np.exp(logc) * base * t)
-        return math.log(rho) if math.isfinite(rho) and rho > 0 else 1e3
-
-    res = scipy.optimize.minimize_scalar(f, bounds=(-20.0, 20.0), method="bounded",
-                                         options={"xatol": 1e-2, "maxiter": 40})
-    if not res.fun < math.log(max(lmi.rho_star(anchor), 1e-300)):
+    base = float(np.mean(np.log(anchor / t)))  # the anchor's scale: feasible side
+    log_rho, log_c = scale_search(lmi.rho_star, t, (base - 20.0, base + 20.0))
+    if not log_rho < math.log(max(lmi.rho_star(anchor), 1e-300)):
         return None
-    return np.exp(res.x) * base * t
+    return math.exp(log_c) * t
 
 
 class _Timeout(Exception):

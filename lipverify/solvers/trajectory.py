@@ -96,31 +96,46 @@ def trajectory_ascent(network: Network, per_neuron: bool | str = "channel", *,
     for p in params:
         p.requires_grad_()
 
-    def value(ps, apply_nodes, apply_out, norm):
-        values = [ps[0]]
-        for (a, b), terms, u, size in zip(slopes, apply_nodes, ps[1:], sizes):
-            p = sum(fn(values[s]) for s, fn in terms)
-            pn = norm(p.reshape(-1, size))
-            c = direction(u.reshape(-1, size))
-            x = 0.5 * (a + b) * p + \
-                ((0.5 * (b - a) * (1.0 - MARGIN)) * pn[:, None] * c).reshape(p.shape)
-            values.append(x)
-        y = sum(fn(values[s]) for s, fn in apply_out)
-        return (y ** 2).sum() / (ps[0] ** 2).sum(), values
-
-    def tnorm(x):
-        return torch.linalg.vector_norm(x, dim=1)
-
-    def direction(u):  # a point of the unit ball: the sphere, or [-1, 1] for single neurons
-        if u.shape[1] == 1:
-            return torch.tanh(u)
-        return u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
-
-    best_ps = ascend(params, lambda ps: value(ps, nodes, output, tnorm)[0], steps=steps,
-                     until=until)
+    best_ps = ascend(params, lambda ps: _forward(slopes, sizes, nodes, output, ps, torch)[0],
+                     steps=steps, until=until)
     if best_ps is None:
         return None
-    return _checked(network, slopes, sizes, best_ps)
+    numeric = ([(term.source, term.op.matmat) for term in n.pre.terms] for n in network.nodes)
+    value, layers = _forward(slopes, sizes, list(numeric),
+                             [(term.source, term.op.matmat) for term in network.output.terms],
+                             best_ps, np)
+    for (a, b), size, (x, p) in zip(slopes, sizes, layers):  # every group's constraint
+        xg, pg = x.reshape(-1, size), p.reshape(-1, size)
+        q = (xg * xg).sum(axis=1) - (a + b) * (xg * pg).sum(axis=1) \
+            + a * b * (pg * pg).sum(axis=1)
+        if (q > 1e-12 * (pg * pg).sum(axis=1)).any():
+            return None
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        return None
+    energy = float((best_ps[0] ** 2).sum())
+    return value, np.concatenate([best_ps[0][0]] + [x[0] for x, _ in layers]) \
+        / math.sqrt(energy)
+
+
+def _forward(slopes, sizes, nodes, output, params, lib):
+    """The ratio ``|C z|^2 / |x_0|^2`` and each node's ``(x_k, p_k)`` for the input
+    ``params[0]`` and directions ``params[1:]``; ``nodes``/``output`` list ``(source,
+    apply)`` terms; ``lib`` is ``torch`` or ``numpy`` (the same arithmetic in both)."""
+    values, layers = [params[0]], []
+    for (a, b), terms, u, size in zip(slopes, nodes, params[1:], sizes):
+        p = sum(fn(values[s]) for s, fn in terms)
+        pg, ug = p.reshape(-1, size), u.reshape(-1, size)
+        pn = ((pg * pg).sum(1) ** 0.5)[:, None]
+        if size == 1:  # a point of the unit ball: [-1, 1] for single neurons, else the sphere
+            c = lib.tanh(ug)
+        else:
+            c = ug / ((ug * ug).sum(1) ** 0.5)[:, None]
+        x = (0.5 * (a + b) * pg + (0.5 * (b - a) * (1.0 - MARGIN)) * pn * c).reshape(p.shape)
+        values.append(x)
+        layers.append((x, p))
+    y = sum(fn(values[s]) for s, fn in output)
+    return (y * y).sum() / (params[0] * params[0]).sum(), layers
 
 
 def ascend(params: list, value, *, steps: int = STEPS, until: float | None = None,
@@ -148,29 +163,3 @@ def ascend(params: list, value, *, steps: int = STEPS, until: float | None = Non
         (-torch.log(v)).backward()
         opt.step()
     return best_ps
-
-
-def _checked(network: Network, slopes, sizes, ps) -> tuple[float, np.ndarray] | None:
-    """The ratio and trajectory at ``ps`` in float64 numpy (the network's own operators),
-    or None if a group's constraint ``|x|^2 - (a+b) <x, p> + a b |p|^2 <= 0`` fails there."""
-    values = [ps[0]]
-    for (a, b), node, u, size in zip(slopes, network.nodes, ps[1:], sizes):
-        p = sum(term.op.matmat(values[term.source]) for term in node.pre.terms)
-        pg, ug = p.reshape(-1, size), u.reshape(-1, size)
-        if size == 1:
-            c = np.tanh(ug)
-        else:
-            un = np.linalg.norm(ug, axis=1, keepdims=True)
-            c = ug / np.where(un > 0, un, 1.0)
-        x = 0.5 * (a + b) * pg + (0.5 * (b - a) * (1.0 - MARGIN)) * np.linalg.norm(
-            pg, axis=1, keepdims=True) * c
-        q = (x * x).sum(axis=1) - (a + b) * (x * pg).sum(axis=1) + a * b * (pg * pg).sum(axis=1)
-        if (q > 1e-12 * (pg * pg).sum(axis=1)).any():
-            return None
-        values.append(x.reshape(p.shape))
-    y = sum(term.op.matmat(values[term.source]) for term in network.output.terms)
-    energy = float((values[0] * values[0]).sum())
-    value = float((y * y).sum()) / energy
-    if not (math.isfinite(value) and value > 0):
-        return None
-    return value, np.concatenate([v[0] for v in values]) / math.sqrt(energy)
