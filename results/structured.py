@@ -104,8 +104,11 @@ def main(limit: str | None = None, names: list[str] | None = None) -> None:
              machine(), "", f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} "
              f"python results/structured.py{' ' + limit if limit else ''}` (each model: "
              "`lipverify bound MODEL --format json`, a fresh process; with model names, only "
-             "those rows are re-run).", "",
-             "| model | LMI order | certified bound | stage | naive | naive / bound | lower | "
+             "those rows are re-run).", ""]
+    notes = ROOT / "results" / "bench-structured-notes.md"  # hand-written: how rows were taken
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
+    lines += ["| model | LMI order | certified bound | stage | naive | naive / bound | lower | "
              "wall s | peak MiB | stages |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = partial(_cell, r)

@@ -139,6 +139,19 @@ def test_the_time_limit_is_shared_and_naive_always_runs():
     assert [s["method"] for s in r.details["auto_stages"]] == ["naive"]
 
 
+def test_the_time_limit_counts_from_started():
+    """``started``: the limit covers what came before (the CLI passes its own start), so a
+    call begun 9.9 s into a 10 s limit has no time left for any stage but naive."""
+    import time
+
+    net = mlp((20, 64, 64, 64, 5))
+    r = lipverify.bound(net, time_limit=10, started=time.perf_counter() - 9.9)
+    assert [s["method"] for s in r.details["auto_stages"]] == ["naive"] and r.certified
+    r = lipverify.bound(net, time_limit=10, started=time.perf_counter())
+    assert [s["method"] for s in r.details["auto_stages"]] == \
+        ["naive", "ldlt-fast", "lipsdp-neuron"]
+
+
 def test_stage_options_are_checked_and_unused_ones_noted():
     r = lipverify.bound(mlp(), solver="ipm", budget=100)
     assert r.method == "lipsdp-neuron" and r.solver == "ipm"

@@ -107,3 +107,54 @@ def test_dag_dual_start_is_feasible_and_near_the_optimum(k, monkeypatch):
     monkeypatch.setattr(pipeline, "DUAL_START_MIN_ORDER", 0)
     channel = lipverify.bound(net, method="lipsdp-neuron", solver="smooth")
     assert channel.details.get("dual_start") in ("best start", "not better")
+
+
+@pytest.mark.parametrize(("grouped", "per_neuron"), [(False, True), (False, False),
+                                                     (True, True), (True, "channel")])
+def test_ray_is_rho_star_at_every_scale(grouped, per_neuron):
+    """``dag_start.ray``: rho*(c t) for every c from one recursion (Woodbury on the output
+    term), equal to the LMI's own rho* (an output reading the input too, and a grouped
+    post-activation ResNet); infinite at and below c_min, where the hidden block is not
+    positive definite."""
+    from test_residual import post_activation_resnet
+
+    from lipverify.lmi.dag import DagLMI
+    from lipverify.solvers.dag_start import kkt_multipliers, ray, repair
+
+    rng = np.random.default_rng(5)
+    if grouped:
+        net = post_activation_resnet(rng, n=5, m=8, blocks=3)
+    else:
+        blocks = [(rng.normal(size=(10, 6)) / np.sqrt(6), rng.normal(size=(6, 10)) / 3)
+                  for _ in range(3)]
+        net = resnet(blocks, rng)
+    lmi = DagLMI.from_network(net, per_neuron)
+    assert lmi.grouped == grouped
+    t = repair(lmi, kkt_multipliers(lmi, trajectory_ascent(net, per_neuron, steps=300)[1])[1])
+    along = ray(lmi, t)
+    assert along is not None and along.c_min > 0
+    for c in along.c_min * np.array([1.001, 1.1, 3.0, 1e3]):
+        assert along(c) == pytest.approx(lmi.rho_star(c * t), rel=1e-8)
+    assert along(along.c_min) == math.inf
+    assert lmi.rho_star(0.99 * along.c_min * t) == math.inf
+
+
+def test_grouped_repair_makes_every_pivot_positive_definite():
+    """The repair node by node inside the group recursion: multipliers far too small for
+    their couplings come back scaled down node by node (never up), after which the hidden
+    block without the output term is positive definite."""
+    from test_residual import post_activation_resnet
+
+    from lipverify.lmi.dag import DagLMI
+    from lipverify.solvers.dag_start import repair
+
+    net = post_activation_resnet(np.random.default_rng(2), n=5, m=8, blocks=3)
+    lmi = DagLMI.from_network(net, True)
+    assert lmi.grouped
+    t = np.random.default_rng(3).uniform(0.5, 2.0, sum(lmi.param_sizes))
+    fixed = repair(lmi, t)
+    assert fixed is not None and (fixed <= t).all() and (fixed < t).any()
+    n0 = lmi.sizes[0]
+    hidden = lmi.assemble(fixed, 0.0)[n0:, n0:]
+    hidden += lmi.out[:, n0:].T @ lmi.out[:, n0:]  # without the output term
+    assert np.linalg.eigvalsh(hidden)[0] > 0

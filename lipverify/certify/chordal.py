@@ -48,6 +48,7 @@ class Clique:
         self.a_abs, self.b_abs, self.c_abs = a_abs, b_abs, c_abs
         self.inner = inner
         self.weight_rad = weight_rad  # extra radius from weights known up to a radius
+        self.sizes = (a.shape[0], c.shape[0])
 
 
 def chain_cliques(lmi: ChainLMI, params) -> list[Clique]:
@@ -86,22 +87,61 @@ def chain_cliques(lmi: ChainLMI, params) -> list[Clique]:
     return out
 
 
-def dag_cliques(lmi, params) -> list[Clique]:
+def dag_cliques(lmi, params) -> list[DagClique]:
     """The cliques of a residual network's LMI over its groups (§5c): clique ``g`` holds the
     QC terms of group ``g``'s nodes (and the output term in the last), on the columns of
-    groups ``g - 1`` and ``g``, with the same radii as the monolithic certificate."""
-    out = []
+    groups ``g - 1`` and ``g``, with the same radii as the monolithic certificate. They are
+    assembled when read, one at a time (:class:`DagClique`)."""
+    source = _DagSource(lmi, params)
     sizes = lmi.group_sizes
-    for g in range(1, len(sizes)):
-        n = sizes[g - 1]
-        m = lmi.clique(params, g)
-        m_abs = lmi.clique(params, g, absolute=True)
-        plain = lmi.clique(params, g, absolute=True, radii=False)
-        extra = m_abs - plain
-        out.append(Clique(m[:n, :n], m[:n, n:], m[n:, n:], m_abs[:n, :n], m_abs[:n, n:],
-                          m_abs[n:, n:], lmi.clique_inner(g),
-                          extra if np.any(extra) else None))
-    return out
+    return [DagClique(source, g, (sizes[g - 1], sizes[g]), lmi.clique_inner(g))
+            for g in range(1, len(sizes))]
+
+
+class _DagSource:
+    """Clique matrices of one DAG LMI at fixed multipliers; keeps only the last clique read
+    (plain, and absolute with its weight radius), so that memory holds one clique."""
+
+    def __init__(self, lmi, params):
+        self.lmi, self.params = lmi, params
+        self._plain: tuple[int, np.ndarray] | None = None
+        self._abs: tuple[int, np.ndarray, np.ndarray | None] | None = None
+
+    def plain(self, g: int) -> np.ndarray:
+        if self._plain is None or self._plain[0] != g:
+            self._plain = None
+            self._plain = (g, self.lmi.clique(self.params, g))
+        return self._plain[1]
+
+    def absolute(self, g: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._abs is None or self._abs[0] != g:
+            self._abs = None
+            m_abs = self.lmi.clique(self.params, g, absolute=True)
+            extra = self.lmi.clique(self.params, g, absolute=True, radii=False)
+            np.subtract(m_abs, extra, out=extra)  # the weights' own radius
+            self._abs = (g, m_abs, extra if np.any(extra) else None)
+        return self._abs[1], self._abs[2]
+
+
+class DagClique:
+    """Clique ``g`` of a grouped DAG LMI with the interface of :class:`Clique`, its blocks
+    read from the shared :class:`_DagSource` (assembled again when another clique was read
+    in between)."""
+
+    def __init__(self, source: _DagSource, g: int, sizes: tuple[int, int], inner: int):
+        self.source, self.g, self.sizes, self.inner = source, g, sizes, inner
+
+    def _part(self, m: np.ndarray, which: str) -> np.ndarray:
+        n = self.sizes[0]
+        return {"a": m[:n, :n], "b": m[:n, n:], "c": m[n:, n:]}[which]
+
+    a = property(lambda self: self._part(self.source.plain(self.g), "a"))
+    b = property(lambda self: self._part(self.source.plain(self.g), "b"))
+    c = property(lambda self: self._part(self.source.plain(self.g), "c"))
+    a_abs = property(lambda self: self._part(self.source.absolute(self.g)[0], "a"))
+    b_abs = property(lambda self: self._part(self.source.absolute(self.g)[0], "b"))
+    c_abs = property(lambda self: self._part(self.source.absolute(self.g)[0], "c"))
+    weight_rad = property(lambda self: self.source.absolute(self.g)[1])
 
 
 #: Consecutive cliques are merged into segments of at most this order (one Rump test each):
@@ -115,7 +155,7 @@ class _Segment:
 
     def __init__(self, cliques: list[Clique]):
         self.cliques = cliques
-        sizes = [cliques[0].a.shape[0]] + [c.c.shape[0] for c in cliques]
+        sizes = [cliques[0].sizes[0]] + [c.sizes[1] for c in cliques]
         self.offs = np.concatenate([[0], np.cumsum(sizes)])
         self.inner = max(c.inner for c in cliques)
 
@@ -144,12 +184,14 @@ class _Segment:
     def radius(self, q_prev, q_next):
         z_abs = self._ends(self._place([(c.a_abs, c.b_abs, c.c_abs) for c in self.cliques]),
                            q_prev, q_next, -1.0)
-        rad = gamma(2 * self.inner + 8) * 1.01 * z_abs  # §8 assembly radius
+        rad = z_abs
+        rad *= gamma(2 * self.inner + 8) * 1.01  # §8 assembly radius
         for j, c in enumerate(self.cliques):
             if c.weight_rad is not None:
                 o0, o2 = self.offs[j], self.offs[j + 2]
                 rad[o0:o2, o0:o2] += c.weight_rad
-        return rad * (1.0 + 1e-12)
+        rad *= 1.0 + 1e-12
+        return rad
 
     def schur(self, q_next) -> np.ndarray | None:
         """The smallest admissible ``Q_{k-1}``: the backward recursion (§2) through the
@@ -170,8 +212,8 @@ class _Segment:
 def _segments(cliques: list[Clique], max_order: int) -> list[_Segment]:
     out, cur = [], []
     for clq in cliques:
-        order = cur[0].a.shape[0] + sum(c.c.shape[0] for c in cur) if cur else 0
-        if cur and order + clq.c.shape[0] > max_order:
+        order = cur[0].sizes[0] + sum(c.sizes[1] for c in cur) if cur else 0
+        if cur and order + clq.sizes[1] > max_order:
             out.append(_Segment(cur))
             cur = []
         cur.append(clq)
@@ -201,7 +243,8 @@ class ChordalCertificate:
             delta = FIRST_MARGIN
             while True:  # the smallest margin that this segment certifies with
                 q_prev = s + np.diag(delta * base)
-                if certify_pd(seg.assemble(q_prev, q_next), seg.radius(q_prev, q_next)):
+                if certify_pd(seg.assemble(q_prev, q_next), seg.radius(q_prev, q_next),
+                              overwrite=True):
                     break
                 delta *= 8.0
                 if delta > LAST_MARGIN:
@@ -220,7 +263,8 @@ class ChordalCertificate:
             return False
         seg = self.segments[0]
         q0 = np.diag(np.full(seg.offs[1], float(rho)))
-        return certify_pd(seg.assemble(q0, self.q1), seg.radius(q0, self.q1))
+        return certify_pd(seg.assemble(q0, self.q1), seg.radius(q0, self.q1),
+                          overwrite=True)
 
 
 def verify_chain_chordal(lmi: ChainLMI, params, rho: float) -> bool:
@@ -275,7 +319,7 @@ class ForwardChordal:
             if certify:
                 piece = self._pieces[k]
                 while not certify_pd(piece.assemble(q_prev, q_next),
-                                     piece.radius(q_prev, q_next)):
+                                     piece.radius(q_prev, q_next), overwrite=True):
                     if last:
                         return False
                     delta *= 8.0
@@ -345,7 +389,7 @@ class ForwardChordal:
                     e = np.outer(np.asarray(r_out).T @ np.abs(c), h)
                     extra = extra + e + e.T
                 rad[-n:, -n:] += sigma * extra * (1.0 + 1e-12)
-                if certify_pd(zp, rad):
+                if certify_pd(zp, rad, overwrite=True):
                     out[p] = round_up(math.sqrt(round_up(rho / sigma)))
                     break
         return out

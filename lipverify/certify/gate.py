@@ -78,7 +78,7 @@ def _balanced(lmi: ChainLMI, params, bal) -> tuple[ChainLMI, np.ndarray, float] 
 
 
 def _verify_dense(lmi: ChainLMI, params, rho: float) -> bool:
-    return certify_pd(lmi.assemble(params, rho), _radius(lmi, params, rho))
+    return certify_pd(lmi.assemble(params, rho), _radius(lmi, params, rho), overwrite=True)
 
 
 #: Above this LMI order a dense check costs seconds: chains use only the clique-wise checks

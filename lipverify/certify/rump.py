@@ -28,43 +28,78 @@ def rump_shift(a: np.ndarray) -> float:
     return c * (1.0 + 4.0 * U) + ETA  # round the computation of c itself upward
 
 
-def certify_pd(a: np.ndarray, radius: float | np.ndarray = 0.0) -> bool:
+def certify_pd(a: np.ndarray, radius: float | np.ndarray = 0.0,
+               overwrite: bool = False) -> bool:
     """True only if every symmetric matrix near ``a`` is positive definite (§8 steps 6-7).
 
     ``a`` is read from its lower triangle. ``radius`` is either a scalar bound on the row
     sums of ``|a - exact|``, or the entrywise radius matrix itself; in the latter case the
     matrix is first equilibrated by an exact power-of-two congruence ``D a D`` (no rounding:
     ``D a D > 0`` iff ``a > 0``), so badly scaled LMIs (rho ~ 1e14) still certify.
+    ``overwrite``: ``a`` and ``radius`` may be used as work space (no copy of order N).
     """
-    a = np.tril(np.asarray(a, dtype=np.float64))
-    a = a + np.tril(a, -1).T
+    a = np.asarray(a, dtype=np.float64)
+    if not (overwrite and a.flags.c_contiguous and a.flags.writeable):
+        a = np.array(a, dtype=np.float64, order="C")
+    _mirror_lower(a)
     d = np.diag(a)
     if not np.isfinite(a).all() or (d < 0).any():
         return False
     if isinstance(radius, np.ndarray):
         rad = np.asarray(radius, dtype=np.float64)
+        if not (overwrite and rad.flags.writeable and rad.shape == a.shape):
+            rad = np.array(np.broadcast_to(rad, a.shape), dtype=np.float64)
         scale = np.ones_like(d)
         pos = d > 0
         scale[pos] = np.exp2(-np.floor(np.log2(np.sqrt(d[pos]))))
-        outer = scale[:, None] * scale[None, :]
-        a_s, rad_s = a * outer, rad * outer  # exact: powers of two, unless (sub)underflow
-        tiny = 2.0**-1000
-        if np.isfinite(a_s).all() and not (
-            ((a_s != 0) & (np.abs(a_s) < tiny)).any() or ((rad_s != 0) & (rad_s < tiny)).any()
-        ):
-            a, rad = a_s, rad_s
+        if _scales_exactly(a, rad, scale):  # then D a D and D rad D, in place
+            _congruence(a, scale)
+            _congruence(rad, scale)
         r = float(rad.sum(axis=1).max()) * (1.0 + a.shape[0] * U)
         d = np.diag(a)
     else:
         r = float(radius)
     shift = rump_shift(a) + r
-    shifted = a.copy()
-    np.fill_diagonal(shifted, np.nextafter(d - shift, -np.inf))
-    try:
-        scipy.linalg.cholesky(shifted, lower=True, check_finite=False, overwrite_a=True)
+    np.fill_diagonal(a, np.nextafter(d - shift, -np.inf))
+    try:  # a is symmetric and C-ordered: its transpose is the same matrix, Fortran-ordered
+        scipy.linalg.cholesky(a.T, lower=True, check_finite=False, overwrite_a=True)
     except scipy.linalg.LinAlgError:
         return False
     return True
+
+
+#: Rows per panel of the in-place passes of :func:`certify_pd`.
+PANEL = 512
+
+
+def _mirror_lower(a: np.ndarray) -> None:
+    """``a``'s upper triangle replaced by its lower one, in place, panel by panel."""
+    n = a.shape[0]
+    for j in range(0, n, PANEL):
+        e = min(j + PANEL, n)
+        a[:j, j:e] = a[j:e, :j].T
+        blk = a[j:e, j:e]
+        a[j:e, j:e] = np.tril(blk) + np.tril(blk, -1).T
+
+
+def _scales_exactly(a: np.ndarray, rad: np.ndarray, scale: np.ndarray) -> bool:
+    """Whether ``D a D`` and ``D rad D`` (``D = diag(scale)``, powers of two) are exact: every
+    product finite, no nonzero one below ``2^-1000`` and none flushed to zero."""
+    tiny = 2.0**-1000
+    for j in range(0, a.shape[0], PANEL):
+        outer = scale[j:j + PANEL, None] * scale[None, :]
+        for x in (a[j:j + PANEL], rad[j:j + PANEL]):
+            xs = x * outer
+            if not np.isfinite(xs).all() or ((xs != 0) & (np.abs(xs) < tiny)).any() or \
+                    ((xs == 0) & (x != 0)).any():
+                return False
+    return True
+
+
+def _congruence(x: np.ndarray, scale: np.ndarray) -> None:
+    """``x <- D x D`` in place, with the products of :func:`_scales_exactly`."""
+    for j in range(0, x.shape[0], PANEL):
+        x[j:j + PANEL] *= scale[j:j + PANEL, None] * scale[None, :]
 
 
 def certified_spectral_norm(w: np.ndarray, radius: np.ndarray | None = None) -> tuple[float, float]:

@@ -8,6 +8,7 @@ dual bound call, for every kind. Kinds: ``"chain"`` (:class:`~lipverify.lmi.chai
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
@@ -37,6 +38,12 @@ class LMI(ABC):
     @abstractmethod
     def anchor(self) -> np.ndarray:
         """Strictly feasible multipliers (§8 step 4)."""
+
+    @cached_property
+    def anchor_rho(self) -> float:
+        """``rho*`` at :meth:`anchor` (the scale of rho for certificate margins), computed
+        once per LMI."""
+        return self.rho_star(self.anchor())
 
     @abstractmethod
     def soft_rho(self, params, mu: float):

@@ -28,6 +28,7 @@ from . import pipeline, register_method
 from .pipeline import (
     CERTIFY_SECONDS_PER_CUBE,
     CHAINED_MAX_ORDER,
+    DAG_CERTIFY_SECONDS_PER_CUBE,
     clique_seconds,
     fallback,
     multiplier_kind,
@@ -67,7 +68,7 @@ def certificate_seconds(network: Network) -> float:
         return clique_seconds(sizes[:-1])
     groups = network_groups(network)
     if len(groups) > 2:
-        return clique_seconds(groups)
+        return clique_seconds(groups, DAG_CERTIFY_SECONDS_PER_CUBE)
     return CERTIFY_SECONDS_PER_CUBE * float(sum(sizes[:-1])) ** 3
 
 

@@ -65,11 +65,15 @@ WARM_SHARE = 1 / 3
 #: Schur recursion and a few margin checks), measured on the bench machine: a 3072-2048-1024
 #: chain takes 26 s on one core. ``auto`` in :mod:`lipverify.api` uses the same estimate.
 CERTIFY_SECONDS_PER_CUBE = 1.6e-10
+#: The same for the cliques of a grouped residual LMI (§5c), assembled one at a time and
+#: checked in place: measured (default BLAS threads, 2 cores) 25.0 s on resnet_2b (sum of
+#: cubes 2.8e11) and 83.7 s on resnet_3b2 (1.18e12), at most 0.9e-10 per cube.
+DAG_CERTIFY_SECONDS_PER_CUBE = 0.9e-10
 
 
-def clique_seconds(sizes) -> float:
+def clique_seconds(sizes, per_cube: float = CERTIFY_SECONDS_PER_CUBE) -> float:
     """Estimated seconds of a clique-wise certificate over consecutive blocks of ``sizes``."""
-    return CERTIFY_SECONDS_PER_CUBE * sum((a + b) ** 3 for a, b in zip(sizes, sizes[1:]))
+    return per_cube * sum((a + b) ** 3 for a, b in zip(sizes, sizes[1:]))
 
 
 def grouped_certificate_seconds(lmi: LMI) -> float:
@@ -77,7 +81,7 @@ def grouped_certificate_seconds(lmi: LMI) -> float:
     other (measured on resnet_2b: 34 s, estimate 45 s)."""
     if lmi.kind != "dag" or not lmi.grouped:
         return 0.0
-    return clique_seconds(lmi.group_sizes)
+    return clique_seconds(lmi.group_sizes, DAG_CERTIFY_SECONDS_PER_CUBE)
 
 
 def multiplier_kind(per_neuron: bool | str) -> str:
@@ -142,8 +146,7 @@ class Candidates:
         if lmi.kind == "chain":
             out.certified = certify(lmi, ldlt_fast_params(lmi), clock.deadline)
         else:
-            anchor = lmi.anchor()
-            out.ranked.append((lmi.rho_star(anchor), anchor))
+            out.ranked.append((lmi.anchor_rho, lmi.anchor()))
         return out
 
     @property

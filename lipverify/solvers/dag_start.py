@@ -29,9 +29,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.linalg
 
 from ..errors import NotApplicableError
 from ..ir.network import Network
+from ..numerics import lambda_max
 from .smooth_rho import scale_search
 from .trajectory import trajectory_ascent
 
@@ -77,36 +79,117 @@ def kkt_multipliers(lmi, z: np.ndarray) -> tuple[float, np.ndarray] | None:
 
 def repair(lmi, t: np.ndarray) -> np.ndarray | None:
     """Item 2: each node's multipliers scaled down, in order, until its pivot is positive
-    definite (None if a Schur complement cannot be formed)."""
-    offs, n0 = lmi.offsets, lmi.sizes[0]
-    counts = [qc.num_params() for qc in lmi.qcs]
-    cuts = np.cumsum(counts)[:-1]
+    definite (None if a Schur complement cannot be formed). The pivots come group by group
+    (§5c): with ``P_g = D_g - B_{g-1}^T P_{g-1}^{-1} B_{g-1}`` the hidden block's forward
+    recursion (output term left out), node ``k``'s pivot is its Schur complement inside
+    ``P_g``; scaling node ``k`` changes only clique ``g`` (its own terms), so ``P_g`` is
+    formed again from clique ``g`` alone. Dense matrices stay the size of one clique."""
     t = t.copy()
-    hidden = lmi.out[:, n0:]
-    out_term = hidden.T @ hidden  # -C^T C is left to the common scale
-    for k, qc in enumerate(lmi.qcs, start=1):
-        m = lmi.assemble(t, 0.0)[n0:, n0:] + out_term
-        lo, hi = offs[k] - n0, offs[k + 1] - n0
-        s = m[lo:hi, lo:hi]
-        if lo > 0:
-            try:
-                s = s - m[:lo, lo:hi].T @ np.linalg.solve(m[:lo, :lo], m[:lo, lo:hi])
-            except np.linalg.LinAlgError:
-                return None
-        own = np.repeat(np.split(t, cuts)[k - 1], qc.n // counts[k - 1])
-        x = np.diag(2.0 * own) - s
-        r = 1.0 / np.sqrt(own)
-        lam = float(np.linalg.eigvalsh(r[:, None] * x * r[None, :]).max())
-        if lam > 1.0:
-            parts = np.split(t, cuts)
-            parts[k - 1] = parts[k - 1] / lam
-            t = np.concatenate(parts)
+    counts = [qc.num_params() for qc in lmi.qcs]
+    first = np.concatenate([[0], np.cumsum(counts)])  # node k's multipliers: first[k-1]:first[k]
+    bounds = [*lmi.groups, len(lmi.sizes)]
+    offs = lmi.offsets
+    prev = None  # Cholesky factor of P_{g-1}
+    for g in range(1, len(bounds) - 1):
+        n = lmi.group_sizes[g - 1]
+        p = _group_pivot(lmi, t, g, n, prev)
+        base = int(offs[bounds[g]])
+        for k in range(bounds[g], bounds[g + 1]):
+            lo, hi = int(offs[k]) - base, int(offs[k + 1]) - base
+            s = p[lo:hi, lo:hi]
+            if lo > 0:
+                try:
+                    chol = scipy.linalg.cho_factor(p[:lo, :lo], lower=True, check_finite=False)
+                except (scipy.linalg.LinAlgError, ValueError):
+                    return None
+                s = s - p[:lo, lo:hi].T @ scipy.linalg.cho_solve(chol, p[:lo, lo:hi],
+                                                                 check_finite=False)
+            mine = slice(first[k - 1], first[k])
+            own = np.repeat(t[mine], lmi.qcs[k - 1].n // counts[k - 1])
+            r = 1.0 / np.sqrt(own)
+            lam = float(np.linalg.eigvalsh(r[:, None] * (np.diag(2.0 * own) - s)
+                                           * r[None, :]).max())
+            if lam > 1.0:
+                t[mine] /= lam
+                p = _group_pivot(lmi, t, g, n, prev)
+        try:
+            prev = np.linalg.cholesky(p)
+        except np.linalg.LinAlgError:
+            return None
     return t if np.isfinite(t).all() else None
 
 
+def _group_pivot(lmi, t, g: int, n: int, prev) -> np.ndarray:
+    """``P_g`` of :func:`repair` from clique ``g`` (``n``: group ``g - 1``'s size, ``prev``
+    the Cholesky factor of ``P_{g-1}``, None for the first hidden group)."""
+    m = lmi.clique(t, g, output=False)
+    if prev is None:
+        return m[n:, n:]
+    h = scipy.linalg.solve_triangular(prev, m[:n, n:], lower=True, check_finite=False)
+    return m[n:, n:] - h.T @ h
+
+
+def ray(lmi, t: np.ndarray):
+    """``c -> rho*(c t)`` for every common scale ``c`` from one block recursion (item 3), or
+    None where a hidden pivot of ``M(0, t)`` without the output term is not positive
+    definite."""
+    d, b = lmi.blocks(t, 0.0, output=False)
+    u = lmi.out.T
+    bounds = np.concatenate([[0], np.cumsum(lmi.group_sizes)])
+    part = [u[bounds[g]:bounds[g + 1]] for g in range(len(d))]
+    k_mat, y, r = np.zeros((u.shape[1], u.shape[1])), d[-1], part[-1]
+    for k in range(len(d) - 1, 0, -1):
+        try:
+            chol = np.linalg.cholesky(y)
+        except np.linalg.LinAlgError:
+            return None
+        h = scipy.linalg.solve_triangular(chol, b[k - 1].T, lower=True, check_finite=False)
+        s = scipy.linalg.solve_triangular(chol, r, lower=True, check_finite=False)
+        k_mat += s.T @ s
+        if k > 1:
+            y, r = d[k - 1] - h.T @ h, part[k - 1] - h.T @ s
+    k_mat = (k_mat + k_mat.T) / 2.0
+    g_mat, w, u0, d0 = h.T @ h, h.T @ s, part[0], d[0]
+    c_min = float(np.linalg.eigvalsh(k_mat).max(initial=0.0))
+    eye = np.eye(len(k_mat))
+
+    def rho(c: float) -> float:
+        if not c > c_min:
+            return math.inf
+        v = c * w - u0 @ k_mat
+        top = c * (g_mat - d0) - w @ u0.T - u0 @ w.T + u0 @ (k_mat / c + eye) @ u0.T \
+            + v @ np.linalg.solve(c * eye - k_mat, v.T) / c
+        return max(_top_eigenvalue((top + top.T) / 2.0), 0.0)
+
+    rho.c_min = c_min
+    return rho
+
+
+def _top_eigenvalue(a: np.ndarray) -> float:
+    """Largest eigenvalue: Lanczos on large matrices (it only chooses a scale; the start's
+    rho* is evaluated again by whoever takes it), dense below 512."""
+    import scipy.sparse.linalg as sla
+
+    if len(a) > 512:
+        try:
+            return float(sla.eigsh(a, k=1, which="LA", tol=1e-10,
+                                   return_eigenvectors=False)[0])
+        except sla.ArpackNoConvergence:
+            pass
+    return lambda_max(a, "rho* on a ray")
+
+
 def best_scale(lmi, t: np.ndarray, evaluations: int = 25) -> tuple[float, np.ndarray] | None:
-    """``(rho*(c t), c t)`` at the best common scale ``c`` (bounded search on ``log c``,
-    bracketed upward from ``c = 1`` until ``rho*`` is finite)."""
+    """``(rho*(c t), c t)`` at the best common scale ``c`` (bounded search on ``log c``):
+    along :func:`ray` where it applies (finite exactly above its ``c_min``), otherwise
+    bracketed upward from ``c = 1`` until ``rho*`` is finite, one ``rho*`` each."""
+    along = ray(lmi, t)
+    if along is not None:
+        lo = math.log(max(along.c_min, 1e-300)) + 1e-9
+        found = scale_search(lambda c: along(float(c[0])), np.ones(1), (lo, lo + 12.0),
+                             2 * evaluations)
+        if found[0] < 1e3:
+            return math.exp(found[0]), math.exp(found[1]) * t
     c, rho = 1.0, lmi.rho_star(t)
     for _ in range(40):
         if math.isfinite(rho):
