@@ -119,7 +119,7 @@ def test_ray_is_rho_star_at_every_scale(grouped, per_neuron):
     from test_residual import post_activation_resnet
 
     from lipverify.lmi.dag import DagLMI
-    from lipverify.solvers.dag_start import kkt_multipliers, ray, repair
+    from lipverify.solvers.dag_start import best_scale, kkt_multipliers, ray, repair
 
     rng = np.random.default_rng(5)
     if grouped:
@@ -137,6 +137,10 @@ def test_ray_is_rho_star_at_every_scale(grouped, per_neuron):
         assert along(c) == pytest.approx(lmi.rho_star(c * t), rel=1e-8)
     assert along(along.c_min) == math.inf
     assert lmi.rho_star(0.99 * along.c_min * t) == math.inf
+    rho, ct = best_scale(lmi, t)  # the search along the ray finds the best scale on a grid
+    grid = [lmi.rho_star(c * t) for c in along.c_min * np.geomspace(1.0001, 1e5, 80)]
+    assert rho == pytest.approx(lmi.rho_star(ct), rel=1e-8)
+    assert rho <= min(grid) * (1 + 1e-3)
 
 
 def test_grouped_repair_makes_every_pivot_positive_definite():

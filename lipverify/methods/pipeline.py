@@ -76,6 +76,11 @@ def clique_seconds(sizes, per_cube: float = CERTIFY_SECONDS_PER_CUBE) -> float:
     return per_cube * sum((a + b) ** 3 for a, b in zip(sizes, sizes[1:]))
 
 
+#: The time kept for a grouped DAG's final certificate, as a multiple of its estimate (the
+#: estimate is the measured mean; a run past its limit is worse than a slightly shorter solve).
+RESERVE_FACTOR = 1.25
+
+
 def grouped_certificate_seconds(lmi: LMI) -> float:
     """Estimated seconds of the clique-wise certificate of a grouped DAG LMI (§5c), 0 for any
     other (measured on resnet_2b: 34 s, estimate 45 s)."""
@@ -159,13 +164,14 @@ class Candidates:
     def best_rho(self) -> float:
         return self.certified.rho if self.chain else min(self.ranked, key=_rho)[0]
 
-    def add(self, params) -> bool:
-        """Offer ``params``; True when they are now the best candidate."""
+    def add(self, params, rho: float | None = None) -> bool:
+        """Offer ``params`` (with their ``rho*`` where the caller has it: it only ranks them,
+        the certificate computes its own); True when they are now the best candidate."""
         if self.chain:
             before = self.certified
             self.certified = certify_if_better(self.lmi, params, before, self.clock.deadline)
             return self.certified is not before
-        rho = self.lmi.rho_star(params)
+        rho = self.lmi.rho_star(params) if rho is None else rho
         if not math.isfinite(rho):  # repair by blending toward the anchor (§8 step 4)
             repaired = certify(self.lmi, params)
             params = repaired.params
@@ -281,18 +287,19 @@ def run_lowrank(lmi: LMI, details: dict, clock: Clock,
 
 def with_gap(lmi: LMI, cert: Certificate, status: Status, details: dict,
              clock: Clock, network: Network | None = None,
-             per_neuron: bool | str | None = None) -> Status:
+             per_neuron: bool | str | None = None, cost: float = 0.0) -> Status:
     """The gap stage: the optimality gap of the certified point from a dual bound
     (:mod:`lipverify.solvers.gap`), and, given the ``network`` and while time is left, the
     better of that and the trajectory ascent's (:mod:`lipverify.solvers.trajectory`, feasible
-    by construction: it needs no converged solve); skipped once the time limit is reached."""
+    by construction: it needs no converged solve); skipped when less than ``cost`` seconds
+    (its estimate) are left of the time limit."""
     import time
 
     from ..solvers.gap import gap
 
     if not math.isfinite(cert.rho):
         return status
-    if clock.expired():
+    if clock.expired(cost):
         return status.with_gap(None, "time limit")
     t0 = time.perf_counter()
     g = gap(lmi, cert.params, cert.rho)
@@ -493,7 +500,7 @@ def run(network: Network, lmi: LMI, *, per_neuron: bool | str, solver: str, cloc
     with keep_best(best):
         # what one certification costs: kept in reserve so the last certificate always fits
         # (a DAG's start is not certified: its clique-wise certificate is estimated)
-        reserve = max(2.0 * clock.elapsed(), grouped_certificate_seconds(lmi))
+        reserve = max(2.0 * clock.elapsed(), RESERVE_FACTOR * grouped_certificate_seconds(lmi))
         status, value, stages = Status(Outcome.CONVERGED, "structured solver"), None, \
             SMOOTH_STAGES
         if not backend.structured:
@@ -515,9 +522,11 @@ def run(network: Network, lmi: LMI, *, per_neuron: bool | str, solver: str, cloc
             details["smooth"] = info
             if backend.structured and value is None:
                 value = math.sqrt(rho) if math.isfinite(rho) else None
-            cands.add(params)
+            cands.add(params, rho if lmi.kind == "dag" and math.isfinite(rho) else None)
         cert = cands.final()
-        status = with_gap(lmi, cert, status, details, clock, network, per_neuron)
+        # the dual point costs about two evaluations of the smoothed rho*
+        status = with_gap(lmi, cert, status, details, clock, network, per_neuron,
+                          cost=2.0 * info.get("evaluation_seconds", 0.0))
         status = status.with_(theta=cert.theta, timed_out=bool(info.get("timed_out")))
         details["seconds_total"] = clock.elapsed()
         return output(cert, status, solver=backend.name, solver_value=value,

@@ -183,8 +183,11 @@ def minimize_rho(lmi, start, *, balanced: bool = True, **kwargs):
                                          **kwargs)
         params, rho = params / factors, rho * out
         limit = kwargs.pop("time_limit", None)
-        left = None if limit is None else limit - (time.perf_counter() - t0)
-        if math.isfinite(rho) and (left is None or left > 0):
+        spent = time.perf_counter() - t0
+        left = None if limit is None else limit - spent
+        # the polish costs one rho* before its first step: only with room for a few steps
+        step = spent / (info.get("evaluations", 0) + 1)
+        if math.isfinite(rho) and (left is None or left > 3.0 * step):
             mus = kwargs.get("rel_mu", REL_MU)
             kwargs["rel_mu"] = tuple(m for m in mus if m <= 1e-6) or mus[-1:]
             p2, rho2, _ = minimize_rho(lmi, params, balanced=False, time_limit=left, **kwargs)
@@ -281,16 +284,19 @@ def _minimize_rho(
     evals = 0
     stages = 0
     timed_out = False
+    last = 0.0  # seconds of the last evaluation
     for rel in rel_mu:
         mu = rel * best["rho"]
         scale = max(best["rho"], 1e-300)
 
         def fun(p, mu=mu, scale=scale):
-            nonlocal evals
+            nonlocal evals, last
             evals += 1
-            if deadline is not None and time.perf_counter() > deadline:
+            now = time.perf_counter()
+            if deadline is not None and now + last > deadline:  # it would end past it
                 raise TimeoutError
             rho, value, g = soft(p, mu)
+            last = time.perf_counter() - now
             if g is None:
                 return 1e3, np.zeros_like(p)
             if rho < best["rho"]:
@@ -311,4 +317,5 @@ def _minimize_rho(
             timed_out = True
             break
         stages += 1
-    return best["x"], best["rho"], {"evaluations": evals, "stages": stages, "timed_out": timed_out}
+    return best["x"], best["rho"], {"evaluations": evals, "stages": stages, "timed_out": timed_out,
+                                    "evaluation_seconds": round(last, 3)}
