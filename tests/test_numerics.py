@@ -100,6 +100,28 @@ def test_degenerate_spectra():
     assert nm.eigvalsh_all(np.diag([3.0, 1.0, 2.0])).tolist() == [1.0, 2.0, 3.0]
 
 
+@pytest.mark.parametrize(("n", "lanczos"), [(600, True), (100, False)])
+def test_iterative_lambda_max_equals_the_dense_value(monkeypatch, n, lanczos):
+    """``iterative=True``: Lanczos above order 512 (the dense path below), same value."""
+    import scipy.sparse.linalg as sla
+
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((n, n))
+    a = (a + a.T) / 2.0
+    dense = nm.lambda_max(a)
+    calls = []
+    eigsh = sla.eigsh
+    monkeypatch.setattr(sla, "eigsh", lambda *args, **kw: calls.append(kw) or eigsh(*args, **kw))
+    assert nm.lambda_max(a, iterative=True) == pytest.approx(dense, rel=1e-8)
+    assert bool(calls) == lanczos
+
+    def no_convergence(*args, **kw):
+        raise sla.ArpackNoConvergence("no convergence", np.zeros(0), np.zeros((n, 0)))
+
+    monkeypatch.setattr(sla, "eigsh", no_convergence)  # falls back to the dense path
+    assert nm.lambda_max(a, iterative=True) == dense
+
+
 def test_hermitian_batches_and_their_fallback(monkeypatch):
     rng = np.random.default_rng(1)
     z = rng.standard_normal((5, 4, 4)) + 1j * rng.standard_normal((5, 4, 4))

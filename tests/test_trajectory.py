@@ -113,9 +113,9 @@ def test_dag_dual_start_is_feasible_and_near_the_optimum(k, monkeypatch):
                                                      (True, True), (True, "channel")])
 def test_ray_is_rho_star_at_every_scale(grouped, per_neuron):
     """``dag_start.ray``: rho*(c t) for every c from one recursion (Woodbury on the output
-    term), equal to the LMI's own rho* (an output reading the input too, and a grouped
-    post-activation ResNet); infinite at and below c_min, where the hidden block is not
-    positive definite."""
+    term; ``Ray.rho``), equal to the LMI's own rho* (an output reading the input too, and a
+    grouped post-activation ResNet); infinite at and below c_min, where the hidden block is
+    not positive definite."""
     from test_residual import post_activation_resnet
 
     from lipverify.lmi.dag import DagLMI
@@ -134,8 +134,8 @@ def test_ray_is_rho_star_at_every_scale(grouped, per_neuron):
     along = ray(lmi, t)
     assert along is not None and along.c_min > 0
     for c in along.c_min * np.array([1.001, 1.1, 3.0, 1e3]):
-        assert along(c) == pytest.approx(lmi.rho_star(c * t), rel=1e-8)
-    assert along(along.c_min) == math.inf
+        assert along.rho(c) == pytest.approx(lmi.rho_star(c * t), rel=1e-8)
+    assert along.rho(along.c_min) == math.inf
     assert lmi.rho_star(0.99 * along.c_min * t) == math.inf
     rho, ct = best_scale(lmi, t)  # the search along the ray finds the best scale on a grid
     grid = [lmi.rho_star(c * t) for c in along.c_min * np.geomspace(1.0001, 1e5, 80)]

@@ -20,6 +20,7 @@ only with ``trust_pickle=True``). Files are dispatched on their content, not the
 suffix. Nothing is unpickled by default: ``torch.load(weights_only=True)``, and .pt2
 archives through :func:`_load_pt2_safely` (torch.export.load unpickles); what needs
 more raises :class:`~lipverify.errors.UntrustedPickleError` unless ``trust_pickle=True``.
+torch internals are reached only through :mod:`~lipverify.importers.torch_compat`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError, UntrustedPickleError, UsageError
 from ..ir.network import Network, Provenance
-from . import register_importer
+from . import register_importer, torch_compat
 
 #: Layers that do not change the flattened input and may precede the first Linear.
 _TRANSPARENT = ("Flatten", "Identity", "Dropout", "AlphaDropout")
@@ -67,7 +68,7 @@ def _quiet():
         for n in (
             "torch.onnx",
             "torch.export",
-            "torch._dynamo",
+            torch_compat.DYNAMO_LOGGER,
             "onnxscript",
             "torch.fx.experimental",
         )
@@ -279,9 +280,8 @@ _REGISTRY: list = []
 def _cached_registry():
     """The torchlib op registry, built once (``torch.onnx.export`` rebuilds it per call: ~1 s)."""
     if not _REGISTRY:
-        from torch.onnx._internal.exporter import _registration
-
-        _REGISTRY.append(_registration.ONNXRegistry.from_torchlib(opset_version=OPSET))
+        registration = torch_compat.onnx_registration()
+        _REGISTRY.append(registration.ONNXRegistry.from_torchlib(opset_version=OPSET))
     return _REGISTRY[0]
 
 
@@ -290,9 +290,7 @@ def _export_dynamo(module, x):
 
     program = torch.export.export(module, (x,), strict=False)
     try:  # fast path through the exporter's internals, with a cached registry
-        from torch.onnx._internal.exporter import _core
-
-        onnx_program = _core.export(
+        onnx_program = torch_compat.onnx_exporter_core().export(
             program,
             registry=_cached_registry(),
             optimize=True,
@@ -836,36 +834,18 @@ def _payload(reader, names, path: Path, model: str, kind: str, serde):
     return out
 
 
-def _pt2_serde():
-    """torch's .pt2 reading pieces that do not unpickle (ImportError: this torch lacks them)."""
-    from types import SimpleNamespace
-
-    from torch._export.serde import schema
-    from torch._export.serde.serialize import (
-        ExportedProgramDeserializer,
-        _dict_to_dataclass,
-        deserialize_size,
-        deserialize_storage_offset,
-        deserialize_stride,
-    )
-    from torch.export.pt2_archive import constants
-    from torch.export.pt2_archive._package import PT2ArchiveReader, _build_file_map
-
-    return SimpleNamespace(
-        schema=schema, C=constants, Reader=PT2ArchiveReader, build_file_map=_build_file_map,
-        to_dataclass=_dict_to_dataclass, Deserializer=ExportedProgramDeserializer,
-        size=deserialize_size, stride=deserialize_stride, offset=deserialize_storage_offset,
-    )
-
-
 def _load_pt2_safely(path: Path):
     """The ExportedProgram "model" of a .pt2 archive, read without unpickling or eval.
 
     Returns ``(program, notes)``; raises :class:`UntrustedPickleError` for any part that
-    only unpickling or running the archive's code could read, ImportError when this torch
-    lacks the pieces.
+    only unpickling or running the archive's code could read, and when this torch lacks the
+    pieces (:func:`~lipverify.importers.torch_compat.export_serde`).
     """
-    serde = _pt2_serde()
+    try:
+        serde = torch_compat.export_serde()
+    except ModelLoadError as exc:  # torch internals moved: no safe reader
+        raise _untrusted(path, "this torch offers no way to read a .pt2 archive without "
+                         f"unpickling ({_one_line(exc, 240)})") from exc
     with open(path, "rb") as fh:  # a file object: torch takes no str it cannot encode
         return _read_pt2(path, fh, serde)
 
@@ -921,13 +901,9 @@ def _load_exported(path: Path, trust_pickle: bool = False, legacy: bool = False)
             raise _untrusted(path, "an old (torch <= 2.7) .pt2 layout, which only "
                              "torch.export.load reads, and it unpickles its parts")
         return _load_pt2_safely(path)
-    except UntrustedPickleError:
+    except UntrustedPickleError:  # also when torch internals moved: no safe reader
         if not trust_pickle:
             raise
-    except ImportError as exc:  # torch internals moved: no safe reader
-        if not trust_pickle:
-            raise _untrusted(path, "this torch offers no way to read a .pt2 archive without "
-                             f"unpickling ({_one_line(exc, 120)})") from exc
     try:
         with _quiet():
             with open(path, "rb") as fh:

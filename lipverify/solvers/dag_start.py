@@ -44,6 +44,7 @@ ascent 15 s, fit 3 s, repair 26 s (130 s with dense Schur complements), scale 42
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
@@ -144,10 +145,38 @@ def _group_pivot(lmi, t, g: int, n: int, prev) -> np.ndarray:
     return m[n:, n:] - h.T @ h
 
 
-def ray(lmi, t: np.ndarray):
-    """``c -> rho*(c t)`` for every common scale ``c`` from one block recursion (item 3), or
-    None where a hidden pivot of ``M(0, t)`` without the output term is not positive
-    definite."""
+@dataclass(frozen=True)
+class Ray:
+    """``c -> rho*(c t)`` along the ray of multipliers ``t`` (item 3), from one block
+    recursion: ``c_min = lambda_max(K)`` (at and below it ``c A_hh - U_h U_h^T`` is not
+    positive definite), ``g_mat = G``, ``w = W``, ``k_mat = K``, ``u0 = U_0`` (the input
+    rows of ``U = C^T``) and ``d0 = A_00`` (the input block of the QC terms ``A`` at ``t``)."""
+
+    c_min: float
+    g_mat: np.ndarray
+    w: np.ndarray
+    k_mat: np.ndarray
+    u0: np.ndarray
+    d0: np.ndarray
+
+    def rho(self, c: float) -> float:
+        """``rho*(c t)``: the formula of item 3, infinite for ``c <= c_min``."""
+        if not c > self.c_min:
+            return math.inf
+        w, k_mat, u0 = self.w, self.k_mat, self.u0
+        eye = np.eye(len(k_mat))
+        v = c * w - u0 @ k_mat
+        top = c * (self.g_mat - self.d0) - w @ u0.T - u0 @ w.T + u0 @ (k_mat / c + eye) @ u0.T \
+            + v @ np.linalg.solve(c * eye - k_mat, v.T) / c
+        # Lanczos above order 512: it only chooses a scale; whoever takes the start
+        # evaluates its rho* again
+        return max(lambda_max((top + top.T) / 2.0, "rho* on a ray", iterative=True), 0.0)
+
+
+def ray(lmi, t: np.ndarray) -> Ray | None:
+    """The :class:`Ray` of ``t``: ``rho*(c t)`` for every common scale ``c`` from one block
+    recursion (item 3), or None where a hidden pivot of ``M(0, t)`` without the output term
+    is not positive definite."""
     d, b = lmi.blocks(t, 0.0, output=False)
     u = lmi.out.T
     bounds = np.concatenate([[0], np.cumsum(lmi.group_sizes)])
@@ -164,46 +193,21 @@ def ray(lmi, t: np.ndarray):
         if k > 1:
             y, r = d[k - 1] - h.T @ h, part[k - 1] - h.T @ s
     k_mat = (k_mat + k_mat.T) / 2.0
-    g_mat, w, u0, d0 = h.T @ h, h.T @ s, part[0], d[0]
     c_min = float(np.linalg.eigvalsh(k_mat).max(initial=0.0))
-    eye = np.eye(len(k_mat))
-
-    def rho(c: float) -> float:
-        if not c > c_min:
-            return math.inf
-        v = c * w - u0 @ k_mat
-        top = c * (g_mat - d0) - w @ u0.T - u0 @ w.T + u0 @ (k_mat / c + eye) @ u0.T \
-            + v @ np.linalg.solve(c * eye - k_mat, v.T) / c
-        return max(_top_eigenvalue((top + top.T) / 2.0), 0.0)
-
-    rho.c_min = c_min
-    return rho
-
-
-def _top_eigenvalue(a: np.ndarray) -> float:
-    """Largest eigenvalue: Lanczos on large matrices (it only chooses a scale; the start's
-    rho* is evaluated again by whoever takes it), dense below 512."""
-    import scipy.sparse.linalg as sla
-
-    if len(a) > 512:
-        try:
-            return float(sla.eigsh(a, k=1, which="LA", tol=1e-10,
-                                   return_eigenvectors=False)[0])
-        except sla.ArpackNoConvergence:
-            pass
-    return lambda_max(a, "rho* on a ray")
+    return Ray(c_min=c_min, g_mat=h.T @ h, w=h.T @ s, k_mat=k_mat, u0=part[0], d0=d[0])
 
 
 def best_scale(lmi, t: np.ndarray, evaluations: int = 50) -> tuple[float, np.ndarray] | None:
     """``(rho*(c t), c t)`` at the best common scale ``c``: a bounded search on ``log c``
-    along :func:`ray` (None where no scale is feasible: the hidden block of ``M(0, t)``
-    without the output term is not positive definite, so ``c A_hh - C^T C`` is not either)."""
+    along the :class:`Ray` of :func:`ray` (None where no scale is feasible: the hidden block
+    of ``M(0, t)`` without the output term is not positive definite, so ``c A_hh - C^T C``
+    is not either)."""
     along = ray(lmi, t)
     if along is None:
         return None
     lo = math.log(max(along.c_min, 1e-300)) + 1e-9
-    log_rho, log_c = scale_search(lambda c: along(float(c[0])), np.ones(1), (lo, lo + 12.0),
-                                  evaluations)
+    log_rho, log_c = scale_search(lambda c: along.rho(float(c[0])), np.ones(1),
+                                  (lo, lo + 12.0), evaluations)
     if not log_rho < 1e3:
         return None
     return math.exp(log_rho), math.exp(log_c) * t
