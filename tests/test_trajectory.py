@@ -5,6 +5,7 @@ optimum with layer multipliers, refused where the QC is not a slope interval."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +36,29 @@ def test_between_the_sampled_lower_bound_and_the_neuron_optimum(seed, act):
     lows = [ascent_bound(net, True, seed=s) for s in range(3)]
     assert all(0 < low <= rho * (1 + 1e-7) for low in lows)
     assert max(lows) >= 0.95 * lower
+
+
+@pytest.mark.parametrize(("seed", "act"), [(0, "relu"), (1, "tanh"), (2, "leaky")])
+def test_rank_two_meets_the_neuron_optimum(seed, act):
+    """Two trajectories sharing each neuron's QC reach LipSDP-Neuron's optimum where rank one
+    stops short (seed 0: 0.75 of it); the columns are scaled to ``sum_j |x_{0,j}|^2 = 1`` and
+    satisfy every summed constraint."""
+    net = _mlp(seed, act)
+    rho = lipverify.bound(net, method="lipsdp-neuron").bound ** 2
+    found = [trajectory_ascent(net, True, rank=2, seed=s) for s in range(3)]
+    value, z = max(found, key=lambda f: f[0])
+    assert rho * (1 - 1e-6) <= value <= rho * (1 + 1e-7)
+    assert z.shape == (5 + 8 + 8, 2)
+    assert np.sum(z[:5] ** 2) == pytest.approx(1.0, rel=1e-12)
+    assert np.sum((net.output.terms[0].op.matmat(z[-8:].T)) ** 2) == pytest.approx(value,
+                                                                                   rel=1e-9)
+    blocks = np.split(z, [5, 13])
+    for k, node in enumerate(net.nodes):  # each neuron's QC summed over both trajectories
+        a, b = float(node.activation.alpha), float(node.activation.beta)
+        p, x = node.pre.terms[0].op.matmat(blocks[k].T).T, blocks[k + 1]
+        assert (np.sum(x * x - (a + b) * x * p + a * b * p * p, axis=1) <= 1e-12).all()
+    if seed == 0:
+        assert ascent_bound(net, True) < 0.8 * rho
 
 
 @pytest.mark.parametrize(("seed", "act"), [(0, "relu"), (1, "tanh"), (2, "leaky")])
@@ -162,3 +186,35 @@ def test_grouped_repair_makes_every_pivot_positive_definite():
     hidden = lmi.assemble(fixed, 0.0)[n0:, n0:]
     hidden += lmi.out[:, n0:].T @ lmi.out[:, n0:]  # without the output term
     assert np.linalg.eigvalsh(hidden)[0] > 0
+
+
+
+def test_conv_chain_dual_start_from_several_trajectories(monkeypatch):
+    """A conv chain's dual start is fitted on its DAG form (the same multiplier layout) from
+    four trajectories at once (``M z_j = 0`` for every column): finite on the chain, never
+    below the channel optimum; the pipeline runs it instead of the layer warm start and
+    keeps the certified bound between the optimum and naive."""
+    from lipverify.lmi.chain import ChainLMI
+    from lipverify.lmi.dag import DagLMI
+    from lipverify.solvers.dag_start import dual_start, kkt_multipliers
+
+    net = lipverify.load(Path(__file__).resolve().parents[1] / "models" / "digits_cnn.onnx")
+    chain, dag = ChainLMI.from_network(net, "channel"), DagLMI.from_network(net, "channel")
+    assert chain.param_sizes == dag.param_sizes == [4, 8]
+    opt = lipverify.bound(net, method="lipsdp-channel", solver="ipm")
+    assert opt.status.optimal
+    _, z = trajectory_ascent(net, "channel", rank=4)
+    assert z.shape == (chain.order, 4)
+    fit = kkt_multipliers(dag, z)
+    assert fit is not None and (fit[1] > 0).all()
+    t = dual_start(net, dag, "channel", rank=4)
+    assert t is not None
+    assert opt.bound ** 2 * (1 - 1e-6) <= chain.rho_star(t) < math.inf
+    import lipverify.methods.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "DUAL_START_MIN_ORDER", 0)
+    res = lipverify.bound(net, method="lipsdp-channel", solver="smooth")
+    assert res.details.get("dual_start") in ("best start", "not better")
+    assert (res.details.get("warm_start") is None) == (res.details["dual_start"] == "best start")
+    naive = lipverify.bound(net, method="naive").bound
+    assert res.certified and opt.bound * (1 - 1e-6) <= res.bound <= naive

@@ -38,7 +38,7 @@ from ..results import MethodOutput
 from ..runtime.clock import Clock
 from ..solvers.choose import BACKENDS, choose_backend, estimate_cone
 from ..solvers.sequential import ldlt_fast_params
-from ..solvers.smooth_rho import minimize_rho
+from ..solvers.smooth_rho import LARGE_DAG_MU, minimize_rho
 from ..status import Outcome, Status
 
 #: mu / rho schedules of the structured solver: from scratch, and polishing a solver's point.
@@ -315,38 +315,58 @@ def with_gap(lmi: LMI, cert: Certificate, status: Status, details: dict,
 
 
 #: The trajectory ascent runs where the gap stage measured no gap or one above this, for at
-#: most TRAJECTORY_SECONDS (and never past the time limit).
+#: most TRAJECTORY_SECONDS (and never past the time limit), with TRAJECTORY_RANK
+#: trajectories (measured, channel multipliers: cifar_base_kw 5.7276 from rank 4, the
+#: channel optimum to 6 digits, against 5.6877 from rank 1; resnet_2b 53.47 against 50.85,
+#: in about the same time).
 TRAJECTORY_ABOVE_GAP = 1e-3
 TRAJECTORY_SECONDS = 30.0
+TRAJECTORY_RANK = 4
 
 
-#: Share of the time left the DAG dual start may take (its trajectory ascent stops there),
+#: Share of the time left the dual start may take (its trajectory ascent stops there),
 #: and the smallest LMI order it runs on (below it the structured solver converges anyway).
 DUAL_START_SHARE = 0.15
 DUAL_START_MIN_ORDER = 2000
+#: Trajectories of the dual start, by LMI kind. Measured: cifar_base_kw (a conv chain,
+#: channel multipliers) L = 9.85 at the start from rank 1, 6.77 from rank 4 (the optimum's
+#: multipliers up to one scale per layer; the channel optimum is 5.7276); resnet_2b 106.3
+#: from rank 1 and 106.4 from rank 4 in the same 46 s, so residual nets keep rank 1.
+DUAL_START_RANK = {"chain": 4, "dag": 1}
 
 
 def dual_stage(network: Network, lmi: LMI, per_neuron, cands: Candidates, clock: Clock,
-               reserve: float, details: dict) -> None:
+               reserve: float, details: dict) -> bool:
     """Adds the multipliers a dual trajectory implies (:mod:`lipverify.solvers.dag_start`)
-    as a candidate start for the structured solver (kept only if its rho* is lowest)."""
+    as a candidate start for the structured solver (kept only if its rho* is lowest; a
+    chain's are certified first); True when they are now the best. A chain is fitted on its
+    network's DAG form, whose multipliers are laid out the same way (one QC per node, in
+    order)."""
     import time
 
+    from ..lmi.dag import DagLMI
     from ..solvers.dag_start import dual_start
 
     t0 = time.perf_counter()
     left = clock.left(reserve)
     until = None if left is None else t0 + DUAL_START_SHARE * left
     try:
-        params = dual_start(network, lmi, per_neuron, until=until)
-    except (ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+        dag = lmi if lmi.kind == "dag" else DagLMI.from_network(network, per_neuron)
+        if dag.param_sizes != lmi.param_sizes:
+            details["dual_start"] = "not applicable (multiplier layouts differ)"
+            return False
+        params = dual_start(network, dag, per_neuron, until=until,
+                            rank=DUAL_START_RANK[lmi.kind])
+    except (NotApplicableError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
         details["dual_start"] = f"failed: {exc}"
-        return
+        return False
     details["dual_start_seconds"] = time.perf_counter() - t0
     if params is None:
         details["dual_start"] = "not applicable or nothing finite"
-        return
-    details["dual_start"] = "best start" if cands.add(params) else "not better"
+        return False
+    won = cands.add(params)
+    details["dual_start"] = "best start" if won else "not better"
+    return won
 
 
 def trajectory_lower(network: Network, per_neuron, clock: Clock) -> float | None:
@@ -360,7 +380,7 @@ def trajectory_lower(network: Network, per_neuron, clock: Clock) -> float | None
     if clock.deadline is not None:
         until = min(until, clock.deadline)
     try:
-        low = ascent_bound(network, per_neuron, until=until)
+        low = ascent_bound(network, per_neuron, until=until, rank=TRAJECTORY_RANK)
     except (NotApplicableError, ArithmeticError, ValueError, RuntimeError):
         return None
     return math.sqrt(low) if low is not None and low > 0 else None
@@ -507,15 +527,29 @@ def run(network: Network, lmi: LMI, *, per_neuron: bool | str, solver: str, cloc
             status, value, won = solver_stage(lmi, backend, cands, clock, reserve, details,
                                               conic)
             stages = POLISH_STAGES if won else SMOOTH_STAGES
-        if per_neuron and stages is SMOOTH_STAGES:
+        dual = (lmi.kind == "dag" or (_has_conv(network) and per_neuron is not True)) and \
+            stages is SMOOTH_STAGES and lmi.order >= DUAL_START_MIN_ORDER
+        # a conv chain's dual start beats the layer warm start (cifar_base_kw: 6.77 against
+        # 7.16, which took 1/3 of the solver's time): the warm start only where it fails.
+        # Not with a multiplier per neuron: its fit is dense in the neurons (NN_rul: 5500)
+        warm = bool(per_neuron) and stages is SMOOTH_STAGES
+        if warm and not (dual and lmi.kind == "chain"):
             warm_stage(network, lmi, cands, clock, reserve, details)
-        if lmi.kind == "dag" and stages is SMOOTH_STAGES and not clock.expired(reserve) \
-                and lmi.order >= DUAL_START_MIN_ORDER:
-            dual_stage(network, lmi, per_neuron, cands, clock, reserve, details)
+        if dual and not clock.expired(reserve):
+            won = dual_stage(network, lmi, per_neuron, cands, clock, reserve, details)
+            if warm and lmi.kind == "chain" and not won:
+                warm_stage(network, lmi, cands, clock, reserve, details)
         info: dict = {"timed_out": True}
         floor = DAG_MIN_SECONDS if lmi.kind == "dag" else 0.0
         if not clock.expired(reserve) or floor:
             left = clock.left(reserve)
+            if dual and lmi.kind == "chain":
+                # from mu = 1e-3 rho, as large DAGs (cifar_base_kw from its dual start:
+                # 1.4 s per evaluation against 10 s at 1e-2, whose soft maximum spans most
+                # of the spectrum). Only after a dual start: NN_rul's neuron chain gave
+                # 382.2 with it and 365.1 without, one run each, within its run-to-run
+                # spread (380.3 and 365.1 for the same code): no gain measured there
+                stages = tuple(m for m in stages if m <= LARGE_DAG_MU)
             params, rho, info = minimize_rho(lmi, cands.best_params(), rel_mu=stages,
                                              time_limit=None if left is None
                                              else max(left, floor))
