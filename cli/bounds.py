@@ -16,7 +16,7 @@ import lipverify
 from lipverify.errors import LipverifyError, UsageError
 from lipverify.status import Outcome
 
-from . import STARTED
+from . import command_started
 from .common import (
     EXIT_INVALID_CERT,
     EXIT_UNSOUND,
@@ -120,7 +120,7 @@ def bound(
             time_limit=time_limit,
             region=region,
             progress=_stages(status) if method == "auto" else None,
-            started=STARTED,
+            started=command_started(),
             **loader_kwargs(**load_opts),
         )
     for text in region_notes:

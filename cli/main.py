@@ -19,6 +19,12 @@ class Main(click.Group):
     """The root group: an error no command handled (a bug, a raw numerical failure) is one
     "error:" line and its exit code, like every other; the traceback only with ``--debug``."""
 
+    def main(self, *args, **kwargs):
+        from . import begin
+
+        begin()  # every command, --help and --version included
+        return super().main(*args, **kwargs)
+
     def invoke(self, ctx):
         from .common import passes_through, report_error
 

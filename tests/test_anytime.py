@@ -170,6 +170,20 @@ def test_residual_and_conv_nets():
     assert c.bound <= c.details["auto_stages"][0]["bound"]
 
 
+def test_a_later_command_counts_from_its_own_start(monkeypatch):
+    """In a long-lived process (CliRunner, a notebook) a command invoked long after the CLI was
+    imported still gets its whole time limit: only the first command counts from the import."""
+    import time
+
+    model = Path(__file__).resolve().parents[1] / "models" / "digits_mlp_relu.onnx"
+    CliRunner().invoke(main, ["--version"])  # a first command of this process
+    clock = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: clock() + 1e6)  # a million s later
+    res = CliRunner().invoke(main, ["bound", str(model), "--no-lower"])
+    assert res.exit_code == 0, res.output
+    assert "auto stage 3/3 lipsdp-neuron: 40.6574" in res.stderr
+
+
 def test_cli_shows_the_stages_on_stderr():
     model = Path(__file__).resolve().parents[1] / "models" / "digits_mlp_relu.onnx"
     res = CliRunner().invoke(main, ["bound", str(model), "--no-lower"])

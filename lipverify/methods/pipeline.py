@@ -38,7 +38,7 @@ from ..results import MethodOutput
 from ..runtime.clock import Clock
 from ..solvers.choose import BACKENDS, choose_backend, estimate_cone
 from ..solvers.sequential import ldlt_fast_params
-from ..solvers.smooth_rho import LARGE_DAG_MU, minimize_rho
+from ..solvers.smooth_rho import from_large_start, minimize_rho
 from ..status import Outcome, Status
 
 #: mu / rho schedules of the structured solver: from scratch, and polishing a solver's point.
@@ -533,23 +533,24 @@ def run(network: Network, lmi: LMI, *, per_neuron: bool | str, solver: str, cloc
         # 7.16, which took 1/3 of the solver's time): the warm start only where it fails.
         # Not with a multiplier per neuron: its fit is dense in the neurons (NN_rul: 5500)
         warm = bool(per_neuron) and stages is SMOOTH_STAGES
-        if warm and not (dual and lmi.kind == "chain"):
+        chain_dual = dual and lmi.kind == "chain"
+        if warm and not chain_dual:
             warm_stage(network, lmi, cands, clock, reserve, details)
         if dual and not clock.expired(reserve):
             won = dual_stage(network, lmi, per_neuron, cands, clock, reserve, details)
-            if warm and lmi.kind == "chain" and not won:
+            if warm and chain_dual and not won:
                 warm_stage(network, lmi, cands, clock, reserve, details)
         info: dict = {"timed_out": True}
         floor = DAG_MIN_SECONDS if lmi.kind == "dag" else 0.0
         if not clock.expired(reserve) or floor:
             left = clock.left(reserve)
-            if dual and lmi.kind == "chain":
+            if chain_dual:
                 # from mu = 1e-3 rho, as large DAGs (cifar_base_kw from its dual start:
                 # 1.4 s per evaluation against 10 s at 1e-2, whose soft maximum spans most
                 # of the spectrum). Only after a dual start: NN_rul's neuron chain gave
                 # 382.2 with it and 365.1 without, one run each, within its run-to-run
                 # spread (380.3 and 365.1 for the same code): no gain measured there
-                stages = tuple(m for m in stages if m <= LARGE_DAG_MU)
+                stages = from_large_start(stages)
             params, rho, info = minimize_rho(lmi, cands.best_params(), rel_mu=stages,
                                              time_limit=None if left is None
                                              else max(left, floor))

@@ -176,8 +176,7 @@ def minimize_rho(lmi, start, *, balanced: bool = True, **kwargs):
         if kwargs.get("time_limit") is not None and lmi.order > LARGE_DAG_ORDER:
             # a few dozen evaluations fit the time: from mu = 1e-3 rho (resnet_2b in 300 s:
             # 319.5 against 440.6 from 1e-2, whose smoothed optimum it never left)
-            mus = kwargs.get("rel_mu", REL_MU)
-            kwargs["rel_mu"] = tuple(m for m in mus if m <= LARGE_DAG_MU) or mus[-1:]
+            kwargs["rel_mu"] = from_large_start(kwargs.get("rel_mu", REL_MU))
         scaled, factors, out = balance_dag(lmi)
         params, rho, info = minimize_rho(scaled, np.asarray(start) * factors, balanced=False,
                                          **kwargs)
@@ -251,9 +250,16 @@ def balance_dag(lmi):
 
 #: The smoothing schedule, mu / rho.
 REL_MU = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9)
-#: Residual LMIs above this order, solved with a time limit, start at LARGE_DAG_MU.
+#: Residual LMIs above this order, solved with a time limit, start at LARGE_DAG_MU (so do
+#: dual-started conv chains: :func:`lipverify.methods.pipeline.run`).
 LARGE_DAG_ORDER = 3000
 LARGE_DAG_MU = 1e-3
+
+
+def from_large_start(mus: tuple[float, ...]) -> tuple[float, ...]:
+    """The smoothing schedule ``mus`` from :data:`LARGE_DAG_MU` on (its last stage if none
+    is that small): where only a few dozen evaluations fit the time limit."""
+    return tuple(m for m in mus if m <= LARGE_DAG_MU) or mus[-1:]
 
 
 def _minimize_rho(
